@@ -1,0 +1,467 @@
+"""campaign.yaml as pydantic models; every problem is reported with its field path, value and what is allowed.
+
+Relative file paths in a campaign resolve against the directory of the YAML
+file. Units: volume Å^3/atom, distances Å, fmax eV/Å, pressure GPa (converted
+to eV/Å^3 where used).
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import re
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from ase.data import chemical_symbols
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from atomscreen.store.engine import DatabaseURLError, normalize_url
+
+ELEMENTS = frozenset(chemical_symbols[1:])
+MAX_GRID_COMPOSITIONS = 10_000
+RESCORING_METHODS = ("xtb", "chgnet")
+DATASET_FORMATS = ("auto", "extxyz", "ase", "cif", "cdvae-csv", "qm9", "ase-collection")
+ASE_COLLECTIONS = ("g2", "s22", "dcdft")
+_FORMULA = re.compile(r"(?:[A-Z][a-z]?\d*)+")
+_TOKEN = re.compile(r"([A-Z][a-z]?)(\d*)")
+_DOTTED = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a campaign file."""
+
+    field: str
+    value: Any
+    message: str
+
+    def __str__(self) -> str:
+        shown = "" if self.value is _MISSING else f" = {self.value!r}"
+        return f"{self.field or '<file>'}{shown}: {self.message}"
+
+
+_MISSING = object()
+
+
+class CampaignError(ValueError):
+    """A campaign file with problems; ``problems`` lists every one of them."""
+
+    def __init__(self, source: str, problems: list[Problem]):
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  {p}" for p in problems)
+        super().__init__(f"{source}: {len(problems)} problem(s)\n{lines}")
+
+
+def parse_formula(text: str) -> dict[str, int]:
+    """Element counts of a formula such as ``Li4S2`` or ``C7H10O2`` (no brackets, positive integer counts)."""
+    if not isinstance(text, str) or not _FORMULA.fullmatch(text.strip()):
+        raise ValueError("not a formula: expected element symbols each followed by a positive count, e.g. Li4S2 or C7H10O2")
+    counts: dict[str, int] = {}
+    for symbol, count in _TOKEN.findall(text.strip()):
+        if symbol not in ELEMENTS:
+            raise ValueError(f"{symbol!r} is not an element symbol; allowed: H, He, Li, ... Og")
+        n = int(count) if count else 1
+        if n <= 0:
+            raise ValueError(f"count of {symbol} is {n}; counts must be positive integers")
+        counts[symbol] = counts.get(symbol, 0) + n
+    return counts
+
+
+def hill_formula(counts: dict[str, int]) -> str:
+    """Hill-order formula with explicit counts > 1, e.g. ``C7H10O2``, ``Li4S2``."""
+    order = sorted(counts)
+    if "C" in counts:
+        order = ["C"] + (["H"] if "H" in counts else []) + [s for s in order if s not in ("C", "H")]
+    return "".join(f"{s}{counts[s] if counts[s] != 1 else ''}" for s in order)
+
+
+def _element(symbol: str) -> str:
+    if symbol not in ELEMENTS:
+        close = difflib.get_close_matches(symbol, sorted(ELEMENTS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"{symbol!r} is not an element symbol (allowed: H, He, Li, ... Og){hint}")
+    return symbol
+
+
+def _existing_file(value: str, info: ValidationInfo) -> str:
+    base = Path((info.context or {}).get("base_dir", "."))
+    path = Path(value).expanduser()
+    resolved = path if path.is_absolute() else (base / path)
+    if not resolved.is_file():
+        raise ValueError(f"file not found: {resolved}" + ("" if path.is_absolute() else " (relative paths are taken from the campaign file's folder)"))
+    return str(resolved.resolve())
+
+
+Element = Annotated[str, AfterValidator(_element)]
+
+
+def _formula_within_limit(text: str, info: ValidationInfo) -> str:
+    n = sum(parse_formula(text).values())
+    max_atoms = info.data.get("max_atoms")
+    if max_atoms is not None and n > max_atoms:
+        raise ValueError(f"{n} atoms is over the atom limit compositions.max_atoms = {max_atoms}")
+    return text
+
+
+class Spec(BaseModel):
+    """Base of every campaign block: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClusterSpec(Spec):
+    """Where tasks run: an existing Dask scheduler, or a LocalCluster of this size."""
+
+    scheduler: str | None = Field(default=None, description="address of an existing scheduler, e.g. tcp://host:8786")
+    n_workers: PositiveInt | None = Field(default=None, description="local workers (default: one per core)")
+    threads_per_worker: PositiveInt = 1
+    gpus: int = Field(default=0, ge=0, description="GPUs to use on the local cluster (one worker each)")
+
+    @field_validator("scheduler")
+    @classmethod
+    def _scheduler_address(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"(tcp|tls|inproc|ucx|ws|wss)://\S+", value):
+            raise ValueError("scheduler must be an address such as tcp://host:8786 (schemes: tcp, tls, ws, wss, ucx, inproc)")
+        return value
+
+    @model_validator(mode="after")
+    def _local_or_remote(self) -> ClusterSpec:
+        local = {"n_workers", "threads_per_worker", "gpus"} & self.model_fields_set
+        if self.scheduler is not None and local:
+            raise ValueError(f"{', '.join(sorted(local))} describe a local cluster and cannot be set together with scheduler")
+        return self
+
+
+class GridSpec(Spec):
+    """Every composition of ``elements`` with between ``min_atoms`` and the compositions' ``max_atoms`` atoms."""
+
+    elements: list[Element] = Field(min_length=1)
+    min_atoms: PositiveInt = 1
+
+    @field_validator("elements")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        duplicates = sorted({e for e in value if value.count(e) > 1})
+        if duplicates:
+            raise ValueError(f"elements listed twice: {', '.join(duplicates)}")
+        return value
+
+
+class CompositionsSpec(Spec):
+    """Explicit formulas and/or a grid over elements; no composition may exceed ``max_atoms``."""
+
+    max_atoms: PositiveInt = 64
+    formulas: list[Annotated[str, AfterValidator(_formula_within_limit)]] = Field(default_factory=list)
+    grid: GridSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_list(cls, value: Any) -> Any:
+        return {"formulas": value} if isinstance(value, list) else value
+
+    @field_validator("formulas")
+    @classmethod
+    def _no_repeats(cls, value: list[str]) -> list[str]:
+        hill = [hill_formula(parse_formula(f)) for f in value]
+        repeated = sorted({f for f in hill if hill.count(f) > 1})
+        if repeated:
+            raise ValueError(f"formulas listed more than once: {', '.join(repeated)}")
+        return value
+
+    @model_validator(mode="after")
+    def _something(self) -> CompositionsSpec:
+        if not self.formulas and self.grid is None:
+            raise ValueError("give formulas (a list such as [C8, Li4S2]) and/or a grid (elements + max_atoms)")
+        if self.grid is not None:
+            if self.grid.min_atoms > self.max_atoms:
+                raise ValueError(f"grid.min_atoms = {self.grid.min_atoms} is above max_atoms = {self.max_atoms}")
+            n = _grid_size(len(self.grid.elements), self.grid.min_atoms, self.max_atoms)
+            if n > MAX_GRID_COMPOSITIONS:
+                raise ValueError(
+                    f"grid expands to {n} compositions; at most {MAX_GRID_COMPOSITIONS} allowed: lower max_atoms or use fewer elements"
+                )
+        return self
+
+    def expand(self) -> list[str]:
+        """All compositions as Hill formulas: explicit ones first (in order), then the grid's, without repeats."""
+        out = [hill_formula(parse_formula(f)) for f in self.formulas]
+        if self.grid is not None:
+            elements = self.grid.elements
+            for total in range(self.grid.min_atoms, self.max_atoms + 1):
+                for counts in _partitions(total, len(elements)):
+                    out.append(hill_formula({e: c for e, c in zip(elements, counts) if c > 0}))
+        return list(dict.fromkeys(out))
+
+
+def _partitions(total: int, k: int):
+    """Non-negative integer vectors of length k summing to total (stars and bars)."""
+    for bars in itertools.combinations(range(total + k - 1), k - 1):
+        edges = (-1, *bars, total + k - 1)
+        yield tuple(edges[i + 1] - edges[i] - 1 for i in range(k))
+
+
+def _grid_size(k: int, lo: int, hi: int) -> int:
+    from math import comb
+
+    return sum(comb(n + k - 1, k - 1) for n in range(lo, hi + 1))
+
+
+class DatasetSpec(Spec):
+    """A training set: a file (extxyz/ASE-readable, CIF, CDVAE CSV), QM9 from qm9pack, or an ASE collection."""
+
+    format: Literal["auto", "extxyz", "ase", "cif", "cdvae-csv", "qm9", "ase-collection"] = "auto"
+    path: Annotated[str, AfterValidator(_existing_file)] | None = None
+    name: str | None = Field(default=None, description="ASE collection name (g2, s22, dcdft)")
+    limit: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _source(self) -> DatasetSpec:
+        if self.format == "qm9":
+            if self.path is not None:
+                raise ValueError("format qm9 reads the qm9pack package; leave path out")
+        elif self.format == "ase-collection":
+            if self.name not in ASE_COLLECTIONS:
+                raise ValueError(f"format ase-collection needs name, one of {', '.join(ASE_COLLECTIONS)} (got {self.name!r})")
+        elif self.path is None:
+            raise ValueError(f"format {self.format} needs a path")
+        return self
+
+
+class TrainSpec(Spec):
+    """Train a model on a dataset with these hyperparameters (defined by the model kind)."""
+
+    dataset: DatasetSpec
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    seed: int = 0
+
+
+class ModelSpec(Spec):
+    """Exactly one of a checkpoint file or a training block."""
+
+    checkpoint: Annotated[str, AfterValidator(_existing_file)] | None = None
+    train: TrainSpec | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> ModelSpec:
+        if (self.checkpoint is None) == (self.train is None):
+            raise ValueError("give exactly one of checkpoint (a file) or train (a dataset and hyperparameters)")
+        return self
+
+
+def _pair(key: str) -> str:
+    parts = key.split("-")
+    if len(parts) != 2:
+        raise ValueError(f"min_separation key {key!r} must be a pair of elements such as C-C or Li-S")
+    for symbol in parts:
+        _element(symbol)
+    return "-".join(sorted(parts))
+
+
+class RSSSpec(Spec):
+    """Random structure search: random cells of each composition, relaxed on the pseudo potential."""
+
+    samples_per_composition: PositiveInt
+    volume_per_atom: PositiveFloat | None = Field(default=None, description="Å^3/atom; default: fitted on the training set")
+    volume_factor: tuple[PositiveFloat, PositiveFloat] = (0.8, 1.2)
+    min_separation: PositiveFloat | dict[str, PositiveFloat] = Field(default=0.7, description="Å, global or per element pair")
+    batch_size: PositiveInt = 64
+
+    @field_validator("volume_factor")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if value[0] > value[1]:
+            raise ValueError(f"volume_factor must be [low, high] with low <= high, got {list(value)}")
+        return value
+
+    @field_validator("min_separation")
+    @classmethod
+    def _pairs(cls, value: float | dict[str, float]) -> float | dict[str, float]:
+        if isinstance(value, dict):
+            return {_pair(k): v for k, v in value.items()}
+        return value
+
+
+class GeneratorsSpec(Spec):
+    """Where candidates come from."""
+
+    rss: RSSSpec | None = None
+
+    @model_validator(mode="after")
+    def _some(self) -> GeneratorsSpec:
+        if self.rss is None:
+            raise ValueError("give at least one generator (rss)")
+        return self
+
+
+class RelaxationSpec(Spec):
+    """Batched FIRE settings."""
+
+    fmax: PositiveFloat = Field(default=0.05, description="eV/Å")
+    max_steps: PositiveInt = 500
+    cell: bool = True
+    pressure_gpa: float = Field(default=0.0, ge=0.0)
+    trajectory_every: PositiveInt = 10
+
+
+def _rescoring_method(value: str) -> str:
+    if value not in RESCORING_METHODS and not _DOTTED.fullmatch(value):
+        raise ValueError(f"allowed: {', '.join(RESCORING_METHODS)}, or an ASE calculator factory 'module.path:function'")
+    return value
+
+
+class RescoringSpec(Spec):
+    """Re-score the best candidates of each composition with real physics."""
+
+    method: Annotated[str, AfterValidator(_rescoring_method)]
+    top_k: PositiveInt = 10
+
+
+class HullSpec(Spec):
+    """Which energy builds the convex hull."""
+
+    energy: str = "rm_pseudo"
+
+
+class CampaignSpec(Spec):
+    """A whole campaign.yaml."""
+
+    name: str
+    database: str | None = None
+    seed: int = 0
+    cluster: ClusterSpec = Field(default_factory=ClusterSpec)
+    compositions: CompositionsSpec
+    model: ModelSpec
+    generators: GeneratorsSpec
+    relaxation: RelaxationSpec = Field(default_factory=RelaxationSpec)
+    rescoring: RescoringSpec | None = None
+    hull: HullSpec = Field(default_factory=HullSpec)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}", value):
+            raise ValueError("a name starts with a letter or digit and uses only letters, digits, '_', '.' and '-' (at most 200 characters)")
+        return value
+
+    @field_validator("database")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                normalize_url(value)
+            except DatabaseURLError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("hull")
+    @classmethod
+    def _hull_energy(cls, value: HullSpec, info: ValidationInfo) -> HullSpec:
+        rescoring = info.data.get("rescoring")
+        allowed = ["rm_pseudo"] + ([rescoring.method] if rescoring else [])
+        if value.energy not in allowed:
+            raise ValueError(f"energy = {value.energy!r} is not computed by this campaign; allowed: {', '.join(allowed)}")
+        return value
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model class that owns the last key of ``loc``."""
+    model: Any = CampaignSpec
+    for part in loc[:-1]:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        model = _find_model(field.annotation)
+    return model
+
+
+def _find_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (Union, types.UnionType, list, tuple, dict, Annotated):
+        for arg in typing.get_args(annotation):
+            found = _find_model(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _field_path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part.startswith(("function-", "tagged-union", "union")) or part in ("str", "float", "dict[str,float]"):
+            continue  # pydantic's internal branch labels, not user fields
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def _problem(error: dict) -> Problem:
+    loc = tuple(error["loc"])
+    value = error.get("input", _MISSING)
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        model = _model_at(loc)
+        allowed = sorted(model.model_fields) if model else []
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        message = f"unknown key; allowed keys here: {', '.join(allowed)}" + (f"; did you mean {close[0]!r}?" if close else "")
+    elif error["type"] == "missing":
+        value = _MISSING
+        message = "required field is missing"
+    elif error["type"] == "string_type" and isinstance(value, bool):
+        message += " (YAML read this as a boolean: put it in quotes, e.g. 'NO')"
+    return Problem(_field_path(loc), value, message)
+
+
+def parse_campaign(data: Any, *, source: str = "<campaign>", base_dir: Path | str = ".") -> CampaignSpec:
+    """Validate a loaded YAML document; raises :class:`CampaignError` listing every problem."""
+    if not isinstance(data, dict):
+        kind = "empty" if data is None else f"a {type(data).__name__}"
+        raise CampaignError(source, [Problem("", _MISSING, f"the file is {kind}; a campaign is a mapping with name, compositions, model, generators, ...")])
+    try:
+        return CampaignSpec.model_validate(data, context={"base_dir": Path(base_dir)})
+    except ValidationError as exc:
+        problems = [_problem(e) for e in exc.errors(include_url=False)]
+        unique = {str(p): p for p in problems}
+        raise CampaignError(source, list(unique.values())) from None
+
+
+def load_campaign(path: str | Path) -> CampaignSpec:
+    """Read and validate a campaign YAML file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise CampaignError(str(path), [Problem("", _MISSING, f"cannot read the file: {exc.strerror}")]) from None
+    return parse_campaign(load_yaml(text, str(path)), source=str(path), base_dir=path.parent)
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """``yaml.safe_load`` with errors turned into a :class:`CampaignError` that names the line."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise CampaignError(source, [Problem("", _MISSING, f"not valid YAML: {where}{reason}")]) from None

@@ -1,0 +1,54 @@
+"""Dataset readers; each returns ASE Atoms with the source's metadata in ``atoms.info``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ase import Atoms
+
+from atomscreen.data.ase_files import COLLECTIONS, read_cif, read_collection, read_file, read_xyz
+from atomscreen.data.cdvae_csv import read_cdvae_csv
+from atomscreen.data.errors import DataError, OnError
+from atomscreen.data.qm9 import iter_qm9, read_qm9
+
+FORMATS = ("auto", "extxyz", "ase", "cif", "cdvae-csv", "qm9", "ase-collection")
+
+
+def read_dataset(
+    format: str = "auto",
+    path: str | Path | None = None,
+    *,
+    name: str | None = None,
+    limit: int | None = None,
+    on_error: OnError = "raise",
+) -> list[Atoms]:
+    """Read a dataset as a campaign's ``dataset:`` block names it; ``auto`` picks by file extension."""
+    if format not in FORMATS:
+        raise ValueError(f"unknown dataset format {format!r}; allowed: {', '.join(FORMATS)}")
+    if format == "qm9":
+        return read_qm9(limit=limit, on_error=on_error)
+    if format == "ase-collection":
+        return read_collection(name or "", limit=limit)
+    if path is None:
+        raise ValueError(f"dataset format {format!r} needs a path")
+    suffix = Path(path).suffix.lower()
+    if format == "cdvae-csv" or (format == "auto" and suffix == ".csv"):
+        return read_cdvae_csv(path, limit=limit, on_error=on_error)
+    if format == "cif":
+        return read_cif(path, limit=limit)
+    return read_file(path, format="extxyz" if format == "extxyz" else None, limit=limit, on_error=on_error)
+
+
+__all__ = [
+    "COLLECTIONS",
+    "FORMATS",
+    "DataError",
+    "iter_qm9",
+    "read_cdvae_csv",
+    "read_cif",
+    "read_collection",
+    "read_dataset",
+    "read_file",
+    "read_qm9",
+    "read_xyz",
+]

@@ -1,0 +1,352 @@
+"""Read/write API of the store: the only place that turns results into rows and rows into Atoms.
+
+Every function takes an explicit session and never commits: the caller owns the
+transaction (see :func:`atomscreen.store.engine.transaction`), so a task's
+structures, energies and trajectories land together or not at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+from ase import Atoms
+from ase.data import chemical_symbols
+from ase.formula import Formula
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
+
+from atomscreen.store.models import Campaign, Composition, Energy, Model, Structure, Task, Trajectory
+
+
+@dataclass(frozen=True)
+class EnergyRecord:
+    """An energy to store with a structure (eV; fmax in eV/Å)."""
+
+    method: str
+    total: float
+    fmax: float | None = None
+    converged: bool | None = None
+    n_steps: int | None = None
+    wall_time_s: float | None = None
+    model_id: int | None = None
+
+
+@dataclass(frozen=True)
+class TrajectoryRecord:
+    """Subsampled frames of a relaxation: steps [F], energies [F], fmax [F], positions [F,N,3], cells [F,3,3]."""
+
+    method: str
+    steps: np.ndarray
+    energies: np.ndarray
+    fmax: np.ndarray
+    positions: np.ndarray
+    cells: np.ndarray
+
+
+@dataclass
+class CampaignSummary:
+    """What `platform status` shows for one campaign."""
+
+    name: str
+    status: str
+    tasks: dict[str, int]
+    n_structures: int
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (task key, error)
+    error: str | None = None
+
+
+def composition_fields(numbers: Sequence[int]) -> dict[str, Any]:
+    """Hill formula, reduced Hill formula, chemical system and atom count of a list of atomic numbers."""
+    if len(numbers) == 0:
+        raise ValueError("a structure needs at least one atom")
+    formula = Formula.from_list([chemical_symbols[int(z)] for z in numbers])
+    reduced, _ = formula.reduce()
+    return {
+        "formula": formula.format("hill"),
+        "reduced_formula": reduced.format("hill"),
+        "chemsys": "-".join(sorted(formula.count())),
+        "n_atoms": len(numbers),
+    }
+
+
+def get_or_create_composition(session: Session, numbers: Sequence[int]) -> Composition:
+    """The composition row for these atoms, created if new."""
+    fields = composition_fields(numbers)
+    row = session.scalar(select(Composition).where(Composition.formula == fields["formula"]))
+    if row is None:
+        row = Composition(**fields)
+        session.add(row)
+        session.flush()
+    return row
+
+
+def _pbc_text(pbc: Iterable[bool]) -> str:
+    return "".join("T" if p else "F" for p in pbc)
+
+
+def _jsonable(value: Any) -> Any:
+    """A JSON-safe copy of atoms.info values; values that cannot be represented are dropped (None)."""
+    if isinstance(value, (str, bool)) or value is None:
+        return value
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return None
+
+
+def _info(atoms: Atoms) -> dict[str, Any]:
+    info = {k: _jsonable(v) for k, v in atoms.info.items()}
+    return {k: v for k, v in info.items() if v is not None}
+
+
+def add_structures(
+    session: Session,
+    atoms_list: Sequence[Atoms],
+    *,
+    origin: str,
+    campaign_id: int | None = None,
+    task_id: int | None = None,
+    parent_ids: Sequence[int | None] | None = None,
+    energies: Sequence[Sequence[EnergyRecord]] | None = None,
+    trajectories: Sequence[Sequence[TrajectoryRecord]] | None = None,
+) -> list[int]:
+    """Store structures (with optional energies and trajectories, one list per structure); returns their ids."""
+    n = len(atoms_list)
+    for name, seq in (("parent_ids", parent_ids), ("energies", energies), ("trajectories", trajectories)):
+        if seq is not None and len(seq) != n:
+            raise ValueError(f"{name} has {len(seq)} entries for {n} structures")
+    compositions: dict[str, Composition] = {}
+    rows = []
+    for i, atoms in enumerate(atoms_list):
+        numbers = np.asarray(atoms.numbers)
+        key = composition_fields(numbers)["formula"]
+        if key not in compositions:
+            compositions[key] = get_or_create_composition(session, numbers)
+        pbc = np.asarray(atoms.pbc, dtype=bool)
+        row = Structure(
+            campaign_id=campaign_id,
+            task_id=task_id,
+            composition_id=compositions[key].id,
+            parent_id=None if parent_ids is None else parent_ids[i],
+            origin=origin,
+            n_atoms=len(atoms),
+            pbc=_pbc_text(pbc),
+            numbers=numbers,
+            positions=np.asarray(atoms.positions),
+            cell=np.asarray(atoms.cell.array),
+            volume_per_atom=float(atoms.get_volume() / len(atoms)) if pbc.all() else None,
+            info=_info(atoms),
+        )
+        rows.append(row)
+    session.add_all(rows)
+    session.flush()
+    for i, row in enumerate(rows):
+        for record in energies[i] if energies is not None else ():
+            session.add(_energy_row(row, record))
+        for record in trajectories[i] if trajectories is not None else ():
+            session.add(_trajectory_row(row, record))
+    session.flush()
+    return [row.id for row in rows]
+
+
+def _energy_row(structure: Structure, record: EnergyRecord) -> Energy:
+    if not math.isfinite(record.total):
+        raise ValueError(f"energy {record.method!r} of structure {structure.id} is not finite: {record.total}")
+    return Energy(
+        structure_id=structure.id,
+        method=record.method,
+        model_id=record.model_id,
+        total=float(record.total),
+        per_atom=float(record.total) / structure.n_atoms,
+        fmax=record.fmax,
+        converged=record.converged,
+        n_steps=record.n_steps,
+        wall_time_s=record.wall_time_s,
+    )
+
+
+def _trajectory_row(structure: Structure, record: TrajectoryRecord) -> Trajectory:
+    n_frames = len(record.steps)
+    expected = {
+        "energies": (n_frames,),
+        "fmax": (n_frames,),
+        "positions": (n_frames, structure.n_atoms, 3),
+        "cells": (n_frames, 3, 3),
+    }
+    for name, shape in expected.items():
+        got = np.shape(getattr(record, name))
+        if got != shape:
+            raise ValueError(f"trajectory {name} of structure {structure.id} has shape {got}, expected {shape}")
+    return Trajectory(
+        structure_id=structure.id,
+        method=record.method,
+        n_frames=n_frames,
+        steps=np.asarray(record.steps),
+        energies=np.asarray(record.energies),
+        fmax=np.asarray(record.fmax),
+        positions=np.asarray(record.positions),
+        cells=np.asarray(record.cells),
+    )
+
+
+def add_energies(session: Session, structure_ids: Sequence[int], records: Sequence[EnergyRecord]) -> None:
+    """Store one energy per structure (e.g. a re-scoring single point)."""
+    if len(structure_ids) != len(records):
+        raise ValueError(f"{len(records)} energies for {len(structure_ids)} structures")
+    rows = {s.id: s for s in session.scalars(select(Structure).where(Structure.id.in_(structure_ids)))}
+    missing = sorted(set(structure_ids) - set(rows))
+    if missing:
+        raise KeyError(f"no structure with id {missing}")
+    session.add_all(_energy_row(rows[i], r) for i, r in zip(structure_ids, records))
+    session.flush()
+
+
+def to_atoms(row: Structure) -> Atoms:
+    """The ASE Atoms of a structure row, with its ids, origin, formula and energies in ``info``."""
+    atoms = Atoms(numbers=row.numbers, positions=row.positions, cell=row.cell, pbc=[c == "T" for c in row.pbc])
+    atoms.info.update(row.info or {})
+    atoms.info.update(
+        structure_id=row.id,
+        campaign_id=row.campaign_id,
+        parent_id=row.parent_id,
+        origin=row.origin,
+        formula=row.composition.formula,
+        energies={e.method: e.total for e in row.energies},
+    )
+    return atoms
+
+
+def structures(
+    session: Session,
+    *,
+    ids: Sequence[int] | None = None,
+    campaign: str | None = None,
+    formula: str | None = None,
+    origin: str | None = None,
+    limit: int | None = None,
+) -> list[Atoms]:
+    """Structures as ASE Atoms, filtered by id, campaign name, Hill formula or origin, in id order."""
+    query = (
+        select(Structure)
+        .join(Composition)
+        .options(selectinload(Structure.composition), selectinload(Structure.energies))
+        .order_by(Structure.id)
+    )
+    if ids is not None:
+        query = query.where(Structure.id.in_(list(ids)))
+    if campaign is not None:
+        query = query.join(Campaign, Structure.campaign_id == Campaign.id).where(Campaign.name == campaign)
+    if formula is not None:
+        query = query.where(Composition.formula == formula)
+    if origin is not None:
+        query = query.where(Structure.origin == origin)
+    if limit is not None:
+        query = query.limit(limit)
+    return [to_atoms(row) for row in session.scalars(query)]
+
+
+def trajectory(session: Session, structure_id: int, method: str | None = None) -> TrajectoryRecord | None:
+    """The stored trajectory of a structure (the first one if several methods and none is named)."""
+    query = select(Trajectory).where(Trajectory.structure_id == structure_id).order_by(Trajectory.id)
+    if method is not None:
+        query = query.where(Trajectory.method == method)
+    row = session.scalars(query).first()
+    if row is None:
+        return None
+    return TrajectoryRecord(row.method, row.steps, row.energies, row.fmax, row.positions, row.cells)
+
+
+def spec_hash(spec_text: str) -> str:
+    """sha256 of a campaign spec as submitted."""
+    return hashlib.sha256(spec_text.encode()).hexdigest()
+
+
+def add_campaign(session: Session, name: str, spec_text: str) -> Campaign:
+    """Record a new campaign; a second campaign with the same name is refused."""
+    if session.scalar(select(Campaign).where(Campaign.name == name)) is not None:
+        raise ValueError(f"a campaign named {name!r} already exists")
+    row = Campaign(name=name, spec=spec_text, spec_hash=spec_hash(spec_text), status="pending")
+    session.add(row)
+    session.flush()
+    return row
+
+
+def get_campaign(session: Session, name: str) -> Campaign | None:
+    """The campaign called ``name``, or None."""
+    return session.scalar(select(Campaign).where(Campaign.name == name))
+
+
+def add_model(
+    session: Session,
+    *,
+    kind: str,
+    weights: bytes,
+    hyperparameters: dict[str, Any],
+    training_data: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    name: str | None = None,
+) -> Model:
+    """Store a model keyed by the sha256 of its weights; storing the same weights again returns the existing row."""
+    digest = hashlib.sha256(weights).hexdigest()
+    row = session.scalar(select(Model).where(Model.sha256 == digest))
+    if row is not None:
+        return row
+    json.dumps(hyperparameters)  # fail here, not at flush, on values JSON cannot hold
+    row = Model(
+        kind=kind,
+        sha256=digest,
+        name=name,
+        hyperparameters=hyperparameters,
+        weights=weights,
+        training_data=training_data or {},
+        metrics=metrics or {},
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def campaign_summaries(session: Session, name: str | None = None) -> list[CampaignSummary]:
+    """Task counts by state, structure count and task failures for one campaign or all of them."""
+    query = select(Campaign).order_by(Campaign.id)
+    if name is not None:
+        query = query.where(Campaign.name == name)
+    summaries = []
+    for campaign in session.scalars(query):
+        states = Counter(
+            dict(
+                session.execute(
+                    select(Task.status, func.count()).where(Task.campaign_id == campaign.id).group_by(Task.status)
+                ).all()
+            )
+        )
+        n_structures = session.scalar(select(func.count(Structure.id)).where(Structure.campaign_id == campaign.id))
+        failures = session.execute(
+            select(Task.key, Task.error)
+            .where(Task.campaign_id == campaign.id, Task.status == "failed")
+            .order_by(Task.id)
+        ).all()
+        summaries.append(
+            CampaignSummary(
+                name=campaign.name,
+                status=campaign.status,
+                tasks=dict(states),
+                n_structures=n_structures or 0,
+                failures=[(key, error or "") for key, error in failures],
+                error=campaign.error,
+            )
+        )
+    return summaries

@@ -1,0 +1,100 @@
+"""Database URLs, engines and sessions.
+
+The URL resolves from ``--db``, then ``$ATOMSCREEN_DB``, then the campaign's
+``database:``, then ``sqlite:///atomscreen.db``. SQLite connections run in WAL
+mode with foreign keys on; a bare file path is taken as a SQLite file and a
+``postgresql://`` URL is given the psycopg (v3) driver.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.orm import Session, sessionmaker
+
+DEFAULT_URL = "sqlite:///atomscreen.db"
+ENV_VAR = "ATOMSCREEN_DB"
+
+
+class DatabaseURLError(ValueError):
+    """A database URL that cannot be used, with the reason and the allowed forms."""
+
+
+def normalize_url(url: str) -> str:
+    """Turn a user-given URL or SQLite file path into a SQLAlchemy URL string."""
+    url = url.strip()
+    if not url:
+        raise DatabaseURLError("empty database URL; use e.g. sqlite:///atomscreen.db or postgresql+psycopg://user@host/db")
+    if "://" not in url:
+        return f"sqlite:///{url}"
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise DatabaseURLError(f"cannot parse database URL {url!r}: {exc}") from None
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise DatabaseURLError(
+            f"unsupported database backend {parsed.get_backend_name()!r} in {url!r}; "
+            "allowed: sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST/DB"
+        )
+    return parsed.render_as_string(hide_password=False)
+
+
+def resolve_url(cli_url: str | None = None, campaign_url: str | None = None) -> str:
+    """The database URL by precedence: --db, $ATOMSCREEN_DB, campaign ``database:``, default."""
+    for candidate in (cli_url, os.environ.get(ENV_VAR), campaign_url):
+        if candidate:
+            return normalize_url(candidate)
+    return DEFAULT_URL
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file behind a SQLite URL, or None for other backends and in-memory databases."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def _sqlite_connect(dbapi_connection, _record) -> None:
+    # Let SQLAlchemy, not pysqlite, emit BEGIN (see _sqlite_begin), so DDL is
+    # transactional too and a failed migration or write leaves nothing behind.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def _sqlite_begin(connection) -> None:
+    connection.exec_driver_sql("BEGIN")
+
+
+def make_engine(url: str, **kwargs) -> Engine:
+    """An engine for ``url``; SQLite gets WAL mode, foreign keys and a busy timeout."""
+    url = normalize_url(url)
+    engine = create_engine(url, **kwargs)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_connect)
+        event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions that keep loaded objects usable after commit."""
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Session]:
+    """One session and one transaction: committed on success, rolled back on any error."""
+    with session_factory(engine).begin() as session:
+        yield session
