@@ -1,0 +1,88 @@
+"""The `platform` command as a new user meets it: db upgrade/current, status, and the stdlib `platform` untouched."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from atomscreen import store
+from atomscreen.cli import build_parser, main
+from atomscreen.store.models import Base, Task
+from conftest import REPO
+
+
+def run(*args: str, cwd, env=None) -> subprocess.CompletedProcess:
+    full = {k: v for k, v in os.environ.items() if k != "ATOMSCREEN_DB"}
+    return subprocess.run(["platform", *args], cwd=cwd, env={**full, **(env or {})}, capture_output=True, text=True)
+
+
+def test_stdlib_platform_is_not_shadowed_from_the_repo_root():
+    result = subprocess.run([sys.executable, "-c", "import platform; print(platform.system())"], cwd=REPO, capture_output=True, text=True)
+    assert result.stdout.strip() == "Linux", result.stderr
+    assert not (REPO / "platform" / "__init__.py").exists()
+
+
+def test_db_upgrade_creates_every_table_in_a_new_sqlite_file(tmp_path):
+    result = run("db", "upgrade", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    with sqlite3.connect(tmp_path / "atomscreen.db") as conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert set(Base.metadata.tables) <= tables
+    again = run("db", "upgrade", cwd=tmp_path)
+    assert again.returncode == 0 and "already at" in again.stdout
+    current = run("db", "current", cwd=tmp_path)
+    assert current.returncode == 0 and current.stdout.startswith("0001 (head)")
+
+
+def test_python_dash_m_is_the_same_command(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "atomscreen", "db", "upgrade", "--db", str(tmp_path / "x.db")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "x.db").exists()
+
+
+def test_commands_on_a_missing_database_fail_without_creating_it(tmp_path):
+    for args in (["db", "current"], ["status"]):
+        result = run(*args, "--db", str(tmp_path / "missing.db"), cwd=tmp_path)
+        assert result.returncode == 1 and "no database at" in result.stderr and "platform db upgrade" in result.stderr
+    assert not (tmp_path / "missing.db").exists()
+
+
+def test_status_lists_tasks_by_state_and_failures(engine, capsys):
+    with store.transaction(engine) as session:
+        campaign = store.add_campaign(session, "lis", "name: lis\n")
+        for i, status in enumerate(["done", "done", "failed", "pending"]):
+            session.add(Task(campaign_id=campaign.id, kind="rss", key=f"rss-{i}", seed=i, status=status,
+                             error="minimum separation 3.0 Å cannot be met in 2.1 Å^3/atom" if status == "failed" else None))
+    url = engine.url.render_as_string(hide_password=False)
+    assert main(["status", "--db", url]) == 0
+    shown = capsys.readouterr().out
+    assert "lis" in shown and "rss-2" in shown and "cannot be met" in shown
+    assert main(["status", "nope", "--db", url]) == 1
+    assert "no campaign named 'nope'" in capsys.readouterr().err
+
+
+def test_status_on_an_old_schema_asks_for_upgrade(tmp_path, capsys):
+    from atomscreen.store import migrate
+
+    engine = store.make_engine(str(tmp_path / "old.db"))
+    migrate.upgrade(engine)
+    migrate.downgrade(engine, "base")
+    assert main(["status", "--db", str(tmp_path / "old.db")]) == 1
+    assert "run platform db upgrade" in capsys.readouterr().err
+
+
+def test_db_env_variable_is_used(tmp_path):
+    result = run("db", "upgrade", cwd=tmp_path, env={"ATOMSCREEN_DB": str(tmp_path / "from_env.db")})
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "from_env.db").exists() and not (tmp_path / "atomscreen.db").exists()
+
+
+@pytest.mark.parametrize("command", ["submit", "resume", "results", "hull", "export", "train"])
+def test_later_commands_do_not_exist_yet(command):
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args([command])
+    assert info.value.code == 2
