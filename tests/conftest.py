@@ -71,17 +71,18 @@ def engine(db_url):
     engine.dispose()
 
 
-@pytest.fixture
-def carbon24_csv() -> Path:
-    path = SHARED_DATA / "carbon_24" / "val.csv"
+def _shared_file(relative: str) -> Path:
+    path = SHARED_DATA / relative
     if not path.is_file():
         pytest.skip(f"{path} not found (shared/ data must sit beside the checkout)")
     return path
+
+
+@pytest.fixture
+def carbon24_csv() -> Path:
+    return _shared_file("carbon_24/val.csv")
 
 
 @pytest.fixture
 def perov5_csv() -> Path:
-    path = SHARED_DATA / "perov_5" / "val.csv"
-    if not path.is_file():
-        pytest.skip(f"{path} not found (shared/ data must sit beside the checkout)")
-    return path
+    return _shared_file("perov_5/val.csv")

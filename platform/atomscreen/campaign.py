@@ -13,6 +13,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass
+from math import comb
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -218,8 +219,6 @@ def _partitions(total: int, k: int):
 
 
 def _grid_size(k: int, lo: int, hi: int) -> int:
-    from math import comb
-
     return sum(comb(n + k - 1, k - 1) for n in range(lo, hi + 1))
 
 
