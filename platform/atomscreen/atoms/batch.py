@@ -1,0 +1,145 @@
+"""AtomsBatch: B structures with N atoms in total as flat tensors, on any device and dtype.
+
+Molecules and crystals share a batch: pbc is per system, and a non-periodic
+system's cell is carried along but never used for images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Sequence
+
+import numpy as np
+import torch
+from ase import Atoms
+
+
+@dataclass
+class AtomsBatch:
+    """positions [N,3] Å, numbers [N], system [N] (0..B-1, non-decreasing), cell [B,3,3] Å (rows), pbc [B,3]."""
+
+    positions: torch.Tensor
+    numbers: torch.Tensor
+    system: torch.Tensor
+    cell: torch.Tensor
+    pbc: torch.Tensor
+
+    @property
+    def n_systems(self) -> int:
+        return self.cell.shape[0]
+
+    @property
+    def n_atoms(self) -> torch.Tensor:
+        """Atoms per system [B]."""
+        return torch.bincount(self.system, minlength=self.n_systems)
+
+    @property
+    def device(self) -> torch.device:
+        return self.positions.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.positions.dtype
+
+    def volume(self) -> torch.Tensor:
+        """Cell volumes [B] in Å^3 (meaningful only for periodic systems)."""
+        return torch.linalg.det(self.cell).abs()
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> AtomsBatch:
+        """A copy on another device and/or float dtype (integer fields keep their dtype)."""
+        return AtomsBatch(
+            positions=self.positions.to(device=device, dtype=dtype),
+            numbers=self.numbers.to(device=device),
+            system=self.system.to(device=device),
+            cell=self.cell.to(device=device, dtype=dtype),
+            pbc=self.pbc.to(device=device),
+        )
+
+    def with_(self, **fields) -> AtomsBatch:
+        """A shallow copy with some fields replaced."""
+        return replace(self, **fields)
+
+
+def from_ase(
+    atoms_list: Sequence[Atoms], device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64
+) -> AtomsBatch:
+    """Batch a list of ASE Atoms."""
+    if len(atoms_list) == 0:
+        raise ValueError("cannot batch an empty list of structures")
+    if any(len(a) == 0 for a in atoms_list):
+        raise ValueError("every structure needs at least one atom")
+    positions = np.concatenate([a.positions for a in atoms_list])
+    numbers = np.concatenate([a.numbers for a in atoms_list])
+    system = np.repeat(np.arange(len(atoms_list)), [len(a) for a in atoms_list])
+    cell = np.stack([a.cell.array for a in atoms_list])
+    pbc = np.stack([a.pbc for a in atoms_list])
+    return AtomsBatch(
+        positions=torch.as_tensor(positions, dtype=dtype, device=device),
+        numbers=torch.as_tensor(numbers, dtype=torch.long, device=device),
+        system=torch.as_tensor(system, dtype=torch.long, device=device),
+        cell=torch.as_tensor(cell, dtype=dtype, device=device),
+        pbc=torch.as_tensor(pbc, dtype=torch.bool, device=device),
+    )
+
+
+def to_ase(batch: AtomsBatch) -> list[Atoms]:
+    """Split a batch back into ASE Atoms (on the CPU, float64)."""
+    positions = batch.positions.detach().cpu().double().numpy()
+    numbers = batch.numbers.cpu().numpy()
+    cell = batch.cell.detach().cpu().double().numpy()
+    pbc = batch.pbc.cpu().numpy()
+    bounds = np.concatenate([[0], np.cumsum(batch.n_atoms.cpu().numpy())])
+    return [
+        Atoms(numbers=numbers[lo:hi], positions=positions[lo:hi], cell=cell[b], pbc=pbc[b])
+        for b, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:]))
+    ]
+
+
+def from_pymatgen(structures: Sequence, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64) -> AtomsBatch:
+    """Batch pymatgen Structure (periodic) and Molecule (non-periodic) objects."""
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    return from_ase([AseAtomsAdaptor.get_atoms(s) for s in structures], device=device, dtype=dtype)
+
+
+def to_pymatgen(batch: AtomsBatch) -> list:
+    """Structures for fully periodic systems, Molecules for non-periodic ones."""
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    out = []
+    for atoms in to_ase(batch):
+        if atoms.pbc.all():
+            out.append(AseAtomsAdaptor.get_structure(atoms))
+        elif not atoms.pbc.any():
+            out.append(AseAtomsAdaptor.get_molecule(atoms))
+        else:
+            raise ValueError(f"pymatgen has no type for partial periodicity pbc={atoms.pbc.tolist()}")
+    return out
+
+
+def concatenate(batches: Sequence[AtomsBatch]) -> AtomsBatch:
+    """One batch holding all systems of ``batches`` in order."""
+    offsets = np.cumsum([0] + [b.n_systems for b in batches[:-1]])
+    return AtomsBatch(
+        positions=torch.cat([b.positions for b in batches]),
+        numbers=torch.cat([b.numbers for b in batches]),
+        system=torch.cat([b.system + int(o) for b, o in zip(batches, offsets)]),
+        cell=torch.cat([b.cell for b in batches]),
+        pbc=torch.cat([b.pbc for b in batches]),
+    )
+
+
+def select(batch: AtomsBatch, systems: torch.Tensor) -> AtomsBatch:
+    """The systems whose indices are in ``systems`` (sorted ascending), renumbered 0..len-1."""
+    systems = torch.as_tensor(systems, dtype=torch.long, device=batch.device)
+    keep = torch.zeros(batch.n_systems, dtype=torch.bool, device=batch.device)
+    keep[systems] = True
+    atom_mask = keep[batch.system]
+    new_index = torch.cumsum(keep.long(), 0) - 1
+    return AtomsBatch(
+        positions=batch.positions[atom_mask],
+        numbers=batch.numbers[atom_mask],
+        system=new_index[batch.system[atom_mask]],
+        cell=batch.cell[keep],
+        pbc=batch.pbc[keep],
+    )

@@ -1,0 +1,62 @@
+"""Radial and angular edge bases of the CACE descriptor (RM paper Eq. 2)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+
+
+def bessel(r: torch.Tensor, n_radial: int, cutoff: float) -> torch.Tensor:
+    """Bessel radial basis sqrt(2/rc) sin(n pi r / rc) / r, n = 1..n_radial  -> [E, n_radial]."""
+    n = torch.arange(1, n_radial + 1, dtype=r.dtype, device=r.device)
+    return math.sqrt(2.0 / cutoff) * torch.sin(n * math.pi * r[:, None] / cutoff) / r[:, None]
+
+
+def polynomial_cutoff(r: torch.Tensor, cutoff: float, p: int = 6) -> torch.Tensor:
+    """Smooth envelope going to zero with p-1 continuous derivatives at the cutoff (DimeNet's polynomial)."""
+    x = r / cutoff
+    envelope = 1.0 - (p + 1) * (p + 2) / 2 * x**p + p * (p + 2) * x ** (p + 1) - p * (p + 1) / 2 * x ** (p + 2)
+    return torch.where(x < 1.0, envelope, torch.zeros_like(x))
+
+
+def cartesian_angular(unit: torch.Tensor, l_max: int) -> list[torch.Tensor]:
+    """Full Cartesian tensors r^ (x) ... (x) r^ of rank l = 0..l_max, each flattened to [E, 3**l]."""
+    out = [torch.ones(unit.shape[0], 1, dtype=unit.dtype, device=unit.device)]
+    for _ in range(l_max):
+        out.append((out[-1][:, :, None] * unit[:, None, :]).reshape(unit.shape[0], -1))
+    return out
+
+
+def three_body_patterns(l_max: int) -> list[tuple[int, int, int]]:
+    """Index-sharing patterns (k12, k13, k23) for nu = 3 invariants A1 A2 A3 fully contracted.
+
+    Tensor a has rank k_ab + k_ac. Patterns with a rank-0 factor (products of lower
+    invariants) and permutations of the same contraction are left out.
+    """
+    seen, patterns = set(), []
+    for k12, k13, k23 in itertools.product(range(l_max + 1), repeat=3):
+        ranks = (k12 + k13, k12 + k23, k13 + k23)
+        if min(ranks) < 1 or max(ranks) > l_max:
+            continue
+        pair = {(0, 1): k12, (0, 2): k13, (1, 2): k23}
+        forms = []
+        for perm in itertools.permutations(range(3)):
+            k = lambda a, b: pair[tuple(sorted((perm[a], perm[b])))]
+            forms.append((k(0, 1), k(0, 2), k(1, 2)))
+        key = min(forms)
+        if key not in seen:
+            seen.add(key)
+            patterns.append(key)
+    return patterns
+
+
+def einsum_for(pattern: tuple[int, int, int]) -> tuple[str, tuple[int, int, int]]:
+    """einsum equation contracting three full Cartesian tensors [..., 3, ..., 3] by ``pattern``; and their ranks."""
+    k12, k13, k23 = pattern
+    letters = iter("abcdefghijklmnopqrstuvw")
+    s12 = "".join(next(letters) for _ in range(k12))
+    s13 = "".join(next(letters) for _ in range(k13))
+    s23 = "".join(next(letters) for _ in range(k23))
+    return f"...{s12}{s13},...{s12}{s23},...{s13}{s23}->...", (k12 + k13, k12 + k23, k13 + k23)

@@ -1,0 +1,131 @@
+"""The Response-Matching pseudo potential: a local CACE-style model without message passing.
+
+RM paper Eqs. 1-5: element embeddings theta; edge type T = theta_i (x) theta_j;
+Bessel radial basis with a smooth cutoff; Cartesian angular basis up to l_max;
+A features summed over neighbours (Eq. 3); rotation-invariant B features of body
+order nu <= 3 by full tensor contraction (Eq. 4); an MLP to atomic energies
+(Eq. 5); E = sum_i E_i (Eq. 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from atomscreen.atoms.batch import AtomsBatch
+from atomscreen.atoms.neighbors import neighbor_list
+from atomscreen.potentials.basis import bessel, cartesian_angular, einsum_for, polynomial_cutoff, three_body_patterns
+
+MAX_Z = 118
+
+
+@dataclass(frozen=True)
+class RMConfig:
+    """Architecture hyperparameters (paper: r_cut 4-4.5 Å, l_max 2-3, nu_max 2-3, N_embedding 1-4)."""
+
+    cutoff: float = 4.5  # Å
+    l_max: int = 3
+    nu_max: int = 3
+    n_embedding: int = 1
+    n_radial: int = 8
+    hidden: tuple[int, ...] = (24, 24)
+    avg_neighbors: float = 10.0  # A features are divided by this so they stay O(1)
+    elements: tuple[int, ...] = field(default_factory=tuple)  # atomic numbers the model knows; empty = all
+
+    def __post_init__(self):
+        if self.cutoff <= 0:
+            raise ValueError(f"cutoff must be positive, got {self.cutoff}")
+        if not 0 <= self.l_max <= 4:
+            raise ValueError(f"l_max must be in 0..4, got {self.l_max}")
+        if self.nu_max not in (1, 2, 3):
+            raise ValueError(f"nu_max must be 1, 2 or 3, got {self.nu_max}")
+        if self.n_embedding < 1 or self.n_radial < 1:
+            raise ValueError("n_embedding and n_radial must be positive")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["hidden"] = list(self.hidden)
+        d["elements"] = list(self.elements)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RMConfig:
+        d = dict(d)
+        d["hidden"] = tuple(d.get("hidden", cls.hidden))
+        d["elements"] = tuple(d.get("elements", ()))
+        return cls(**d)
+
+
+class RMPotential(nn.Module):
+    """Pseudo energy per structure of an AtomsBatch (eV); forces and stress come from autograd (see forces.py)."""
+
+    def __init__(self, config: RMConfig = RMConfig()):
+        super().__init__()
+        self.config = config
+        self.embedding = nn.Embedding(MAX_Z + 1, config.n_embedding)
+        nn.init.uniform_(self.embedding.weight, 0.5, 1.5)
+        self.patterns = [einsum_for(p) for p in three_body_patterns(config.l_max)] if config.nu_max >= 3 else []
+        channels = config.n_embedding**2 * config.n_radial
+        n_invariants = 1 + (config.l_max if config.nu_max >= 2 else 0) + len(self.patterns)
+        layers: list[nn.Module] = []
+        width = channels * n_invariants
+        for hidden in config.hidden:
+            layers += [nn.Linear(width, hidden), nn.SiLU()]
+            width = hidden
+        layers.append(nn.Linear(width, 1))
+        self.mlp = nn.Sequential(*layers)
+        if config.elements:
+            known = torch.zeros(MAX_Z + 1, dtype=torch.bool)
+            known[list(config.elements)] = True
+        else:
+            known = torch.ones(MAX_Z + 1, dtype=torch.bool)
+        self.register_buffer("known_elements", known, persistent=False)
+
+    @property
+    def cutoff(self) -> float:
+        return self.config.cutoff
+
+    def descriptors(self, batch: AtomsBatch) -> torch.Tensor:
+        """Invariant B features per atom [N, channels * invariants]."""
+        cfg = self.config
+        unknown = ~self.known_elements[batch.numbers]
+        if unknown.any():
+            z = sorted(set(batch.numbers[unknown].tolist()))
+            raise ValueError(f"the model was not trained on atomic numbers {z}; it knows {list(cfg.elements)}")
+        nb = neighbor_list(batch, cfg.cutoff)
+        theta = self.embedding(batch.numbers)
+        edge_type = (theta[nb.i][:, :, None] * theta[nb.j][:, None, :]).flatten(1)  # [E, C]
+        radial = bessel(nb.distances, cfg.n_radial, cfg.cutoff) * polynomial_cutoff(nb.distances, cfg.cutoff)[:, None]
+        type_radial = (edge_type[:, :, None] * radial[:, None, :]).flatten(1)  # [E, C*n]
+        angular = cartesian_angular(nb.vectors / nb.distances[:, None], cfg.l_max)
+        n_atoms = batch.positions.shape[0]
+        shape = lambda l: (n_atoms, type_radial.shape[1]) + (3,) * l
+        A = []
+        for l, ang in enumerate(angular):
+            edge = (type_radial[:, :, None] * ang[:, None, :]).reshape((-1,) + shape(l)[1:])
+            A.append(torch.zeros(shape(l), dtype=edge.dtype, device=edge.device).index_add_(0, nb.i, edge) / cfg.avg_neighbors)
+        features = [A[0]]
+        if cfg.nu_max >= 2:
+            features += [A[l].flatten(2).square().sum(dim=2) for l in range(1, cfg.l_max + 1)]
+        for equation, (l1, l2, l3) in self.patterns:
+            features.append(torch.einsum(equation, A[l1], A[l2], A[l3]))
+        return torch.cat(features, dim=1)
+
+    def atomic_energies(self, batch: AtomsBatch) -> torch.Tensor:
+        """E_i [N] (eV)."""
+        return self.mlp(self.descriptors(batch)).squeeze(-1)
+
+    def forward(self, batch: AtomsBatch) -> torch.Tensor:
+        """Total pseudo energy per system [B] (eV)."""
+        e_atoms = self.atomic_energies(batch)
+        return torch.zeros(batch.n_systems, dtype=e_atoms.dtype, device=e_atoms.device).index_add_(0, batch.system, e_atoms)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters, counting only the embedding rows of the model's elements."""
+    total = sum(p.numel() for name, p in model.named_parameters() if name != "embedding.weight")
+    elements = getattr(model, "config", None)
+    n_rows = len(elements.elements) if elements is not None and elements.elements else MAX_Z + 1
+    return total + n_rows * model.embedding.weight.shape[1]

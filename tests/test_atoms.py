@@ -1,0 +1,101 @@
+"""AtomsBatch conversions and batched neighbour lists, checked edge for edge against ASE."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import bulk, molecule
+from ase.neighborlist import neighbor_list as ase_neighbor_list
+from pymatgen.core import Lattice, Molecule, Structure
+
+from atomscreen.atoms import concatenate, from_ase, from_pymatgen, neighbor_list, select, to_ase, to_pymatgen
+
+
+def random_systems(seed: int, n: int = 30) -> list[Atoms]:
+    """Random triclinic cells (some tiny, so atoms see many images), partly periodic cells and molecules."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n):
+        n_atoms = int(rng.integers(1, 14))
+        cell = rng.normal(size=(3, 3)) * 1.5 + np.eye(3) * rng.uniform(2.0, 6.0)
+        pbc = [[True] * 3, [False] * 3, [True, False, True]][k % 3]
+        out.append(Atoms(numbers=rng.integers(1, 30, n_atoms), positions=rng.normal(size=(n_atoms, 3)) * 3, cell=cell, pbc=pbc))
+    return out
+
+
+def edges_by_system(systems, nb):
+    bounds = np.concatenate([[0], np.cumsum([len(a) for a in systems])])
+    i, j, s = nb.i.cpu().numpy(), nb.j.cpu().numpy(), nb.shifts.cpu().numpy()
+    for b, atoms in enumerate(systems):
+        m = (i >= bounds[b]) & (i < bounds[b + 1])
+        yield atoms, set(zip(i[m] - bounds[b], j[m] - bounds[b], map(tuple, s[m])))
+
+
+@pytest.mark.parametrize("method", ["vesin", "torch"])
+@pytest.mark.parametrize("cutoff", [1.5, 4.5])
+def test_neighbor_list_matches_ase_edge_for_edge(method, cutoff):
+    systems = random_systems(seed=int(cutoff * 10))
+    nb = neighbor_list(from_ase(systems), cutoff, method=method)
+    for atoms, mine in edges_by_system(systems, nb):
+        i, j, s = ase_neighbor_list("ijS", atoms, cutoff)
+        assert mine == set(zip(i, j, map(tuple, s)))
+    reference = np.concatenate([ase_neighbor_list("d", a, cutoff) for a in systems])
+    assert np.allclose(np.sort(nb.distances.numpy()), np.sort(reference))
+
+
+def test_small_cell_sees_several_images_of_each_neighbour():
+    atoms = bulk("Cu", "fcc", a=3.6)  # one atom, 2.5 Å nearest neighbour
+    nb = neighbor_list(from_ase([atoms]), 6.0, method="torch")
+    assert len(nb.i) == len(ase_neighbor_list("i", atoms, 6.0)) and len(nb.i) > 50
+
+
+def test_edge_vectors_are_differentiable_in_positions_and_cell():
+    atoms = bulk("Si", "diamond", a=5.43)
+    atoms.rattle(0.05, seed=0)
+    batch = from_ase([atoms])
+    positions = batch.positions.clone().requires_grad_(True)
+    cell = batch.cell.clone().requires_grad_(True)
+    nb = neighbor_list(batch.with_(positions=positions, cell=cell), 3.0)
+    nb.distances.sum().backward()
+    assert positions.grad.abs().sum() > 0 and cell.grad.abs().sum() > 0
+
+
+def test_batch_round_trips_through_ase_and_pymatgen():
+    systems = [bulk("NaCl", "rocksalt", a=5.6), molecule("CH3CH2OH"), bulk("Fe", "bcc", a=2.87, cubic=True)]
+    batch = from_ase(systems)
+    assert batch.n_atoms.tolist() == [2, 9, 2] and batch.system.tolist() == [0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2]
+    for a, b in zip(systems, to_ase(batch)):
+        assert np.array_equal(a.numbers, b.numbers) and np.allclose(a.positions, b.positions) and np.allclose(a.cell, b.cell)
+        assert a.pbc.tolist() == b.pbc.tolist()
+    pmg = to_pymatgen(batch)
+    assert isinstance(pmg[0], Structure) and isinstance(pmg[1], Molecule)
+    back = from_pymatgen([Structure(Lattice.cubic(4.0), ["Cu"], [[0, 0, 0]]), pmg[1]])
+    assert back.pbc.tolist() == [[True] * 3, [False] * 3] and back.n_atoms.tolist() == [1, 9]
+
+
+def test_select_and_concatenate_are_inverse():
+    systems = random_systems(seed=3, n=6)
+    batch = from_ase(systems)
+    parts = [select(batch, torch.tensor([0, 2, 4])), select(batch, torch.tensor([1, 3, 5]))]
+    joined = concatenate(parts)
+    order = [0, 2, 4, 1, 3, 5]
+    for k, atoms in enumerate(to_ase(joined)):
+        assert np.allclose(atoms.positions, systems[order[k]].positions)
+
+
+def test_dtype_and_device_conversion():
+    batch = from_ase([bulk("Al")], dtype=torch.float32)
+    assert batch.dtype == torch.float32 and batch.to(dtype=torch.float64).dtype == torch.float64
+    assert batch.to(dtype=torch.float64).numbers.dtype == torch.long
+
+
+@pytest.mark.gpu
+def test_neighbor_list_on_cuda_matches_cpu():
+    systems = random_systems(seed=11)
+    cpu = neighbor_list(from_ase(systems), 4.0, method="vesin")
+    gpu = neighbor_list(from_ase(systems, device="cuda"), 4.0, method="torch")
+    cpu_edges = {(int(i), int(j), tuple(s)) for i, j, s in zip(cpu.i, cpu.j, cpu.shifts.tolist())}
+    gpu_edges = {(int(i), int(j), tuple(s)) for i, j, s in zip(gpu.i.cpu(), gpu.j.cpu(), gpu.shifts.cpu().tolist())}
+    assert cpu_edges == gpu_edges

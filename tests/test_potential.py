@@ -1,0 +1,131 @@
+"""The RM pseudo potential: forces and stress equal finite differences of its energy; energy has the symmetries of physics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk, molecule
+from ase.calculators.fd import calculate_numerical_stress
+from scipy.spatial.transform import Rotation
+
+from atomscreen.atoms import from_ase
+from atomscreen.potentials.calculator import RMCalculator
+from atomscreen.potentials.forces import compute
+from atomscreen.potentials.rm import RMConfig, RMPotential, count_parameters
+
+
+@pytest.fixture(scope="module")
+def model() -> RMPotential:
+    torch.manual_seed(0)
+    return RMPotential(RMConfig(cutoff=4.0, n_embedding=2, elements=(1, 6, 7, 8, 14))).double()
+
+
+def structures():
+    crystal = bulk("Si", "diamond", a=5.43) * (1, 1, 2)
+    crystal.set_cell(crystal.cell.array + np.array([[0, 0.2, 0], [0.1, 0, 0], [0, 0.3, 0]]), scale_atoms=True)
+    crystal.rattle(0.1, seed=1)
+    carbon = bulk("C", "diamond")
+    carbon.rattle(0.1, seed=2)
+    mol = molecule("CH3CH2OH")
+    mol.rattle(0.05, seed=3)
+    return [crystal, carbon, mol]
+
+
+def test_forces_match_central_finite_differences(model):
+    batch = from_ase(structures())
+    forces = compute(model, batch).forces
+    h = 1e-5
+    for atom in range(batch.positions.shape[0]):
+        for k in range(3):
+            plus, minus = batch.positions.clone(), batch.positions.clone()
+            plus[atom, k] += h
+            minus[atom, k] -= h
+            with torch.no_grad():
+                fd = -(model(batch.with_(positions=plus)).sum() - model(batch.with_(positions=minus)).sum()) / (2 * h)
+            assert abs(float(fd) - float(forces[atom, k])) <= 1e-4 * max(abs(float(fd)), 1e-2)
+
+
+def test_stress_matches_finite_difference_of_strain(model):
+    batch = from_ase(structures()[:2])
+    response = compute(model, batch)
+    h = 1e-5
+    volume = batch.volume()
+    for a in range(3):
+        for b in range(3):
+            energies = []
+            for sign in (1, -1):
+                deformation = torch.eye(3, dtype=torch.float64).repeat(batch.n_systems, 1, 1)
+                deformation[:, a, b] += sign * h
+                strained = batch.with_(
+                    positions=torch.einsum("ni,nij->nj", batch.positions, deformation[batch.system]),
+                    cell=torch.bmm(batch.cell, deformation),
+                )
+                with torch.no_grad():
+                    energies.append(model(strained))
+            fd = (energies[0] - energies[1]) / (2 * h) / volume
+            assert torch.allclose(fd, response.stress[:, a, b], rtol=1e-4, atol=1e-8)
+
+
+def test_stress_is_symmetric_and_zero_for_molecules(model):
+    response = compute(model, from_ase(structures()))
+    assert torch.allclose(response.stress[:2], response.stress[:2].transpose(1, 2), atol=1e-10)
+    assert torch.count_nonzero(response.stress[2]) == 0
+
+
+def _energy(model, atoms) -> float:
+    with torch.no_grad():
+        return float(model(from_ase([atoms])))
+
+
+def test_energy_is_invariant_to_rotation_translation_permutation_and_image(model):
+    for atoms in structures():
+        e0 = _energy(model, atoms)
+        rotated = atoms.copy()
+        R = Rotation.random(random_state=5).as_matrix()
+        rotated.positions = atoms.positions @ R.T
+        rotated.cell = atoms.cell.array @ R.T
+        moved = atoms.copy()
+        moved.positions += np.array([0.3, -1.7, 2.2])
+        order = np.random.default_rng(0).permutation(len(atoms))
+        permuted = atoms[order]
+        assert _energy(model, rotated) == pytest.approx(e0, rel=1e-10, abs=1e-10)
+        assert _energy(model, moved) == pytest.approx(e0, rel=1e-10, abs=1e-10)
+        assert _energy(model, permuted) == pytest.approx(e0, rel=1e-10, abs=1e-10)
+        if atoms.pbc.all():
+            imaged = atoms.copy()
+            imaged.positions[0] += atoms.cell.array.T @ np.array([1, -2, 1])
+            assert _energy(model, imaged) == pytest.approx(e0, rel=1e-10, abs=1e-10)
+            supercell = atoms * (2, 1, 1)
+            assert _energy(model, supercell) == pytest.approx(2 * e0, rel=1e-10)
+
+
+def test_batched_energy_equals_one_by_one(model):
+    systems = structures()
+    with torch.no_grad():
+        batched = model(from_ase(systems))
+    assert torch.allclose(batched, torch.tensor([_energy(model, a) for a in systems], dtype=torch.float64), rtol=1e-12)
+
+
+def test_parameter_count_is_in_the_papers_range():
+    diamond = RMPotential(RMConfig(cutoff=4.5, l_max=3, nu_max=3, n_embedding=1, elements=(6,)))
+    qm9 = RMPotential(RMConfig(cutoff=4.5, l_max=3, nu_max=3, n_embedding=3, elements=(1, 6, 7, 8, 9)))
+    assert 1_500 <= count_parameters(diamond) <= 3_000  # paper: 2,137
+    assert 10_000 <= count_parameters(qm9) <= 17_000  # paper: 16,490
+
+
+def test_ase_calculator_gives_the_same_forces_and_stress(model):
+    atoms = structures()[0]
+    atoms.calc = RMCalculator(model)
+    response = compute(model, from_ase([atoms]))
+    assert atoms.get_potential_energy() == pytest.approx(float(response.energy[0]))
+    assert np.allclose(atoms.get_forces(), response.forces.numpy())
+    from ase.stress import full_3x3_to_voigt_6_stress
+
+    assert np.allclose(atoms.get_stress(), full_3x3_to_voigt_6_stress(response.stress[0].numpy()))
+    assert np.allclose(atoms.get_stress(), calculate_numerical_stress(atoms, eps=1e-5), atol=1e-7)
+
+
+def test_unknown_element_is_refused_by_name(model):
+    with pytest.raises(ValueError, match=r"not trained on atomic numbers \[26\]"):
+        model(from_ase([bulk("Fe")]))
