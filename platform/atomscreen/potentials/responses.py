@@ -1,0 +1,116 @@
+"""Fictitious responses of noised equilibrium structures: the training targets of Response Matching.
+
+RM paper, Methods: displacements dr (minimum image under PBC) give harmonic
+forces F = -k dr (Eq. 8); pairs closer than r_c repel with
+g(r) = m (1 - r^2/r_c^2)^n (Eqs. 9-10); a cell strain gamma gives the isotropic
+elastic stress sigma = C gamma (Eq. 11), here with Lamé constants from a Young's
+modulus and a Poisson ratio (ASE sign convention: tensile strain, positive stress).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+from ase import Atoms
+from vesin import NeighborList
+
+
+@dataclass(frozen=True)
+class ResponseConfig:
+    """Noise and response hyperparameters; units Å, eV, eV/Å^2, eV/Å^3."""
+
+    max_displacement: float = 0.8  # Å; each structure draws a level in [0, max], each atom a step up to it
+    max_strain: float = 0.1  # largest strain component for periodic structures
+    k: float = 1.0  # eV/Å^2, Eq. 8
+    repulsion_cutoff: float = 0.7  # Å, r_c of Eq. 9
+    repulsion_strength: float = 2.0  # eV, m of Eq. 9
+    repulsion_power: int = 3  # n of Eq. 9
+    youngs_modulus: float = 1.0  # eV/Å^3 (160 GPa)
+    poisson_ratio: float = 0.25
+    beta: float = 10.0  # stress weight of Eq. 12
+
+    def __post_init__(self):
+        if self.max_displacement < 0 or self.max_strain < 0 or self.k <= 0:
+            raise ValueError("max_displacement and max_strain must be >= 0 and k > 0")
+        if not -1.0 < self.poisson_ratio < 0.5:
+            raise ValueError(f"poisson_ratio must lie in (-1, 0.5), got {self.poisson_ratio}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def elastic_stress(self, strain: np.ndarray) -> np.ndarray:
+        """sigma = lambda tr(gamma) I + 2 mu gamma (isotropic Hooke's law, Eq. 11)."""
+        E, nu = self.youngs_modulus, self.poisson_ratio
+        lam = E * nu / ((1 + nu) * (1 - 2 * nu))
+        mu = E / (2 * (1 + nu))
+        return lam * np.trace(strain) * np.eye(3) + 2 * mu * strain
+
+
+@dataclass
+class NoisedSample:
+    """A noised structure with its target forces [n,3] (eV/Å) and stress [3,3] (eV/Å^3; zero if not periodic)."""
+
+    atoms: Atoms
+    forces: np.ndarray
+    stress: np.ndarray
+
+
+def minimum_image(vectors: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
+    """Shortest periodic images of displacement vectors [n,3] (search over neighbouring images)."""
+    if not pbc.any():
+        return vectors
+    frac = np.linalg.solve(cell.T, vectors.T).T
+    frac[:, pbc] -= np.round(frac[:, pbc])
+    wrapped = frac @ cell
+    ranges = [(-1, 0, 1) if p else (0,) for p in pbc]
+    images = np.array(np.meshgrid(*ranges, indexing="ij")).reshape(3, -1).T @ cell
+    candidates = wrapped[:, None, :] + images[None, :, :]
+    best = np.argmin(np.einsum("nik,nik->ni", candidates, candidates), axis=1)
+    return candidates[np.arange(len(vectors)), best]
+
+
+def repulsion_forces(atoms: Atoms, config: ResponseConfig) -> np.ndarray:
+    """F_i = -sum_j dg(r_ij)/dr_i for g(r) = m (1 - r^2/r_c^2)^n, r < r_c (Eqs. 9-10)."""
+    forces = np.zeros((len(atoms), 3))
+    rc, m, n = config.repulsion_cutoff, config.repulsion_strength, config.repulsion_power
+    if rc <= 0 or m == 0 or len(atoms) < 2 and not atoms.pbc.any():
+        return forces
+    box = atoms.cell.array if atoms.pbc.any() else np.zeros((3, 3))
+    i, D, d = NeighborList(cutoff=rc, full_list=True).compute(atoms.positions, box, atoms.pbc.tolist(), quantities="iDd")
+    # dg/dr = -2 m n r / rc^2 (1 - r^2/rc^2)^(n-1); D = r_j - r_i, so dr/dr_i = -D / r
+    dg_dr = -2.0 * m * n * d / rc**2 * (1.0 - d**2 / rc**2) ** (n - 1)
+    np.add.at(forces, i, (dg_dr / np.maximum(d, 1e-12))[:, None] * D)
+    return forces
+
+
+def noise(atoms: Atoms, config: ResponseConfig, rng: np.random.Generator) -> NoisedSample:
+    """One noised copy of an equilibrium structure with its fictitious forces and stress."""
+    periodic = bool(atoms.pbc.all())
+    strain = np.zeros((3, 3))
+    if periodic and config.max_strain > 0:
+        upper = rng.uniform(-config.max_strain, config.max_strain, size=(3, 3))
+        strain = np.triu(upper) + np.triu(upper, 1).T
+    deformation = np.eye(3) + strain
+    level = rng.uniform(0.0, config.max_displacement)
+    directions = rng.normal(size=(len(atoms), 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    step = directions * rng.uniform(0.0, level, size=(len(atoms), 1))
+
+    noised = atoms.copy()
+    noised.calc = None
+    noised.info = {}
+    noised.set_cell(atoms.cell.array @ deformation, scale_atoms=False)
+    reference = atoms.positions @ deformation
+    noised.positions = reference + step
+    displacement = minimum_image(noised.positions - reference, noised.cell.array, noised.pbc)
+    forces = -config.k * displacement + repulsion_forces(noised, config)
+    stress = config.elastic_stress(strain) if periodic else np.zeros((3, 3))
+    return NoisedSample(atoms=noised, forces=forces, stress=stress)
+
+
+def noise_many(structures: Sequence[Atoms], config: ResponseConfig, seed: int | Sequence[int]) -> list[NoisedSample]:
+    """Noised copies of ``structures`` from one seed (reproducible)."""
+    rng = np.random.default_rng(seed)
+    return [noise(a, config, rng) for a in structures]

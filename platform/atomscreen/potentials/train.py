@@ -1,0 +1,194 @@
+"""Train an RM pseudo potential on fictitious responses (RM paper Eq. 12), with fresh noise every epoch.
+
+Loss = mean |F_model - F~|^2 over atom components + beta * mean |sigma_model - sigma~|^2
+over stress components of periodic structures. Adam, cosine learning-rate decay,
+exponential moving average (EMA) of the weights, seeded data order and noise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from ase import Atoms
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from atomscreen.atoms.batch import from_ase
+from atomscreen.atoms.neighbors import neighbor_list
+from atomscreen.potentials.forces import compute
+from atomscreen.potentials.responses import NoisedSample, ResponseConfig, noise_many
+from atomscreen.potentials.rm import RMConfig, RMPotential, count_parameters
+
+log = logging.getLogger("atomscreen.train")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings."""
+
+    epochs: int = 200
+    batch_size: int = 16  # structures per step
+    steps_per_epoch: int | None = None  # default: enough batches to see every structure once (at least one)
+    lr: float = 5e-3
+    lr_final_fraction: float = 0.05
+    ema_decay: float = 0.99
+    validation_size: int = 32  # noised structures held fixed for the validation loss
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+
+
+@dataclass
+class Checkpoint:
+    """A trained model as stored: weights (EMA) plus everything needed to rebuild and judge it."""
+
+    model: dict[str, Any]  # RMConfig.to_dict()
+    responses: dict[str, Any]  # ResponseConfig.to_dict()
+    training: dict[str, Any]  # TrainConfig as dict
+    training_data: dict[str, Any]  # description of the training set
+    metrics: dict[str, Any]
+    state_dict: dict[str, torch.Tensor] = field(repr=False)
+
+    kind: str = "rm_potential"
+
+    def weights_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        torch.save({k: v.detach().cpu() for k, v in self.state_dict.items()}, buffer)
+        return buffer.getvalue()
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.weights_bytes()).hexdigest()
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {"model": self.model, "responses": self.responses, "training": self.training}
+
+    def build(self, dtype: torch.dtype = torch.float64, device: str = "cpu") -> RMPotential:
+        """The trained model, ready to evaluate."""
+        return load_model(self.model, self.state_dict, dtype=dtype, device=device)
+
+    def save(self, path) -> None:
+        torch.save(
+            {"kind": self.kind, **{k: getattr(self, k) for k in ("model", "responses", "training", "training_data", "metrics")},
+             "state_dict": {k: v.detach().cpu() for k, v in self.state_dict.items()}},
+            path,
+        )
+
+    @classmethod
+    def load(cls, path) -> Checkpoint:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        if data.get("kind") != "rm_potential":
+            raise ValueError(f"{path} is not an RM potential checkpoint (kind {data.get('kind')!r})")
+        return cls(**{k: data[k] for k in ("model", "responses", "training", "training_data", "metrics", "state_dict")})
+
+
+def load_model(model_config: dict, weights: dict[str, torch.Tensor] | bytes, *, dtype=torch.float64, device="cpu") -> RMPotential:
+    """Rebuild an RMPotential from its config dict and weights (a state dict or torch-saved bytes)."""
+    if isinstance(weights, (bytes, bytearray)):
+        weights = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
+    model = RMPotential(RMConfig.from_dict(model_config))
+    model.load_state_dict(weights)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def describe(structures: Sequence[Atoms], source: str = "") -> dict[str, Any]:
+    """A training-set description for the model table: size, elements, sha256 of the structures."""
+    digest = hashlib.sha256()
+    for a in structures:
+        digest.update(np.asarray(a.numbers, dtype=np.int64).tobytes())
+        digest.update(np.asarray(a.positions, dtype=np.float64).tobytes())
+        digest.update(np.asarray(a.cell.array, dtype=np.float64).tobytes())
+        digest.update(np.asarray(a.pbc, dtype=bool).tobytes())
+    return {
+        "source": source,
+        "n_structures": len(structures),
+        "n_atoms": int(sum(len(a) for a in structures)),
+        "elements": sorted({int(z) for a in structures for z in a.numbers}),
+        "periodic": int(sum(bool(a.pbc.all()) for a in structures)),
+        "sha256": digest.hexdigest(),
+    }
+
+
+def average_neighbors(structures: Sequence[Atoms], cutoff: float) -> float:
+    """Mean number of neighbours within the cutoff over all atoms of the clean structures."""
+    nb = neighbor_list(from_ase(list(structures)), cutoff)
+    return max(1.0, len(nb.i) / sum(len(a) for a in structures))
+
+
+def _loss(model, samples: list[NoisedSample], responses: ResponseConfig, device, dtype):
+    batch = from_ase([s.atoms for s in samples], device=device, dtype=dtype)
+    periodic = batch.pbc.all(dim=1)
+    result = compute(model, batch, stress=bool(periodic.any()), create_graph=model.training)
+    target_f = torch.as_tensor(np.concatenate([s.forces for s in samples]), dtype=dtype, device=device)
+    force_loss = (result.forces - target_f).square().mean()
+    stress_loss = torch.zeros((), dtype=dtype, device=device)
+    if periodic.any():
+        target_s = torch.as_tensor(np.stack([s.stress for s in samples]), dtype=dtype, device=device)
+        stress_loss = (result.stress - target_s)[periodic].square().mean()
+    return force_loss + responses.beta * stress_loss, force_loss, stress_loss
+
+
+def train(
+    structures: Sequence[Atoms],
+    model_config: RMConfig = RMConfig(),
+    responses: ResponseConfig = ResponseConfig(),
+    config: TrainConfig = TrainConfig(),
+    *,
+    source: str = "",
+    progress: Callable[[int, dict], None] | None = None,
+) -> Checkpoint:
+    """Train on equilibrium ``structures``; returns the EMA weights as a Checkpoint."""
+    if len(structures) == 0:
+        raise ValueError("training needs at least one equilibrium structure")
+    dtype = getattr(torch, config.dtype)
+    device = config.device
+    torch.manual_seed(config.seed)
+    elements = tuple(sorted({int(z) for a in structures for z in a.numbers}))
+    model_config = RMConfig.from_dict({**model_config.to_dict(), "elements": list(elements),
+                                       "avg_neighbors": average_neighbors(structures, model_config.cutoff)})
+    model = RMPotential(model_config).to(device=device, dtype=dtype)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay))
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    steps_per_epoch = config.steps_per_epoch or max(1, math.ceil(len(structures) / config.batch_size))
+    total_steps = config.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps), eta_min=config.lr * config.lr_final_fraction)
+    order_rng = np.random.default_rng([config.seed, 1])
+    validation = noise_many([structures[i % len(structures)] for i in range(config.validation_size)], responses, [config.seed, 2])
+    history, start = [], time.perf_counter()
+    for epoch in range(config.epochs):
+        model.train()
+        n_needed = steps_per_epoch * config.batch_size
+        order = np.concatenate([order_rng.permutation(len(structures)) for _ in range(math.ceil(n_needed / len(structures)))])[:n_needed]
+        samples = noise_many([structures[i] for i in order], responses, [config.seed, 3, epoch])  # fresh noise every epoch
+        train_loss = 0.0
+        for step in range(steps_per_epoch):
+            chunk = samples[step * config.batch_size : (step + 1) * config.batch_size]
+            loss, _, _ = _loss(model, chunk, responses, device, dtype)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            ema.update_parameters(model)
+            train_loss += float(loss.detach()) / steps_per_epoch
+        ema.module.eval()
+        val, val_f, val_s = _loss(ema.module, validation, responses, device, dtype)
+        record = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": float(val), "val_force_mse": float(val_f),
+                  "val_stress_mse": float(val_s), "lr": scheduler.get_last_lr()[0], "elapsed_s": time.perf_counter() - start}
+        history.append(record)
+        if progress is not None:
+            progress(epoch + 1, record)
+        log.info("epoch %d/%d train %.4g val %.4g", epoch + 1, config.epochs, train_loss, float(val))
+    final = history[-1]
+    metrics = {**{k: final[k] for k in ("val_loss", "val_force_mse", "val_stress_mse")}, "epochs": config.epochs,
+               "train_time_s": final["elapsed_s"], "n_parameters": count_parameters(model),
+               "history": [{k: h[k] for k in ("epoch", "train_loss", "val_loss")} for h in history]}
+    return Checkpoint(model=model_config.to_dict(), responses=responses.to_dict(), training=asdict(config),
+                      training_data=describe(structures, source), metrics=metrics,
+                      state_dict={k: v.detach().cpu() for k, v in ema.module.state_dict().items()})
