@@ -86,3 +86,25 @@ def carbon24_csv() -> Path:
 @pytest.fixture
 def perov5_csv() -> Path:
     return _shared_file("perov_5/val.csv")
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint():
+    """A small RM potential trained for a few seconds on crystals (C, Si) and molecules (CH4, H2O, NH3, C2H6, CH3OH)."""
+    import torch
+    from ase.build import bulk, molecule
+
+    from atomscreen.potentials.responses import ResponseConfig
+    from atomscreen.potentials.rm import RMConfig
+    from atomscreen.potentials.train import TrainConfig, train
+
+    torch.set_num_threads(2)
+    reference = [bulk("C", "diamond"), bulk("Si", "diamond", a=5.43), bulk("Si", "diamond", a=5.43, cubic=True),
+                 molecule("CH4"), molecule("H2O"), molecule("NH3"), molecule("C2H6"), molecule("CH3OH")]
+    return train(
+        reference,
+        RMConfig(cutoff=4.0, l_max=2, nu_max=2, n_embedding=2, n_radial=6, hidden=(16, 16)),
+        ResponseConfig(max_displacement=0.3, max_strain=0.05),
+        TrainConfig(epochs=60, batch_size=16, steps_per_epoch=2, seed=0),
+        source="tests: C, Si, small molecules",
+    ), reference

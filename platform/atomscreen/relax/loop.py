@@ -131,8 +131,9 @@ def _select(state: _State, keep: torch.Tensor) -> _State:
 
 
 def _concat(a: _State, b: _State) -> _State:
-    offset = a.cell_x.shape[0]
-    return _State(**{f.name: torch.cat([getattr(a, f.name), getattr(b, f.name) + (offset if f.name == "system" else 0)]) for f in fields(a)})
+    joined = {f.name: torch.cat([getattr(a, f.name), getattr(b, f.name)]) for f in fields(a)}
+    joined["system"] = torch.cat([a.system, b.system + a.cell_x.shape[0]])
+    return _State(**joined)
 
 
 def _geometry(state: _State):

@@ -1,0 +1,99 @@
+"""Fictitious responses follow the paper's equations; training is seeded, learns, and checkpoints round-trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import bulk, molecule
+
+from atomscreen.atoms.batch import from_ase
+from atomscreen.potentials.forces import compute
+from atomscreen.potentials.responses import ResponseConfig, minimum_image, noise, noise_many, repulsion_forces
+from atomscreen.potentials.rm import RMConfig
+from atomscreen.potentials.train import Checkpoint, TrainConfig, train
+
+
+def test_harmonic_force_is_minus_k_times_minimum_image_displacement():
+    config = ResponseConfig(k=2.5, repulsion_strength=0.0, max_strain=0.0)
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+    sample = noise(atoms, config, np.random.default_rng(0))
+    displacement = minimum_image(sample.atoms.positions - atoms.positions, atoms.cell.array, atoms.pbc)
+    assert np.allclose(sample.forces, -2.5 * displacement)
+    assert np.linalg.norm(displacement, axis=1).max() <= config.max_displacement + 1e-12
+
+
+def test_minimum_image_picks_the_nearest_periodic_image():
+    cell = np.diag([3.0, 3.0, 3.0])
+    assert np.allclose(minimum_image(np.array([[2.9, 0.0, -1.6]]), cell, np.array([True] * 3)), [[-0.1, 0.0, 1.4]])
+    assert np.allclose(minimum_image(np.array([[2.9, 0.0, 0.0]]), cell, np.array([False] * 3)), [[2.9, 0.0, 0.0]])
+
+
+def test_repulsion_matches_analytic_pair_force():
+    config = ResponseConfig(repulsion_cutoff=0.7, repulsion_strength=2.0, repulsion_power=3)
+    r = 0.4
+    pair = Atoms("HH", positions=[[0, 0, 0], [r, 0, 0]])
+    f = repulsion_forces(pair, config)
+    # g(r) = m (1 - r^2/rc^2)^n ; the force on atom 0 is +dg/dr along +x (pushed away from atom 1)
+    dg_dr = -2 * 2.0 * 3 * r / 0.7**2 * (1 - r**2 / 0.7**2) ** 2
+    assert f[0] == pytest.approx([dg_dr, 0, 0]) and f[1] == pytest.approx([-dg_dr, 0, 0])
+
+
+def test_elastic_stress_is_isotropic_hookes_law():
+    config = ResponseConfig(youngs_modulus=2.0, poisson_ratio=0.3)
+    uniaxial = np.diag([0.01, 0.0, 0.0])
+    sigma = config.elastic_stress(uniaxial)
+    lam, mu = 2.0 * 0.3 / (1.3 * 0.4), 2.0 / 2.6
+    assert sigma[0, 0] == pytest.approx((lam + 2 * mu) * 0.01) and sigma[1, 1] == pytest.approx(lam * 0.01)
+    shear = np.array([[0, 0.02, 0], [0.02, 0, 0], [0, 0, 0]])
+    assert config.elastic_stress(shear)[0, 1] == pytest.approx(2 * mu * 0.02)
+
+
+def test_molecules_get_no_strain_and_no_stress():
+    sample = noise(molecule("H2O"), ResponseConfig(), np.random.default_rng(1))
+    assert np.count_nonzero(sample.stress) == 0 and not sample.atoms.pbc.any()
+
+
+def test_noise_is_reproducible_from_the_seed():
+    structures = [bulk("Si", "diamond", a=5.43)] * 3
+    a, b = noise_many(structures, ResponseConfig(), [4, 2]), noise_many(structures, ResponseConfig(), [4, 2])
+    c = noise_many(structures, ResponseConfig(), [4, 3])
+    assert all(np.array_equal(x.atoms.positions, y.atoms.positions) for x, y in zip(a, b))
+    assert not np.allclose(a[0].atoms.positions, c[0].atoms.positions)
+
+
+def tiny_training(seed: int, epochs: int = 6):
+    return train(
+        [bulk("C", "diamond"), molecule("CH4")],
+        RMConfig(cutoff=3.5, l_max=2, nu_max=2, n_embedding=1, n_radial=4, hidden=(8,)),
+        ResponseConfig(max_displacement=0.4, max_strain=0.05),
+        TrainConfig(epochs=epochs, batch_size=4, steps_per_epoch=3, seed=seed, validation_size=8, lr=1e-2, ema_decay=0.9),
+    )
+
+
+def test_training_is_reproducible_and_learns():
+    first, again, other = tiny_training(0, epochs=40), tiny_training(0, epochs=40), tiny_training(1, epochs=40)
+    assert first.sha256 == again.sha256 and first.sha256 != other.sha256
+    history = first.metrics["history"]
+    assert history[-1]["val_loss"] < 0.7 * history[0]["val_loss"]
+    assert first.training_data["n_structures"] == 2 and first.training_data["elements"] == [1, 6]
+
+
+def test_checkpoint_round_trips_through_a_file(tmp_path):
+    checkpoint = tiny_training(0)
+    path = tmp_path / "rm.pt"
+    checkpoint.save(path)
+    loaded = Checkpoint.load(path)
+    assert loaded.sha256 == checkpoint.sha256 and loaded.model == checkpoint.model
+    batch = from_ase([bulk("C", "diamond")])
+    assert torch.allclose(compute(checkpoint.build(), batch).forces, compute(loaded.build(), batch).forces)
+
+
+def test_trained_model_pulls_a_displaced_atom_back(trained_checkpoint):
+    checkpoint, reference = trained_checkpoint
+    model = checkpoint.build()
+    atoms = reference[0].copy()
+    atoms.positions[0] += [0.15, 0.0, 0.0]
+    force = compute(model, from_ase([atoms])).forces[0].numpy()
+    assert force[0] < 0  # restoring, as the harmonic target says
