@@ -81,8 +81,43 @@ def test_db_env_variable_is_used(tmp_path):
     assert (tmp_path / "from_env.db").exists() and not (tmp_path / "atomscreen.db").exists()
 
 
-@pytest.mark.parametrize("command", ["submit", "resume", "results", "hull", "export", "train"])
+@pytest.mark.parametrize("command", ["submit", "resume", "results", "hull", "export"])
 def test_later_commands_do_not_exist_yet(command):
     with pytest.raises(SystemExit) as info:
         build_parser().parse_args([command])
     assert info.value.code == 2
+
+
+def test_train_command_stores_the_model_and_writes_the_checkpoint(tmp_path):
+    import shutil
+
+    from sqlalchemy import select
+
+    from atomscreen.potentials.train import Checkpoint
+    from atomscreen.store.models import Model
+
+    shutil.copy(REPO / "examples" / "data" / "diamond.extxyz", tmp_path / "diamond.extxyz")
+    config = tmp_path / "train.yaml"
+    config.write_text(
+        "name: tiny-diamond\ndataset: {path: diamond.extxyz}\n"
+        "hyperparameters: {cutoff: 3.0, l_max: 1, nu_max: 2, n_radial: 3, hidden: [4], epochs: 2, batch_size: 2, steps_per_epoch: 1}\n"
+        "output: tiny.pt\n"
+    )
+    result = run("train", str(config), "--quiet", "--db", str(tmp_path / "models.db"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    checkpoint = Checkpoint.load(tmp_path / "tiny.pt")
+    engine = store.make_engine(str(tmp_path / "models.db"))
+    with store.transaction(engine) as session:
+        row = session.scalars(select(Model)).one()
+        assert row.sha256 == checkpoint.sha256 and row.kind == "rm_potential" and row.name == "tiny-diamond"
+        assert row.hyperparameters["model"]["cutoff"] == 3.0 and row.training_data["n_structures"] == 1
+        assert row.weights == checkpoint.weights_bytes()
+    assert checkpoint.sha256 in result.stdout
+
+
+def test_train_command_rejects_unknown_hyperparameters(tmp_path, capsys):
+    config = tmp_path / "train.yaml"
+    config.write_text("name: x\ndataset: {format: qm9, limit: 5}\nhyperparameters: {cutof: 4.0}\n")
+    assert main(["train", str(config), "--db", str(tmp_path / "m.db")]) == 1
+    assert "hyperparameters" in capsys.readouterr().err
+    assert not (tmp_path / "m.db").exists()

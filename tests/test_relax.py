@@ -122,3 +122,14 @@ def test_random_search_starts_reach_the_same_energy_distribution_as_ase(trained_
     ours = np.sort([r.energy / 4 for r in relax(model, starts, RelaxSettings(fmax=0.02, max_steps=800, cell=True))])
     theirs = np.sort([ase_fire(model, s, 0.02, 800, True)[0].get_potential_energy() / 4 for s in starts])
     assert abs(np.median(ours) - np.median(theirs)) < 0.05 and abs(ours[0] - theirs[0]) < 0.05
+
+
+@pytest.mark.gpu
+def test_relaxation_on_cuda_matches_cpu(trained_checkpoint):
+    checkpoint, reference = trained_checkpoint
+    starts = well_conditioned_starts(reference, n=16, seed=6)
+    settings = RelaxSettings(fmax=0.01, max_steps=500, cell=True)
+    cpu = relax(checkpoint.build(), starts, settings)
+    gpu = relax(checkpoint.build(device="cuda"), starts, settings, device="cuda")
+    for a, b in zip(cpu, gpu):
+        assert a.status == b.status and abs(a.energy - b.energy) / len(a.atoms) < 1e-6

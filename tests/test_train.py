@@ -97,3 +97,34 @@ def test_trained_model_pulls_a_displaced_atom_back(trained_checkpoint):
     atoms.positions[0] += [0.15, 0.0, 0.0]
     force = compute(model, from_ase([atoms])).forces[0].numpy()
     assert force[0] < 0  # restoring, as the harmonic target says
+
+
+def test_virial_stress_target_is_the_strain_derivative_of_the_target_energy():
+    """With virial=True, stress = (1/V) dU/d(eps) for U = k/2 sum |dr|^2 + sum_pairs g(r) at zero cell strain."""
+    from ase.neighborlist import neighbor_list
+
+    config = ResponseConfig(max_strain=0.0, virial=True, repulsion_cutoff=1.5, max_displacement=0.6)
+    atoms = bulk("C", "diamond", cubic=True)
+    sample = noise(atoms, config, np.random.default_rng(3))
+    cell = sample.atoms.cell.array
+    frac_reference = np.linalg.solve(cell.T, atoms.positions.T).T
+
+    def energy(eps):
+        deformation = np.eye(3) + eps
+        strained_cell = cell @ deformation
+        positions = sample.atoms.positions @ deformation
+        dr = minimum_image(positions - frac_reference @ strained_cell, strained_cell, np.array([True] * 3))
+        strained = sample.atoms.copy()
+        strained.set_cell(strained_cell)
+        strained.positions = positions
+        d = neighbor_list("d", strained, config.repulsion_cutoff)
+        g = config.repulsion_strength * (1 - d**2 / config.repulsion_cutoff**2) ** config.repulsion_power
+        return 0.5 * config.k * (dr**2).sum() + 0.5 * g.sum()
+
+    h = 1e-6
+    for a in range(3):
+        for b in range(3):
+            eps = np.zeros((3, 3))
+            eps[a, b] = h
+            fd = (energy(eps) - energy(-eps)) / (2 * h) / sample.atoms.get_volume()
+            assert fd == pytest.approx(sample.stress[a, b], abs=1e-9)

@@ -243,12 +243,30 @@ class DatasetSpec(Spec):
         return self
 
 
+def _hyperparameters(value: dict[str, Any]) -> dict[str, Any]:
+    from atomscreen.potentials.train import split_hyperparameters
+
+    split_hyperparameters(value)
+    return value
+
+
 class TrainSpec(Spec):
-    """Train a model on a dataset with these hyperparameters (defined by the model kind)."""
+    """Train an RM potential on a dataset; hyperparameters are the fields of RMConfig, ResponseConfig and TrainConfig."""
 
     dataset: DatasetSpec
-    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    hyperparameters: Annotated[dict[str, Any], AfterValidator(_hyperparameters)] = Field(default_factory=dict)
     seed: int = 0
+
+
+class TrainFileSpec(Spec):
+    """A `platform train` file: what to train on, how, and where the checkpoint goes."""
+
+    name: str
+    database: str | None = None
+    dataset: DatasetSpec
+    hyperparameters: Annotated[dict[str, Any], AfterValidator(_hyperparameters)] = Field(default_factory=dict)
+    seed: int = 0
+    output: str | None = Field(default=None, description="checkpoint file to write (relative to this file's folder)")
 
 
 class ModelSpec(Spec):
@@ -379,9 +397,9 @@ class CampaignSpec(Spec):
         return value
 
 
-def _model_at(loc: tuple) -> type[BaseModel] | None:
+def _model_at(loc: tuple, root: type[BaseModel]) -> type[BaseModel] | None:
     """The pydantic model class that owns the last key of ``loc``."""
-    model: Any = CampaignSpec
+    model: Any = root
     for part in loc[:-1]:
         if isinstance(part, int) or model is None:
             continue
@@ -415,12 +433,12 @@ def _field_path(loc: tuple) -> str:
     return out
 
 
-def _problem(error: dict) -> Problem:
+def _problem(error: dict, root: type[BaseModel]) -> Problem:
     loc = tuple(error["loc"])
     value = error.get("input", _MISSING)
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
-        model = _model_at(loc)
+        model = _model_at(loc, root)
         allowed = sorted(model.model_fields) if model else []
         close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         message = f"unknown key; allowed keys here: {', '.join(allowed)}" + (f"; did you mean {close[0]!r}?" if close else "")
@@ -432,27 +450,40 @@ def _problem(error: dict) -> Problem:
     return Problem(_field_path(loc), value, message)
 
 
-def parse_campaign(data: Any, *, source: str = "<campaign>", base_dir: Path | str = ".") -> CampaignSpec:
-    """Validate a loaded YAML document; raises :class:`CampaignError` listing every problem."""
+def parse_campaign(data: Any, *, source: str = "<campaign>", base_dir: Path | str = ".", root: type[Spec] = None) -> Any:
+    """Validate a loaded YAML document (a campaign unless ``root`` says otherwise); raises CampaignError listing every problem."""
+    root = root or CampaignSpec
     if not isinstance(data, dict):
         kind = "empty" if data is None else f"a {type(data).__name__}"
-        raise CampaignError(source, [Problem("", _MISSING, f"the file is {kind}; a campaign is a mapping with name, compositions, model, generators, ...")])
+        keys = ", ".join(root.model_fields)
+        raise CampaignError(source, [Problem("", _MISSING, f"the file is {kind}; expected a mapping with keys such as {keys}")])
     try:
-        return CampaignSpec.model_validate(data, context={"base_dir": Path(base_dir)})
+        return root.model_validate(data, context={"base_dir": Path(base_dir)})
     except ValidationError as exc:
-        problems = [_problem(e) for e in exc.errors(include_url=False)]
+        problems = [_problem(e, root) for e in exc.errors(include_url=False)]
         unique = {str(p): p for p in problems}
         raise CampaignError(source, list(unique.values())) from None
 
 
-def load_campaign(path: str | Path) -> CampaignSpec:
-    """Read and validate a campaign YAML file."""
+def load_campaign(path: str | Path, root: type[Spec] = None) -> Any:
+    """Read and validate a campaign YAML file (or, with ``root=TrainFileSpec``, a train file)."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
         raise CampaignError(str(path), [Problem("", _MISSING, f"cannot read the file: {exc.strerror}")]) from None
-    return parse_campaign(load_yaml(text, str(path)), source=str(path), base_dir=path.parent)
+    return parse_campaign(load_yaml(text, str(path)), source=str(path), base_dir=path.parent, root=root)
+
+
+def load_spec(path: str | Path) -> Any:
+    """A campaign or a train file, told apart by their keys (a train file has `dataset` and no `compositions`)."""
+    path = Path(path)
+    try:
+        data = load_yaml(path.read_text(), str(path))
+    except OSError as exc:
+        raise CampaignError(str(path), [Problem("", _MISSING, f"cannot read the file: {exc.strerror}")]) from None
+    root = TrainFileSpec if isinstance(data, dict) and "dataset" in data and "compositions" not in data else CampaignSpec
+    return parse_campaign(data, source=str(path), base_dir=path.parent, root=root)
 
 
 def load_yaml(text: str, source: str) -> Any:

@@ -40,15 +40,21 @@ def _redact(url: str) -> str:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from atomscreen.campaign import TrainFileSpec, load_spec
+
     bad = 0
     for path in args.campaigns:
         try:
-            spec = load_campaign(path)
+            spec = load_spec(path)
         except CampaignError as exc:
             bad += 1
             err.print(f"[red]✗[/red] {exc.source}: {len(exc.problems)} problem(s)")
             for problem in exc.problems:
                 err.print(f"    {problem}", markup=False)
+            continue
+        if isinstance(spec, TrainFileSpec):
+            source = spec.dataset.path or spec.dataset.format
+            out.print(f"[green]✓[/green] {path}: train file {spec.name!r} on {source}")
             continue
         formulas = spec.compositions.expand()
         shown = ", ".join(formulas[:8]) + (f", ... ({len(formulas)} in all)" if len(formulas) > 8 else "")
@@ -129,6 +135,48 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from atomscreen.campaign import TrainFileSpec
+    from atomscreen.data import read_dataset
+    from atomscreen.potentials.train import split_hyperparameters, train
+    from atomscreen.store import add_model, migrate
+
+    spec = load_campaign(args.config, root=TrainFileSpec)
+    model_cfg, response_cfg, train_cfg = split_hyperparameters(spec.hyperparameters)
+    overrides = {"seed": spec.seed} if "seed" not in spec.hyperparameters else {}
+    if args.device:
+        overrides["device"] = args.device
+    train_cfg = dataclasses.replace(train_cfg, **overrides)
+    dataset = spec.dataset
+    structures = read_dataset(dataset.format, dataset.path, name=dataset.name, limit=dataset.limit)
+    source = dataset.path or f"{dataset.format}:{dataset.name or ''}"
+    out.print(f"training {spec.name!r} on {len(structures)} structures from {source} ({train_cfg.epochs} epochs, {train_cfg.device})")
+    engine = _engine(resolve_url(args.db, spec.database), must_exist=False)
+    migrate.upgrade(engine)
+    with Progress(TextColumn("epoch {task.completed}/{task.total}"), BarColumn(), TextColumn("{task.fields[loss]}"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=err, disable=args.quiet) as bar:
+        task = bar.add_task("train", total=train_cfg.epochs, loss="")
+        checkpoint = train(structures, model_cfg, response_cfg, train_cfg, source=str(source),
+                           progress=lambda epoch, r: bar.update(task, completed=epoch, loss=f"val loss {r['val_loss']:.4g}"))
+    with transaction(engine) as session:
+        row = add_model(session, kind=checkpoint.kind, weights=checkpoint.weights_bytes(), hyperparameters=checkpoint.hyperparameters(),
+                        training_data=checkpoint.training_data, metrics=checkpoint.metrics, name=spec.name)
+        model_id, sha = row.id, row.sha256
+    output = args.output or spec.output
+    if output:
+        path = Path(output) if args.output or Path(output).is_absolute() else Path(args.config).parent / output
+        checkpoint.save(path)
+        out.print(f"checkpoint written to {path}")
+    m = checkpoint.metrics
+    out.print(f"model {model_id} sha256 {sha}: {m['n_parameters']} parameters, validation loss {m['val_loss']:.4g} "
+              f"(force MSE {m['val_force_mse']:.4g} (eV/Å)^2, stress MSE {m['val_stress_mse']:.4g}), {m['train_time_s']:.0f} s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="platform", description="atomscreen: high-throughput screening of molecules and crystals")
     parser.add_argument("--version", action="version", version=f"atomscreen {atomscreen.__version__}")
@@ -136,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     db_help = "database URL (default: $ATOMSCREEN_DB, else sqlite:///atomscreen.db); a plain path means a SQLite file"
 
-    validate = commands.add_parser("validate", help="check campaign files and report every problem")
+    validate = commands.add_parser("validate", help="check campaign (or train) files and report every problem")
     validate.add_argument("campaigns", nargs="+", metavar="CAMPAIGN.yaml")
     validate.set_defaults(func=cmd_validate)
 
@@ -153,6 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
     current = db_commands.add_parser("current", help="print the schema revision")
     current.add_argument("--db", help=db_help)
     current.set_defaults(func=cmd_db_current)
+
+    train_cmd = commands.add_parser("train", help="train an RM pseudo potential from a train YAML file and store it")
+    train_cmd.add_argument("config", metavar="TRAIN.yaml")
+    train_cmd.add_argument("--db", help=db_help)
+    train_cmd.add_argument("--output", help="also write the checkpoint to this file")
+    train_cmd.add_argument("--device", help="torch device, e.g. cpu or cuda (default: the file's, else cpu)")
+    train_cmd.add_argument("--quiet", action="store_true", help="no progress bar")
+    train_cmd.set_defaults(func=cmd_train)
 
     status = commands.add_parser("status", help="tasks by state, structures and failures of campaigns")
     status.add_argument("campaign", nargs="?", help="a campaign name or its YAML file (default: all campaigns)")

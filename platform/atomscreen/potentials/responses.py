@@ -21,7 +21,10 @@ from vesin import NeighborList
 class ResponseConfig:
     """Noise and response hyperparameters; units Å, eV, eV/Å^2, eV/Å^3."""
 
-    max_displacement: float = 0.8  # Å; each structure draws a level in [0, max], each atom a step up to it
+    max_displacement: float = 0.8  # Å
+    # "ball": each atom uniform in a ball of radius max_displacement; "levels": each structure draws a level
+    # in [0, max] and each atom a step of uniform length up to it (more weight on small displacements)
+    displacement: str = "levels"
     max_strain: float = 0.1  # largest strain component for periodic structures
     k: float = 1.0  # eV/Å^2, Eq. 8
     repulsion_cutoff: float = 0.7  # Å, r_c of Eq. 9
@@ -30,10 +33,15 @@ class ResponseConfig:
     youngs_modulus: float = 1.0  # eV/Å^3 (160 GPa)
     poisson_ratio: float = 0.25
     beta: float = 10.0  # stress weight of Eq. 12
+    # add the virial of the harmonic and repulsive forces, (k/V) sum dr (x) dr + (1/V) sum g'(r) r (x) r / r,
+    # to the elastic stress, so force and stress targets are derivatives of one energy (the paper uses C gamma alone)
+    virial: bool = False
 
     def __post_init__(self):
         if self.max_displacement < 0 or self.max_strain < 0 or self.k <= 0:
             raise ValueError("max_displacement and max_strain must be >= 0 and k > 0")
+        if self.displacement not in ("ball", "levels"):
+            raise ValueError(f"displacement must be 'ball' or 'levels', got {self.displacement!r}")
         if not -1.0 < self.poisson_ratio < 0.5:
             raise ValueError(f"poisson_ratio must lie in (-1, 0.5), got {self.poisson_ratio}")
 
@@ -71,18 +79,26 @@ def minimum_image(vectors: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> np.
     return candidates[np.arange(len(vectors)), best]
 
 
-def repulsion_forces(atoms: Atoms, config: ResponseConfig) -> np.ndarray:
-    """F_i = -sum_j dg(r_ij)/dr_i for g(r) = m (1 - r^2/r_c^2)^n, r < r_c (Eqs. 9-10)."""
-    forces = np.zeros((len(atoms), 3))
+def repulsion(atoms: Atoms, config: ResponseConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Forces F_i = -sum_j dg(r_ij)/dr_i for g(r) = m (1 - r^2/r_c^2)^n, r < r_c (Eqs. 9-10), and their
+    contribution sum over pairs of g'(r) r (x) r / r to V times the stress (eV)."""
+    forces, virial = np.zeros((len(atoms), 3)), np.zeros((3, 3))
     rc, m, n = config.repulsion_cutoff, config.repulsion_strength, config.repulsion_power
     if rc <= 0 or m == 0 or len(atoms) < 2 and not atoms.pbc.any():
-        return forces
+        return forces, virial
     box = atoms.cell.array if atoms.pbc.any() else np.zeros((3, 3))
     i, D, d = NeighborList(cutoff=rc, full_list=True).compute(atoms.positions, box, atoms.pbc.tolist(), quantities="iDd")
     # dg/dr = -2 m n r / rc^2 (1 - r^2/rc^2)^(n-1); D = r_j - r_i, so dr/dr_i = -D / r
     dg_dr = -2.0 * m * n * d / rc**2 * (1.0 - d**2 / rc**2) ** (n - 1)
-    np.add.at(forces, i, (dg_dr / np.maximum(d, 1e-12))[:, None] * D)
-    return forces
+    weight = dg_dr / np.maximum(d, 1e-12)
+    np.add.at(forces, i, weight[:, None] * D)
+    virial = 0.5 * np.einsum("e,ea,eb->ab", weight, D, D)  # the full list counts each pair twice
+    return forces, virial
+
+
+def repulsion_forces(atoms: Atoms, config: ResponseConfig) -> np.ndarray:
+    """The repulsive forces of Eq. 10 alone."""
+    return repulsion(atoms, config)[0]
 
 
 def noise(atoms: Atoms, config: ResponseConfig, rng: np.random.Generator) -> NoisedSample:
@@ -93,10 +109,13 @@ def noise(atoms: Atoms, config: ResponseConfig, rng: np.random.Generator) -> Noi
         upper = rng.uniform(-config.max_strain, config.max_strain, size=(3, 3))
         strain = np.triu(upper) + np.triu(upper, 1).T
     deformation = np.eye(3) + strain
-    level = rng.uniform(0.0, config.max_displacement)
     directions = rng.normal(size=(len(atoms), 3))
     directions /= np.linalg.norm(directions, axis=1, keepdims=True)
-    step = directions * rng.uniform(0.0, level, size=(len(atoms), 1))
+    if config.displacement == "ball":
+        lengths = config.max_displacement * rng.uniform(0.0, 1.0, size=(len(atoms), 1)) ** (1 / 3)
+    else:
+        lengths = rng.uniform(0.0, rng.uniform(0.0, config.max_displacement), size=(len(atoms), 1))
+    step = directions * lengths
 
     noised = atoms.copy()
     noised.calc = None
@@ -105,8 +124,13 @@ def noise(atoms: Atoms, config: ResponseConfig, rng: np.random.Generator) -> Noi
     reference = atoms.positions @ deformation
     noised.positions = reference + step
     displacement = minimum_image(noised.positions - reference, noised.cell.array, noised.pbc)
-    forces = -config.k * displacement + repulsion_forces(noised, config)
-    stress = config.elastic_stress(strain) if periodic else np.zeros((3, 3))
+    f_repulsion, w_repulsion = repulsion(noised, config)
+    forces = -config.k * displacement + f_repulsion
+    stress = np.zeros((3, 3))
+    if periodic:
+        stress = config.elastic_stress(strain)
+        if config.virial:
+            stress = stress + (config.k * displacement.T @ displacement + w_repulsion) / noised.get_volume()
     return NoisedSample(atoms=noised, forces=forces, stress=stress)
 
 

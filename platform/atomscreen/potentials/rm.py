@@ -99,13 +99,12 @@ class RMPotential(nn.Module):
         edge_type = (theta[nb.i][:, :, None] * theta[nb.j][:, None, :]).flatten(1)  # [E, C]
         radial = bessel(nb.distances, cfg.n_radial, cfg.cutoff) * polynomial_cutoff(nb.distances, cfg.cutoff)[:, None]
         type_radial = (edge_type[:, :, None] * radial[:, None, :]).flatten(1)  # [E, C*n]
-        angular = cartesian_angular(nb.vectors / nb.distances[:, None], cfg.l_max)
-        n_atoms = batch.positions.shape[0]
-        shape = lambda l: (n_atoms, type_radial.shape[1]) + (3,) * l
-        A = []
-        for l, ang in enumerate(angular):
-            edge = (type_radial[:, :, None] * ang[:, None, :]).reshape((-1,) + shape(l)[1:])
-            A.append(torch.zeros(shape(l), dtype=edge.dtype, device=edge.device).index_add_(0, nb.i, edge) / cfg.avg_neighbors)
+        angular = torch.cat(cartesian_angular(nb.vectors / nb.distances[:, None], cfg.l_max), dim=1)  # [E, sum 3^l]
+        A_flat = _sum_outer_over_neighbours(nb.i, type_radial, angular, batch.positions.shape[0]) / cfg.avg_neighbors
+        A, start = [], 0
+        for l in range(cfg.l_max + 1):
+            A.append(A_flat[:, :, start : start + 3**l].reshape(A_flat.shape[:2] + (3,) * l))
+            start += 3**l
         features = [A[0]]
         if cfg.nu_max >= 2:
             features += [A[l].flatten(2).square().sum(dim=2) for l in range(1, cfg.l_max + 1)]
@@ -121,6 +120,21 @@ class RMPotential(nn.Module):
         """Total pseudo energy per system [B] (eV)."""
         e_atoms = self.atomic_energies(batch)
         return torch.zeros(batch.n_systems, dtype=e_atoms.dtype, device=e_atoms.device).index_add_(0, batch.system, e_atoms)
+
+
+def _sum_outer_over_neighbours(i: torch.Tensor, left: torch.Tensor, right: torch.Tensor, n_atoms: int) -> torch.Tensor:
+    """A_i = sum over edges of atom i of left_e (x) right_e  [N, a, b], as one padded batched matmul.
+
+    Equivalent to index_add of per-edge outer products (Eq. 3) without materialising [E, a, b].
+    """
+    order = torch.argsort(i, stable=True)
+    centre = i[order]
+    counts = torch.bincount(centre, minlength=n_atoms)
+    slot = torch.arange(centre.shape[0], device=i.device) - (torch.cumsum(counts, 0) - counts)[centre]
+    width = int(counts.max()) if centre.numel() else 0
+    padded_left = left.new_zeros(n_atoms, width, left.shape[1]).index_put((centre, slot), left[order])
+    padded_right = right.new_zeros(n_atoms, width, right.shape[1]).index_put((centre, slot), right[order])
+    return torch.bmm(padded_left.transpose(1, 2), padded_right)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -192,3 +192,19 @@ def train(
     return Checkpoint(model=model_config.to_dict(), responses=responses.to_dict(), training=asdict(config),
                       training_data=describe(structures, source), metrics=metrics,
                       state_dict={k: v.detach().cpu() for k, v in ema.module.state_dict().items()})
+
+
+def split_hyperparameters(flat: dict[str, Any]) -> tuple[RMConfig, ResponseConfig, TrainConfig]:
+    """Sort one flat hyperparameter mapping into model, response and training settings; unknown keys are errors."""
+    groups = {"model": RMConfig, "responses": ResponseConfig, "training": TrainConfig}
+    owners = {name: group for group, cls in groups.items() for name in cls.__dataclass_fields__ if name != "elements"}
+    unknown = sorted(set(flat) - set(owners))
+    if unknown:
+        raise ValueError(f"unknown hyperparameter(s) {', '.join(unknown)}; allowed: {', '.join(sorted(owners))}")
+    parts = {group: {k: v for k, v in flat.items() if owners[k] == group} for group in groups}
+    if "hidden" in parts["model"]:
+        parts["model"]["hidden"] = tuple(parts["model"]["hidden"])
+    try:
+        return RMConfig(**parts["model"]), ResponseConfig(**parts["responses"]), TrainConfig(**parts["training"])
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None
