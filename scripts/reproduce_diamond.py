@@ -78,6 +78,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--displacement", default="levels", choices=["ball", "levels"], help="noise distribution (ResponseConfig)")
     parser.add_argument("--virial", action=argparse.BooleanOptionalAction, default=True, help="consistent stress targets (ResponseConfig.virial)")
+    parser.add_argument("--supercell-width", type=float, default=5.0, help="noise a supercell at least this wide (Å)")
+    parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default="diamond_fig5.png")
     parser.add_argument("--checkpoint", help="reuse this trained checkpoint instead of training (written there if missing)")
@@ -91,8 +93,9 @@ def main() -> None:
         checkpoint = train(
             [bulk("C", "diamond")],
             RMConfig(cutoff=4.5, l_max=3, nu_max=3, n_embedding=1),
-            ResponseConfig(max_displacement=0.8, max_strain=0.1, displacement=args.displacement, virial=args.virial),
-            TrainConfig(epochs=args.epochs, batch_size=16, steps_per_epoch=4, seed=args.seed, device=args.device),
+            ResponseConfig(max_displacement=0.8, max_strain=0.1, displacement=args.displacement, virial=args.virial,
+                           supercell_width=args.supercell_width),
+            TrainConfig(epochs=args.epochs, batch_size=args.batch_size, steps_per_epoch=4, seed=args.seed, device=args.device),
             source="ase.build.bulk('C', 'diamond')",
         )
         if args.checkpoint:

@@ -128,3 +128,16 @@ def test_virial_stress_target_is_the_strain_derivative_of_the_target_energy():
             eps[a, b] = h
             fd = (energy(eps) - energy(-eps)) / (2 * h) / sample.atoms.get_volume()
             assert fd == pytest.approx(sample.stress[a, b], abs=1e-9)
+
+
+def test_supercell_for_noise_is_the_smallest_wide_enough_repeat():
+    from atomscreen.potentials.responses import supercell
+
+    primitive = bulk("C", "diamond")  # fcc primitive cell, faces 2.06 Å apart
+    big = supercell(primitive, 5.0)
+    assert len(big) == 2 * 27
+    spacing = 1.0 / np.linalg.norm(np.linalg.inv(big.cell.array), axis=0)
+    assert (spacing >= 5.0).all() and (spacing < 5.0 + 2.1).all()
+    assert supercell(molecule("H2O"), 5.0) is not None and len(supercell(molecule("H2O"), 5.0)) == 3
+    sample = noise(primitive, ResponseConfig(supercell_width=5.0), np.random.default_rng(0))
+    assert len(sample.atoms) == 54 and sample.forces.shape == (54, 3)

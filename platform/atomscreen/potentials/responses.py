@@ -33,6 +33,9 @@ class ResponseConfig:
     youngs_modulus: float = 1.0  # eV/Å^3 (160 GPa)
     poisson_ratio: float = 0.25
     beta: float = 10.0  # stress weight of Eq. 12
+    # noise a supercell at least this wide (Å, between opposite faces) so displacements of periodic images are
+    # independent; 0 noises the cell as given (a 2-atom cell then moves every image of an atom in lockstep)
+    supercell_width: float = 0.0
     # add the virial of the harmonic and repulsive forces, (k/V) sum dr (x) dr + (1/V) sum g'(r) r (x) r / r,
     # to the elastic stress, so force and stress targets are derivatives of one energy (the paper uses C gamma alone)
     virial: bool = False
@@ -101,8 +104,18 @@ def repulsion_forces(atoms: Atoms, config: ResponseConfig) -> np.ndarray:
     return repulsion(atoms, config)[0]
 
 
+def supercell(atoms: Atoms, width: float) -> Atoms:
+    """The smallest diagonal supercell whose periodic directions are all at least ``width`` Å wide."""
+    if width <= 0 or not atoms.pbc.any():
+        return atoms
+    spacing = 1.0 / np.linalg.norm(np.linalg.inv(atoms.cell.array), axis=0)
+    repeats = [int(np.ceil(width / d)) if p else 1 for d, p in zip(spacing, atoms.pbc)]
+    return atoms.repeat(repeats) if max(repeats) > 1 else atoms
+
+
 def noise(atoms: Atoms, config: ResponseConfig, rng: np.random.Generator) -> NoisedSample:
-    """One noised copy of an equilibrium structure with its fictitious forces and stress."""
+    """One noised copy of an equilibrium structure (a supercell of it, if supercell_width asks) with its targets."""
+    atoms = supercell(atoms, config.supercell_width)
     periodic = bool(atoms.pbc.all())
     strain = np.zeros((3, 3))
     if periodic and config.max_strain > 0:
