@@ -7,7 +7,7 @@ at fixed volumes spread over 0.86-1.27 V0 (atoms and cell shape, FrechetCellFilt
 with constant volume, batched FIRE), classify the results, check the paper's
 claims, save the pseudo energy versus volume plot, and print a JSON summary.
 
-    python scripts/reproduce_diamond.py [--per-cell 7] [--epochs 300] [--out diamond_fig5.png]
+    python scripts/reproduce_diamond.py [--per-cell 7] [--epochs 1500] [--out diamond_fig5.png] [--structures relaxed.extxyz]
 """
 
 from __future__ import annotations
@@ -71,15 +71,15 @@ def classify(atoms: Atoms, matcher: StructureMatcher, references: dict[str, Stru
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--per-cell", type=int, default=7, help="structures per (atom count, volume) cell; 11 counts x 7 volumes")
-    parser.add_argument("--epochs", type=int, default=300)
+    parser.add_argument("--epochs", type=int, default=1500)
     parser.add_argument("--volumes", type=int, default=7, help="volume bins over 0.86-1.27 V0")
     parser.add_argument("--fmax", type=float, default=0.05)
     parser.add_argument("--max-steps", type=int, default=1500)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--displacement", default="levels", choices=["ball", "levels"], help="noise distribution (ResponseConfig)")
     parser.add_argument("--virial", action=argparse.BooleanOptionalAction, default=True, help="consistent stress targets (ResponseConfig.virial)")
-    parser.add_argument("--supercell-width", type=float, default=5.0, help="noise a supercell at least this wide (Å)")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--supercell-width", type=float, default=0.0, help="noise a supercell at least this wide (Å); 0 = the 2-atom cell")
+    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default="diamond_fig5.png")
     parser.add_argument("--checkpoint", help="reuse this trained checkpoint instead of training (written there if missing)")
