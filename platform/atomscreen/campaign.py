@@ -465,23 +465,24 @@ def parse_campaign(data: Any, *, source: str = "<campaign>", base_dir: Path | st
         raise CampaignError(source, list(unique.values())) from None
 
 
-def load_campaign(path: str | Path, root: type[Spec] = None) -> Any:
-    """Read and validate a campaign YAML file (or, with ``root=TrainFileSpec``, a train file)."""
-    path = Path(path)
+def _read(path: Path) -> Any:
     try:
         text = path.read_text()
     except OSError as exc:
         raise CampaignError(str(path), [Problem("", _MISSING, f"cannot read the file: {exc.strerror}")]) from None
-    return parse_campaign(load_yaml(text, str(path)), source=str(path), base_dir=path.parent, root=root)
+    return load_yaml(text, str(path))
+
+
+def load_campaign(path: str | Path, root: type[Spec] = None) -> Any:
+    """Read and validate a campaign YAML file (or, with ``root=TrainFileSpec``, a train file)."""
+    path = Path(path)
+    return parse_campaign(_read(path), source=str(path), base_dir=path.parent, root=root)
 
 
 def load_spec(path: str | Path) -> Any:
     """A campaign or a train file, told apart by their keys (a train file has `dataset` and no `compositions`)."""
     path = Path(path)
-    try:
-        data = load_yaml(path.read_text(), str(path))
-    except OSError as exc:
-        raise CampaignError(str(path), [Problem("", _MISSING, f"cannot read the file: {exc.strerror}")]) from None
+    data = _read(path)
     root = TrainFileSpec if isinstance(data, dict) and "dataset" in data and "compositions" not in data else CampaignSpec
     return parse_campaign(data, source=str(path), base_dir=path.parent, root=root)
 
