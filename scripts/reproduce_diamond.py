@@ -80,6 +80,8 @@ def main() -> None:
     parser.add_argument("--virial", action=argparse.BooleanOptionalAction, default=True, help="consistent stress targets (ResponseConfig.virial)")
     parser.add_argument("--supercell-width", type=float, default=0.0, help="noise a supercell at least this wide (Å); 0 = the 2-atom cell")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--repulsion-cutoff", type=float, default=ResponseConfig.repulsion_cutoff, help="r_c of Eq. 9 (Å)")
+    parser.add_argument("--repulsion-strength", type=float, default=ResponseConfig.repulsion_strength, help="m of Eq. 9 (eV)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default="diamond_fig5.png")
     parser.add_argument("--checkpoint", help="reuse this trained checkpoint instead of training (written there if missing)")
@@ -94,7 +96,8 @@ def main() -> None:
             [bulk("C", "diamond")],
             RMConfig(cutoff=4.5, l_max=3, nu_max=3, n_embedding=1),
             ResponseConfig(max_displacement=0.8, max_strain=0.1, displacement=args.displacement, virial=args.virial,
-                           supercell_width=args.supercell_width),
+                           supercell_width=args.supercell_width, repulsion_cutoff=args.repulsion_cutoff,
+                           repulsion_strength=args.repulsion_strength),
             TrainConfig(epochs=args.epochs, batch_size=args.batch_size, steps_per_epoch=4, seed=args.seed, device=args.device),
             source="ase.build.bulk('C', 'diamond')",
         )
