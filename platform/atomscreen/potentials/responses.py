@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 from ase import Atoms
+from ase.geometry import find_mic
 from vesin import NeighborList
 
 
@@ -69,17 +70,10 @@ class NoisedSample:
 
 
 def minimum_image(vectors: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
-    """Shortest periodic images of displacement vectors [n,3] (search over neighbouring images)."""
-    if not pbc.any():
+    """Shortest periodic images of displacement vectors [n,3] (ASE's find_mic, any cell shape)."""
+    if not np.any(pbc):
         return vectors
-    frac = np.linalg.solve(cell.T, vectors.T).T
-    frac[:, pbc] -= np.round(frac[:, pbc])
-    wrapped = frac @ cell
-    ranges = [(-1, 0, 1) if p else (0,) for p in pbc]
-    images = np.array(np.meshgrid(*ranges, indexing="ij")).reshape(3, -1).T @ cell
-    candidates = wrapped[:, None, :] + images[None, :, :]
-    best = np.argmin(np.einsum("nik,nik->ni", candidates, candidates), axis=1)
-    return candidates[np.arange(len(vectors)), best]
+    return find_mic(vectors, cell, pbc)[0]
 
 
 def repulsion(atoms: Atoms, config: ResponseConfig) -> tuple[np.ndarray, np.ndarray]:
