@@ -76,11 +76,14 @@ def _pairs_vesin(batch: AtomsBatch, cutoff: float):
     )
 
 
-def _image_counts(batch: AtomsBatch, cutoff: float) -> torch.Tensor:
+def plane_spacings(cell: np.ndarray) -> np.ndarray:
+    """Distances between opposite faces of a cell (Å), one per cell vector: 1 / |reciprocal vector|."""
+    return 1.0 / np.linalg.norm(np.linalg.inv(cell), axis=0)  # columns of inv(cell) are reciprocal vectors
+
+
+def _image_counts(batch: AtomsBatch, inverse_cell: torch.Tensor, cutoff: float) -> torch.Tensor:
     """Images needed per cell direction [B,3]: ceil(cutoff / plane spacing) along periodic directions, else 0."""
-    cell = batch.cell.detach()
-    safe = torch.where(batch.pbc.any(dim=1)[:, None, None], cell, torch.eye(3, dtype=cell.dtype, device=cell.device))
-    spacing = 1.0 / torch.linalg.norm(torch.linalg.inv(safe), dim=1)  # columns of inv(cell) are reciprocal vectors
+    spacing = 1.0 / torch.linalg.norm(inverse_cell, dim=1)  # as plane_spacings, batched
     counts = torch.ceil(cutoff / spacing).long()
     return torch.where(batch.pbc, counts, torch.zeros_like(counts))
 
@@ -99,7 +102,7 @@ def _pairs_torch(batch: AtomsBatch, cutoff: float):
     wrap = torch.where(batch.pbc[batch.system], torch.floor(frac), torch.zeros_like(frac)).long()
     wrapped = positions - torch.einsum("nk,nkl->nl", wrap.to(dtype), cell[batch.system])
 
-    counts = _image_counts(batch, cutoff)
+    counts = _image_counts(batch, inv, cutoff)
     widths = 2 * counts + 1
     n_images = widths.prod(dim=1)
     per_system = n_atoms * n_atoms * n_images

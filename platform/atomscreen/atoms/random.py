@@ -20,6 +20,8 @@ from ase.data import atomic_numbers
 from ase.geometry import cellpar_to_cell
 from scipy.optimize import nnls
 
+from atomscreen.atoms.neighbors import plane_spacings
+
 
 class RandomStructureError(ValueError):
     """The constraints of a random structure request cannot be met."""
@@ -66,8 +68,7 @@ def _random_cell(rng: np.random.Generator, volume: float, spec: RandomSpec) -> n
 
 
 def _image_shifts(cell: np.ndarray, reach: float) -> np.ndarray:
-    spacing = 1.0 / np.linalg.norm(np.linalg.inv(cell), axis=0)
-    n = np.ceil(reach / spacing).astype(int)
+    n = np.ceil(reach / plane_spacings(cell)).astype(int)
     grid = np.array(np.meshgrid(*[np.arange(-k, k + 1) for k in n], indexing="ij")).reshape(3, -1).T
     return grid @ cell
 

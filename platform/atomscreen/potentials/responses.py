@@ -17,6 +17,8 @@ from ase import Atoms
 from ase.geometry import find_mic
 from vesin import NeighborList
 
+from atomscreen.atoms.neighbors import plane_spacings
+
 
 @dataclass(frozen=True)
 class ResponseConfig:
@@ -102,8 +104,7 @@ def supercell(atoms: Atoms, width: float) -> Atoms:
     """The smallest diagonal supercell whose periodic directions are all at least ``width`` Å wide."""
     if width <= 0 or not atoms.pbc.any():
         return atoms
-    spacing = 1.0 / np.linalg.norm(np.linalg.inv(atoms.cell.array), axis=0)
-    repeats = [int(np.ceil(width / d)) if p else 1 for d, p in zip(spacing, atoms.pbc)]
+    repeats = [int(np.ceil(width / d)) if p else 1 for d, p in zip(plane_spacings(atoms.cell.array), atoms.pbc)]
     return atoms.repeat(repeats) if max(repeats) > 1 else atoms
 
 
