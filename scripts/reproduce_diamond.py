@@ -68,6 +68,19 @@ def classify(atoms: Atoms, matcher: StructureMatcher, references: dict[str, Stru
     return "graphite-like (sp2 layers)" if is_sp2_layered(atoms) else "other"
 
 
+def response_overrides(pairs: list[str]) -> dict:
+    """FIELD=VALUE strings to ResponseConfig keyword arguments, typed like the field's default."""
+    defaults = ResponseConfig().to_dict()
+    out = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if key not in defaults or not value:
+            raise SystemExit(f"--response {pair!r}: expected FIELD=VALUE with FIELD one of {', '.join(defaults)}")
+        kind = type(defaults[key])
+        out[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--per-cell", type=int, default=7, help="structures per (atom count, volume) cell; 11 counts x 7 volumes")
@@ -82,6 +95,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repulsion-cutoff", type=float, default=ResponseConfig.repulsion_cutoff, help="r_c of Eq. 9 (Å)")
     parser.add_argument("--repulsion-strength", type=float, default=ResponseConfig.repulsion_strength, help="m of Eq. 9 (eV)")
+    parser.add_argument("--response", action="append", default=[], metavar="FIELD=VALUE",
+                        help="any other ResponseConfig field, e.g. --response youngs_modulus=0.5 (repeatable)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default="diamond_fig5.png")
     parser.add_argument("--checkpoint", help="reuse this trained checkpoint instead of training (written there if missing)")
@@ -97,7 +112,7 @@ def main() -> None:
             RMConfig(cutoff=4.5, l_max=3, nu_max=3, n_embedding=1),
             ResponseConfig(max_displacement=0.8, max_strain=0.1, displacement=args.displacement, virial=args.virial,
                            supercell_width=args.supercell_width, repulsion_cutoff=args.repulsion_cutoff,
-                           repulsion_strength=args.repulsion_strength),
+                           repulsion_strength=args.repulsion_strength, **response_overrides(args.response)),
             TrainConfig(epochs=args.epochs, batch_size=args.batch_size, steps_per_epoch=4, seed=args.seed, device=args.device),
             source="ase.build.bulk('C', 'diamond')",
         )

@@ -12,7 +12,7 @@ from atomscreen.store import make_engine, migrate
 from atomscreen.store.models import Base
 
 TABLES = {"campaign", "composition", "model", "task", "structure", "trajectory", "energy", "hull_entry", "ranking"}
-VIEWS = {"structure_energies", "best_candidates", "hull"}
+VIEWS = {"structure_energies", "best_candidates", "hull", "ranked_candidates"}
 
 
 def _schema(engine) -> tuple[set[str], set[str]]:
@@ -31,6 +31,31 @@ def test_downgrade_to_base_removes_everything_and_upgrade_again_works(engine):
     migrate.downgrade(engine, "base")
     assert _schema(engine) == (set(), set())
     assert migrate.current_revision(engine) is None
+    migrate.upgrade(engine)
+    assert _schema(engine) == (TABLES, VIEWS)
+
+
+def test_upgrade_from_0001_keeps_rows_and_downgrade_restores_it(engine):
+    """0002 rebuilds structure and campaign on SQLite (batch mode): rows and the old views survive both ways."""
+    from ase.build import bulk
+
+    from atomscreen.store import add_structures, transaction
+
+    migrate.downgrade(engine, "0001")
+    assert _schema(engine)[1] == {"structure_energies", "best_candidates", "hull"}
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO composition (formula, reduced_formula, chemsys, n_atoms) VALUES ('C2', 'C', 'C', 2)"))
+        conn.execute(text("INSERT INTO campaign (name, spec, spec_hash, status, created_at, updated_at) "
+                          "VALUES ('old', 'name: old', 'x', 'done', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+    migrate.upgrade(engine)
+    with transaction(engine) as session:
+        add_structures(session, [bulk("C", "diamond")], origin="import")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT name, model_id FROM campaign")).all() == [("old", None)]
+        assert conn.execute(text("SELECT task_index, representative_id FROM structure")).all() == [(None, None)]
+    migrate.downgrade(engine, "0001")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT origin, n_atoms FROM structure")).all() == [("import", 2)]
     migrate.upgrade(engine)
     assert _schema(engine) == (TABLES, VIEWS)
 

@@ -333,8 +333,17 @@ class RelaxationSpec(Spec):
     fmax: PositiveFloat = Field(default=0.05, description="eV/Å")
     max_steps: PositiveInt = 500
     cell: bool = True
+    constant_volume: bool = Field(default=False, description="relax the cell shape at fixed volume (energy versus volume scans)")
     pressure_gpa: float = Field(default=0.0, ge=0.0)
-    trajectory_every: PositiveInt = 10
+    trajectory_every: int = Field(default=10, ge=0, description="record every k-th step and the last one; 0 records nothing")
+
+    @model_validator(mode="after")
+    def _volume_needs_cell(self) -> RelaxationSpec:
+        if self.constant_volume and not self.cell:
+            raise ValueError("constant_volume relaxes the cell shape: it needs cell: true")
+        if self.constant_volume and self.pressure_gpa:
+            raise ValueError("pressure_gpa has no effect at constant volume: set one or the other")
+        return self
 
 
 def _rescoring_method(value: str) -> str:

@@ -100,9 +100,10 @@ def cmd_db_current(args: argparse.Namespace) -> int:
 def _require_head(engine) -> None:
     from atomscreen.store import migrate
 
-    current, head = migrate.current_revision(engine), migrate.head_revision()
-    if current != head:
-        raise CLIError(f"the database is at revision {current or 'none'} but this atomscreen needs {head}: run platform db upgrade")
+    try:
+        migrate.require_head(engine)
+    except migrate.SchemaError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -177,6 +178,189 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress_reporter(quiet: bool):
+    """A rich progress display for training epochs and tasks, plus the Reporter that drives it."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from atomscreen.compute.runner import Reporter
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err, disable=quiet, transient=False)
+    state: dict = {}
+
+    def training(epoch: int, epochs: int, loss: float) -> None:
+        if "train" not in state:
+            state["train"] = bar.add_task("training epochs", total=epochs, info="")
+        bar.update(state["train"], completed=epoch, info=f"val loss {loss:.4g}")
+
+    def started(total: int, done: int, n_structures: int) -> None:
+        state["structures"] = 0
+        state["tasks"] = bar.add_task("tasks", total=total, completed=done, info=f"0/{n_structures} structures")
+        state["expected"] = n_structures
+
+    def finished(key: str, ok: bool, n: int) -> None:
+        state["structures"] += n
+        bar.update(state["tasks"], advance=1, info=f"{state['structures']}/{state['expected']} structures")
+        if not ok:
+            bar.console.print(f"[red]task {key} failed[/red] (error stored; see platform status)")
+
+    reporter = Reporter(message=lambda text: bar.console.print(text, markup=False, highlight=False), training=training,
+                        tasks_started=started, task_finished=finished)
+    return bar, reporter
+
+
+def _report(outcome) -> int:
+    tasks = ", ".join(f"{n} {state}" for state, n in sorted(outcome.tasks.items()))
+    colour = "green" if outcome.status == "done" else "red"
+    for note in outcome.notes:
+        out.print(f"note: {note}", markup=False)
+    out.print(f"campaign {outcome.name!r}: [{colour}]{outcome.status}[/{colour}] ({tasks}; {outcome.n_structures} structures)")
+    if outcome.status == "done":
+        out.print(f"next: platform results {outcome.name} --top 10 | platform hull {outcome.name} --plot hull.png")
+    else:
+        out.print(f"errors: platform status {outcome.name}; retry: platform resume {outcome.name}")
+    return 0 if outcome.status == "done" else 1
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from atomscreen.compute.runner import submit
+
+    spec = load_campaign(args.campaign)
+    url = resolve_url(args.db, spec.database)
+    engine = _engine(url, must_exist=False)
+    out.print(f"database: {_redact(url)}")
+    bar, reporter = _progress_reporter(args.quiet)
+    with bar:
+        outcome = submit(args.campaign, engine, scheduler=args.scheduler, reporter=reporter, dashboard_address=args.dashboard_address)
+    return _report(outcome)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from atomscreen.compute.runner import resume
+
+    engine = _engine(resolve_url(args.db), must_exist=True)
+    bar, reporter = _progress_reporter(args.quiet)
+    with bar:
+        outcome = resume(args.name, engine, scheduler=args.scheduler, reporter=reporter, dashboard_address=args.dashboard_address)
+    return _report(outcome)
+
+
+def _campaign_engine(args):
+    engine = _engine(resolve_url(args.db), must_exist=True)
+    _require_head(engine)
+    from atomscreen.store import get_campaign
+
+    with transaction(engine) as session:
+        if get_campaign(session, args.name) is None:
+            raise CLIError(f"no campaign named {args.name!r} in {_redact(str(engine.url))}")
+    return engine
+
+
+def _symbol(number: int | None) -> str:
+    if number is None:
+        return ""
+    from ase.spacegroup import Spacegroup
+
+    return f"{Spacegroup(int(number)).symbol} ({number})"
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    import csv
+    import json
+
+    from atomscreen.campaign import hill_formula, parse_formula
+    from atomscreen.store import ranked
+
+    engine = _campaign_engine(args)
+    formula = None
+    if args.composition:
+        try:
+            formula = hill_formula(parse_formula(args.composition))
+        except ValueError as exc:
+            raise CLIError(f"--composition {args.composition!r}: {exc}") from None
+    with transaction(engine) as session:
+        rows = ranked(session, args.name, formula=formula, top=args.top)
+    if not rows:
+        raise CLIError(f"campaign {args.name!r} has no ranked structures" + (f" of {formula}" if formula else "")
+                       + f"; see platform status {args.name}")
+    fields = ["rank", "structure_id", "formula", "energy_per_atom", "volume_per_atom", "spacegroup", "e_above_hull", "is_stable", "converged"]
+    records = [{**{f: getattr(r, f) for f in fields if f != "spacegroup"}, "spacegroup": _symbol(r.spacegroup)} for r in rows]
+    if args.format == "json":
+        print(json.dumps([{f: rec[f] for f in fields} for rec in records], indent=1))
+    elif args.format == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(records)
+    else:
+        table = Table("rank", "id", "formula", "eV/atom", "Å³/atom", "space group", "above hull", "conv.",
+                      title=f"{args.name}: {'rank within ' + formula if formula else 'overall rank'} by rm_pseudo energy per atom")
+        for r in records:
+            table.add_row(str(r["rank"]), str(r["structure_id"]), r["formula"], f"{r['energy_per_atom']:.5f}",
+                          "" if r["volume_per_atom"] is None else f"{r['volume_per_atom']:.3f}", r["spacegroup"],
+                          "" if r["e_above_hull"] is None else f"{r['e_above_hull']:.4f}", {True: "yes", False: "no"}.get(r["converged"], ""))
+        out.print(table)
+    return 0
+
+
+def cmd_hull(args: argparse.Namespace) -> int:
+    from atomscreen.analysis.plots import hull_plot
+    from atomscreen.store.api import hull_rows
+
+    engine = _campaign_engine(args)
+    with transaction(engine) as session:
+        rows = hull_rows(session, args.name)
+    if not rows:
+        raise CLIError(f"campaign {args.name!r} has no hull entries (no finished structures, or every system lacked an elemental reference)")
+    table = Table("chemsys", "formula", "id", "eV/atom", "formation", "above hull", "stable", title=f"{args.name}: pseudo hull (rm_pseudo)")
+    shown = [r for r in rows if r["is_stable"] or r["e_above_hull"] <= args.within]
+    for r in shown:
+        table.add_row(r["chemsys"], r["formula"], str(r["structure_id"]), f"{r['energy_per_atom']:.5f}", f"{r['formation_energy_per_atom']:.5f}",
+                      f"{r['e_above_hull']:.4f}", "yes" if r["is_stable"] else "")
+    out.print(table)
+    out.print(f"{sum(r['is_stable'] for r in rows)} stable of {len(rows)} unique structures; showing those within {args.within} eV/atom of the hull")
+    if args.plot:
+        hull_plot(rows, args.plot, title=f"{args.name}: pseudo hull")
+        out.print(f"figure written to {args.plot}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from atomscreen.store.api import export_structures
+
+    engine = _campaign_engine(args)
+    with transaction(engine) as session:
+        frames = export_structures(session, args.name, stable_only=args.stable_only, include_duplicates=args.all)
+    if not frames:
+        raise CLIError(f"nothing to export from {args.name!r}" + (" (no stable structures)" if args.stable_only else ""))
+    suffix = {"extxyz": ".extxyz", "cif": "", "ase-db": ".db"}[args.format]
+    target = Path(args.output or f"{args.name}{'-stable' if args.stable_only else ''}{suffix or '-cif'}")
+    from ase.io import write
+
+    if args.format == "extxyz":
+        write(target, frames, format="extxyz")
+    elif args.format == "ase-db":
+        from ase.db import connect
+
+        if target.exists():
+            raise CLIError(f"{target} exists; choose another --output or remove it")
+        from ase.calculators.singlepoint import SinglePointCalculator
+        from ase.db.core import reserved_keys
+
+        with connect(target) as db:
+            for atoms in frames:
+                info = atoms.info
+                if "energy" in info:  # ASE db keeps energies on a calculator, not as a key
+                    atoms.calc = SinglePointCalculator(atoms, energy=info["energy"])
+                pairs = {k: v for k, v in info.items() if isinstance(v, (int, float, str, bool)) and k not in reserved_keys and k != "formula"}
+                db.write(atoms, key_value_pairs=pairs)
+    else:
+        target.mkdir(parents=True, exist_ok=True)
+        for atoms in frames:
+            write(target / f"{atoms.info['structure_id']}_{atoms.info['formula']}.cif", atoms, format="cif")
+    out.print(f"wrote {len(frames)} structures to {target}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="platform", description="atomscreen: high-throughput screening of molecules and crystals")
     parser.add_argument("--version", action="version", version=f"atomscreen {atomscreen.__version__}")
@@ -214,20 +398,72 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("campaign", nargs="?", help="a campaign name or its YAML file (default: all campaigns)")
     status.add_argument("--db", help=db_help)
     status.set_defaults(func=cmd_status)
+
+    submit = commands.add_parser("submit", help="validate, record and run a campaign on Dask (resumes it if already recorded)")
+    submit.add_argument("campaign", metavar="CAMPAIGN.yaml")
+    submit.add_argument("--db", help=db_help + "; the campaign's database: key comes after $ATOMSCREEN_DB")
+    submit.add_argument("--scheduler", help="address of a running Dask scheduler, e.g. tcp://host:8786 (default: a LocalCluster)")
+    submit.add_argument("--dashboard-address", default=":8787", help="LocalCluster dashboard address (default :8787)")
+    submit.add_argument("--quiet", action="store_true", help="no progress bars")
+    submit.set_defaults(func=cmd_submit)
+
+    resume_cmd = commands.add_parser("resume", help="run the tasks of a campaign that are not done (after a crash or failures)")
+    resume_cmd.add_argument("name")
+    resume_cmd.add_argument("--db", help=db_help)
+    resume_cmd.add_argument("--scheduler", help="address of a running Dask scheduler (default: a LocalCluster)")
+    resume_cmd.add_argument("--dashboard-address", default=":8787", help="LocalCluster dashboard address (default :8787)")
+    resume_cmd.add_argument("--quiet", action="store_true", help="no progress bars")
+    resume_cmd.set_defaults(func=cmd_resume)
+
+    results = commands.add_parser("results", help="unique structures of a campaign in rank order")
+    results.add_argument("name")
+    results.add_argument("--top", type=int, help="only the first K")
+    results.add_argument("--composition", help="rank within this composition, e.g. C8")
+    results.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    results.add_argument("--db", help=db_help)
+    results.set_defaults(func=cmd_results)
+
+    hull = commands.add_parser("hull", help="the pseudo convex hull of a campaign (table, and a figure with --plot)")
+    hull.add_argument("name")
+    hull.add_argument("--plot", metavar="FILE.png", help="write the hull figure (energy versus volume for one element)")
+    hull.add_argument("--within", type=float, default=0.05, help="list structures up to this far above the hull (eV/atom, default 0.05)")
+    hull.add_argument("--db", help=db_help)
+    hull.set_defaults(func=cmd_hull)
+
+    export = commands.add_parser("export", help="write a campaign's unique structures to files")
+    export.add_argument("name")
+    export.add_argument("--format", choices=["extxyz", "cif", "ase-db"], required=True)
+    export.add_argument("--stable-only", action="store_true", help="only structures on the hull")
+    export.add_argument("--all", action="store_true", help="include duplicates (default: unique structures only)")
+    export.add_argument("--output", help="file (extxyz, ase-db) or folder (cif); default from the campaign name")
+    export.add_argument("--db", help=db_help)
+    export.set_defaults(func=cmd_export)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("distributed", "dask"):  # Dask logs every connection at INFO: keep the terminal for progress unless -v
+        logging.getLogger(name).setLevel(logging.INFO if args.verbose else logging.WARNING)
+    from atomscreen.store.migrate import SchemaError
+
     try:
         return args.func(args)
     except CampaignError as exc:
         err.print(str(exc), markup=False)
-    except (CLIError, DatabaseURLError) as exc:
+    except (CLIError, DatabaseURLError, SchemaError) as exc:
         err.print(f"error: {exc}", markup=False)
     except (OperationalError, ProgrammingError) as exc:
         err.print(f"database error: {exc.orig or exc}", markup=False)
+    except Exception as exc:
+        # runner and planning errors carry their own advice; anything else is a bug and keeps its traceback
+        from atomscreen.compute.plan import PlanError
+        from atomscreen.compute.runner import RunnerError
+
+        if not isinstance(exc, (RunnerError, PlanError)):
+            raise
+        err.print(f"error: {exc}", markup=False)
     return 1
 
 

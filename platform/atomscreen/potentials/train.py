@@ -22,6 +22,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from atomscreen.atoms.batch import from_ase
 from atomscreen.atoms.neighbors import neighbor_list
+from atomscreen.atoms.random import fit_element_volumes
 from atomscreen.potentials.forces import compute
 from atomscreen.potentials.responses import NoisedSample, ResponseConfig, noise_many
 from atomscreen.potentials.rm import RMConfig, RMPotential, count_parameters
@@ -113,6 +114,8 @@ def describe(structures: Sequence[Atoms], source: str = "") -> dict[str, Any]:
         "elements": sorted({int(z) for a in structures for z in a.numbers}),
         "periodic": int(sum(bool(a.pbc.all()) for a in structures)),
         "sha256": digest.hexdigest(),
+        # per-element volumes (Å^3) fitted on the periodic structures: random search's default density
+        "element_volumes": fit_element_volumes(structures) if any(a.pbc.all() for a in structures) else {},
     }
 
 

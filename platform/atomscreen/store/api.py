@@ -120,12 +120,20 @@ def add_structures(
     campaign_id: int | None = None,
     task_id: int | None = None,
     parent_ids: Sequence[int | None] | None = None,
+    task_indices: Sequence[int] | None = None,
+    spacegroups: Sequence[int | None] | None = None,
     energies: Sequence[Sequence[EnergyRecord]] | None = None,
     trajectories: Sequence[Sequence[TrajectoryRecord]] | None = None,
 ) -> list[int]:
-    """Store structures (with optional energies and trajectories, one list per structure); returns their ids."""
+    """Store structures (with optional energies and trajectories, one list per structure); returns their ids.
+
+    ``task_indices`` are the structures' positions within task ``task_id``; the
+    pair is unique, so a task's results cannot be stored twice.
+    """
     n = len(atoms_list)
-    for name, seq in (("parent_ids", parent_ids), ("energies", energies), ("trajectories", trajectories)):
+    named = (("parent_ids", parent_ids), ("task_indices", task_indices), ("spacegroups", spacegroups),
+             ("energies", energies), ("trajectories", trajectories))
+    for name, seq in named:
         if seq is not None and len(seq) != n:
             raise ValueError(f"{name} has {len(seq)} entries for {n} structures")
     compositions: dict[str, Composition] = {}
@@ -141,6 +149,8 @@ def add_structures(
             task_id=task_id,
             composition_id=compositions[key].id,
             parent_id=None if parent_ids is None else parent_ids[i],
+            task_index=None if task_indices is None else int(task_indices[i]),
+            spacegroup=None if spacegroups is None or spacegroups[i] is None else int(spacegroups[i]),
             origin=origin,
             n_atoms=len(atoms),
             pbc=_pbc_text(pbc),
@@ -274,11 +284,11 @@ def spec_hash(spec_text: str) -> str:
     return hashlib.sha256(spec_text.encode()).hexdigest()
 
 
-def add_campaign(session: Session, name: str, spec_text: str) -> Campaign:
-    """Record a new campaign; a second campaign with the same name is refused."""
+def add_campaign(session: Session, name: str, spec_text: str, source: str | None = None) -> Campaign:
+    """Record a new campaign (``source``: the YAML file it came from); a second campaign with the same name is refused."""
     if session.scalar(select(Campaign).where(Campaign.name == name)) is not None:
         raise ValueError(f"a campaign named {name!r} already exists")
-    row = Campaign(name=name, spec=spec_text, spec_hash=spec_hash(spec_text), status="pending")
+    row = Campaign(name=name, spec=spec_text, spec_hash=spec_hash(spec_text), status="pending", source=source)
     session.add(row)
     session.flush()
     return row
@@ -350,3 +360,92 @@ def campaign_summaries(session: Session, name: str | None = None) -> list[Campai
             )
         )
     return summaries
+
+
+@dataclass
+class RankedRow:
+    """One line of `platform results`: a unique structure with its rank, energy and hull position (eV/atom, Å^3/atom)."""
+
+    rank: int
+    structure_id: int
+    formula: str
+    energy_per_atom: float
+    volume_per_atom: float | None
+    spacegroup: int | None
+    converged: bool | None
+    e_above_hull: float | None
+    is_stable: bool | None
+
+
+def ranked(session: Session, campaign: str, *, method: str = "rm_pseudo", formula: str | None = None, top: int | None = None) -> list[RankedRow]:
+    """Unique structures of a campaign in rank order: overall, or within one composition (Hill formula)."""
+    from atomscreen.store.models import HullEntry, Ranking
+
+    scope = "composition" if formula else "overall"
+    query = (
+        select(Ranking.rank, Structure.id, Composition.formula, Ranking.score, Structure.volume_per_atom, Structure.spacegroup,
+               Energy.converged, HullEntry.e_above_hull, HullEntry.is_stable)
+        .join(Campaign, Campaign.id == Ranking.campaign_id)
+        .join(Structure, Structure.id == Ranking.structure_id)
+        .join(Composition, Composition.id == Structure.composition_id)
+        .outerjoin(Energy, (Energy.structure_id == Structure.id) & (Energy.method == Ranking.method))
+        .outerjoin(HullEntry, (HullEntry.structure_id == Structure.id) & (HullEntry.campaign_id == Ranking.campaign_id)
+                   & (HullEntry.method == Ranking.method))
+        .where(Campaign.name == campaign, Ranking.method == method, Ranking.scope == scope)
+        .order_by(Ranking.rank)
+    )
+    if formula:
+        query = query.where(Composition.formula == formula)
+    if top:
+        query = query.limit(top)
+    return [RankedRow(*row) for row in session.execute(query).all()]
+
+
+def hull_rows(session: Session, campaign: str, method: str = "rm_pseudo") -> list[dict[str, Any]]:
+    """Hull entries of a campaign with formula, energy and volume, by chemical system then e_above_hull."""
+    from atomscreen.store.models import HullEntry
+
+    query = (
+        select(Composition.chemsys, Composition.formula, Composition.reduced_formula, HullEntry.structure_id, Energy.per_atom,
+               HullEntry.formation_energy_per_atom, HullEntry.e_above_hull, HullEntry.is_stable, Structure.volume_per_atom)
+        .join(Campaign, Campaign.id == HullEntry.campaign_id)
+        .join(Structure, Structure.id == HullEntry.structure_id)
+        .join(Composition, Composition.id == Structure.composition_id)
+        .join(Energy, (Energy.structure_id == Structure.id) & (Energy.method == HullEntry.method))
+        .where(Campaign.name == campaign, HullEntry.method == method)
+        .order_by(Composition.chemsys, HullEntry.e_above_hull, HullEntry.structure_id)
+    )
+    keys = ("chemsys", "formula", "reduced_formula", "structure_id", "energy_per_atom", "formation_energy_per_atom",
+            "e_above_hull", "is_stable", "volume_per_atom")
+    return [dict(zip(keys, row)) for row in session.execute(query).all()]
+
+
+def export_structures(session: Session, campaign: str, *, method: str = "rm_pseudo", stable_only: bool = False,
+                      include_duplicates: bool = False) -> list[Atoms]:
+    """A campaign's structures for writing to files: unique ones in overall rank order (then duplicates if asked),
+    with energy per atom, rank, e_above_hull and representative in ``info``."""
+    from atomscreen.store.models import HullEntry, Ranking
+
+    rank = dict(session.execute(select(Ranking.structure_id, Ranking.rank).join(Campaign, Campaign.id == Ranking.campaign_id)
+                                .where(Campaign.name == campaign, Ranking.method == method, Ranking.scope == "overall")).all())
+    hull = {sid: (e, stable) for sid, e, stable in session.execute(
+        select(HullEntry.structure_id, HullEntry.e_above_hull, HullEntry.is_stable).join(Campaign, Campaign.id == HullEntry.campaign_id)
+        .where(Campaign.name == campaign, HullEntry.method == method)).all()}
+    reps = dict(session.execute(select(Structure.id, Structure.representative_id).join(Campaign, Campaign.id == Structure.campaign_id)
+                                .where(Campaign.name == campaign)).all())
+    wanted = [sid for sid in reps if (sid in rank or (include_duplicates and reps[sid] is not None))
+              and (not stable_only or hull.get(sid, (None, False))[1])]
+    frames = {a.info["structure_id"]: a for a in structures(session, ids=wanted)}
+    out = []
+    for sid in sorted(wanted, key=lambda s: (s not in rank, rank.get(s, 0), s)):
+        atoms = frames[sid]
+        energies = atoms.info.pop("energies")
+        if method in energies:
+            atoms.info["energy_per_atom"] = energies[method] / len(atoms)
+            atoms.info["energy"] = energies[method]
+        atoms.info.update(method=method, rank=rank.get(sid), representative_id=reps[sid])
+        if sid in hull:
+            atoms.info.update(e_above_hull=hull[sid][0], is_stable=bool(hull[sid][1]))
+        atoms.info = {k: v for k, v in atoms.info.items() if v is not None}
+        out.append(atoms)
+    return out

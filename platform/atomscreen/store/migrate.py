@@ -58,3 +58,14 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 def downgrade(engine: Engine, revision: str) -> None:
     """Downgrade the schema to ``revision`` (``base`` removes everything)."""
     _run(engine, command.downgrade, revision)
+
+
+class SchemaError(RuntimeError):
+    """The database is not at the schema this atomscreen needs."""
+
+
+def require_head(engine: Engine) -> None:
+    """Raise SchemaError unless the database is at the newest revision."""
+    current, head = current_revision(engine), head_revision()
+    if current != head:
+        raise SchemaError(f"the database is at revision {current or 'none'} but this atomscreen needs {head}: run platform db upgrade")

@@ -62,11 +62,15 @@ class Campaign(Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     spec: Mapped[str] = mapped_column(Text)
     spec_hash: Mapped[str] = mapped_column(String(64))
+    # the YAML file as submitted: relative paths in the spec resolve against its folder on resume
+    source: Mapped[Optional[str]] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), default="pending")
     error: Mapped[Optional[str]] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
     finished_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    # the pseudo potential the campaign relaxes with (set once trained or loaded, reused on resume)
+    model_id: Mapped[Optional[int]] = mapped_column(ForeignKey("model.id"))
 
     tasks: Mapped[list["Task"]] = relationship(back_populates="campaign")
 
@@ -130,12 +134,17 @@ class Structure(Base):
     """An atomic structure; arrays in blobs, searchable properties in columns."""
 
     __tablename__ = "structure"
+    # one row per (task, position in the task): a task result written twice cannot add rows
+    __table_args__ = (UniqueConstraint("task_id", "task_index"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     campaign_id: Mapped[Optional[int]] = mapped_column(ForeignKey("campaign.id", ondelete="CASCADE"), index=True)
     task_id: Mapped[Optional[int]] = mapped_column(ForeignKey("task.id", ondelete="SET NULL"), index=True)
     composition_id: Mapped[int] = mapped_column(ForeignKey("composition.id"), index=True)
+    task_index: Mapped[Optional[int]] = mapped_column(Integer)
     parent_id: Mapped[Optional[int]] = mapped_column(ForeignKey("structure.id", ondelete="SET NULL"), index=True)
+    # dedupe: NULL for a unique structure, else the lowest-energy structure it matches
+    representative_id: Mapped[Optional[int]] = mapped_column(ForeignKey("structure.id", ondelete="SET NULL"), index=True)
     origin: Mapped[str] = mapped_column(String(32), index=True)
     n_atoms: Mapped[int] = mapped_column(Integer)
     # pbc along the three cell vectors as 'T'/'F' characters, e.g. 'TTT' or 'FFF'

@@ -1,0 +1,351 @@
+"""The campaign driver: record, train or load the model, plan tasks, run them on Dask, write results, analyse.
+
+Only this process writes to the database. Each finished task's structures,
+energies and trajectories land in one transaction together with the task's
+``done`` mark; the task row is locked and its status checked first, and
+(task_id, task_index) is unique, so a task that runs twice (a lost worker, a
+resumed driver) can never add rows twice. A driver that dies leaves tasks
+``running`` or ``pending``; `resume` runs every task that is not ``done``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import yaml
+from ase import Atoms
+from distributed import as_completed
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.engine import Engine
+
+from atomscreen.campaign import CampaignSpec, ClusterSpec, load_campaign, parse_campaign
+from atomscreen.compute.cluster import open_cluster
+from atomscreen.compute.plan import PlanError, plan_tasks
+from atomscreen.compute.tasks import ModelRef, rss_task
+from atomscreen.store import migrate
+from atomscreen.store.api import EnergyRecord, TrajectoryRecord, add_campaign, add_model, add_structures, get_campaign
+from atomscreen.store.engine import transaction
+from atomscreen.store.models import Campaign, Model, Task
+
+log = logging.getLogger("atomscreen.runner")
+METHOD = "rm_pseudo"
+
+
+class RunnerError(Exception):
+    """A campaign that cannot be submitted or resumed as asked; the message says what to do instead."""
+
+
+@dataclass
+class Reporter:
+    """Progress hooks for a front end (all optional)."""
+
+    message: Callable[[str], None] = lambda text: None
+    training: Callable[[int, int, float], None] | None = None  # epoch, epochs, validation loss
+    tasks_started: Callable[[int, int, int], None] = lambda total, done, structures: None  # all tasks, done before, structures to make
+    task_finished: Callable[[str, bool, int], None] = lambda key, ok, n_structures: None
+
+
+@dataclass
+class Outcome:
+    """How a run ended."""
+
+    name: str
+    status: str
+    tasks: dict[str, int]
+    n_structures: int
+    dashboard: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def same_spec(stored: str, submitted: str) -> bool:
+    """Equal as YAML documents: comments and layout may change, content may not."""
+    return stored == submitted or yaml.safe_load(stored) == yaml.safe_load(submitted)
+
+
+def submit(path: str | Path, engine: Engine, *, scheduler: str | None = None, reporter: Reporter = Reporter(),
+           dashboard_address: str = ":8787") -> Outcome:
+    """Validate and record ``path`` (or resume it if already recorded with the same content), then run it."""
+    path = Path(path)
+    spec = load_campaign(path)
+    text = path.read_text()
+    migrate.upgrade(engine)
+    with transaction(engine) as session:
+        row = get_campaign(session, spec.name)
+        if row is None:
+            row = add_campaign(session, spec.name, text, source=str(path.resolve()))
+        elif not same_spec(row.spec, text):
+            raise RunnerError(
+                f"a campaign named {spec.name!r} already exists in this database with a different spec "
+                f"(stored sha256 {row.spec_hash[:12]}, submitted {hashlib.sha256(text.encode()).hexdigest()[:12]}): "
+                f"continue it with `platform resume {spec.name}`, or give this file a new `name:` to start a separate campaign"
+            )
+        else:
+            reporter.message(f"campaign {spec.name!r} already recorded with this spec: resuming it")
+        campaign_id = row.id
+    return _prepare_and_run(engine, campaign_id, spec, scheduler, reporter, dashboard_address)
+
+
+def resume(name: str, engine: Engine, *, scheduler: str | None = None, reporter: Reporter = Reporter(),
+           dashboard_address: str = ":8787") -> Outcome:
+    """Run every task of campaign ``name`` that is not done, then redo the analysis."""
+    migrate.require_head(engine)
+    with transaction(engine) as session:
+        row = get_campaign(session, name)
+        if row is None:
+            names = session.scalars(select(Campaign.name).order_by(Campaign.id)).all()
+            raise RunnerError(f"no campaign named {name!r}; campaigns here: {', '.join(names) or 'none'}")
+        campaign_id, text, source = row.id, row.spec, row.source
+    base_dir = Path(source).parent if source else Path(".")
+    spec = parse_campaign(yaml.safe_load(text), source=f"campaign {name!r} as stored", base_dir=base_dir)
+    return _prepare_and_run(engine, campaign_id, spec, scheduler, reporter, dashboard_address)
+
+
+def _prepare_and_run(engine, campaign_id, spec: CampaignSpec, scheduler, reporter, dashboard_address) -> Outcome:
+    model_id, ref, training_data = ensure_model(engine, campaign_id, spec, reporter)
+    ensure_tasks(engine, campaign_id, spec, training_data)
+    return run(engine, campaign_id, spec.cluster, ref, model_id, scheduler=scheduler, reporter=reporter,
+               dashboard_address=dashboard_address)
+
+
+# --- model -------------------------------------------------------------------------------------------------------
+
+def _ref(row: Model) -> ModelRef:
+    return ModelRef(row.sha256, row.hyperparameters["model"], row.weights)
+
+
+def training_recipe(spec: CampaignSpec, data_sha256: str) -> str:
+    """sha256 of what determines a trained model: the training set, hyperparameters and seed."""
+    train = spec.model.train
+    blob = json.dumps({"data": data_sha256, "hyperparameters": train.hyperparameters, "seed": train.seed}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def ensure_model(engine: Engine, campaign_id: int, spec: CampaignSpec, reporter: Reporter) -> tuple[int, ModelRef, dict]:
+    """The campaign's model: already linked, loaded from a checkpoint, reused by recipe, or trained now."""
+    with transaction(engine) as session:
+        campaign = session.get(Campaign, campaign_id)
+        if campaign.model_id is not None:
+            row = session.get(Model, campaign.model_id)
+            return row.id, _ref(row), dict(row.training_data)
+    from atomscreen.potentials.train import Checkpoint, describe, split_hyperparameters, train
+
+    if spec.model.checkpoint is not None:
+        checkpoint = Checkpoint.load(spec.model.checkpoint)
+        reporter.message(f"model from checkpoint {spec.model.checkpoint}")
+        recipe = None
+    else:
+        from atomscreen.data import read_dataset
+
+        block = spec.model.train
+        dataset = block.dataset
+        structures = read_dataset(dataset.format, dataset.path, name=dataset.name, limit=dataset.limit)
+        source = dataset.path or f"{dataset.format}:{dataset.name or ''}"
+        recipe = training_recipe(spec, describe(structures)["sha256"])
+        with transaction(engine) as session:
+            rows = session.scalars(select(Model).where(Model.kind == "rm_potential").order_by(Model.id)).all()
+            for row in rows:
+                if row.training_data.get("recipe") == recipe:
+                    session.get(Campaign, campaign_id).model_id = row.id
+                    reporter.message(f"reusing stored model {row.id} (sha256 {row.sha256[:12]}): same data, hyperparameters and seed")
+                    return row.id, _ref(row), dict(row.training_data)
+        model_cfg, response_cfg, train_cfg = split_hyperparameters(block.hyperparameters)
+        if "seed" not in block.hyperparameters:
+            import dataclasses
+
+            train_cfg = dataclasses.replace(train_cfg, seed=block.seed)
+        reporter.message(f"training the RM potential on {len(structures)} structure(s) from {source} ({train_cfg.epochs} epochs)")
+        progress = None
+        if reporter.training is not None:
+            progress = lambda epoch, r: reporter.training(epoch, train_cfg.epochs, r["val_loss"])  # noqa: E731
+        checkpoint = train(structures, model_cfg, response_cfg, train_cfg, source=str(source), progress=progress)
+    training_data = dict(checkpoint.training_data)
+    if recipe is not None:
+        training_data["recipe"] = recipe
+    with transaction(engine) as session:
+        row = add_model(session, kind=checkpoint.kind, weights=checkpoint.weights_bytes(), hyperparameters=checkpoint.hyperparameters(),
+                        training_data=training_data, metrics=checkpoint.metrics, name=spec.name)
+        session.get(Campaign, campaign_id).model_id = row.id
+        return row.id, _ref(row), dict(row.training_data)
+
+
+# --- tasks -------------------------------------------------------------------------------------------------------
+
+def ensure_tasks(engine: Engine, campaign_id: int, spec: CampaignSpec, training_data: dict) -> int:
+    """Create the campaign's task rows once (all in one transaction); returns how many exist."""
+    with transaction(engine) as session:
+        existing = session.scalar(select(func.count(Task.id)).where(Task.campaign_id == campaign_id))
+        if existing:
+            return existing
+        try:
+            plans = plan_tasks(spec, training_data.get("element_volumes"))
+        except PlanError as exc:
+            campaign = session.get(Campaign, campaign_id)
+            campaign.status, campaign.error = "failed", f"cannot plan tasks: {exc}"
+            raise RunnerError(campaign.error) from None
+        session.add_all(Task(campaign_id=campaign_id, kind=p.kind, key=p.key, seed=p.seed, payload=p.payload) for p in plans)
+        return len(plans)
+
+
+def write_result(engine: Engine, task_id: int, result: dict[str, Any], model_id: int) -> int:
+    """Store one task's structures, energies and trajectories and mark it done, in one transaction; 0 if it was done already."""
+    with transaction(engine) as session:
+        task = session.get(Task, task_id, with_for_update=True)
+        if task.status == "done":
+            log.warning("task %s already done: result ignored", task.key)
+            return 0
+        atoms_list, energies, trajectories = [], [], []
+        for s in result["structures"]:
+            atoms = Atoms(numbers=s["numbers"], positions=s["positions"], cell=s["cell"], pbc=s["pbc"])
+            atoms.info.update(relax_status=s["status"], start_volume_per_atom=s["start_volume_per_atom"])
+            atoms_list.append(atoms)
+            ok = s["status"] != "exploded" and math.isfinite(s["energy"])
+            energies.append([EnergyRecord(METHOD, s["energy"], fmax=s["fmax"] if math.isfinite(s["fmax"]) else None,
+                                          converged=s["status"] == "converged", n_steps=s["n_steps"], model_id=model_id)] if ok else [])
+            t = s["trajectory"]
+            trajectories.append([] if t is None else [TrajectoryRecord(METHOD, t["steps"], t["energies"], t["fmax"], t["positions"], t["cells"])])
+        add_structures(session, atoms_list, origin=task.kind, campaign_id=task.campaign_id, task_id=task.id,
+                       task_indices=list(range(len(atoms_list))), spacegroups=[s["spacegroup"] for s in result["structures"]],
+                       energies=energies, trajectories=trajectories)
+        task.status, task.error, task.finished_at, task.wall_time_s = "done", None, now(), float(result["wall_time_s"])
+        return len(atoms_list)
+
+
+def _error_text(exc: BaseException) -> str:
+    from distributed import KilledWorker
+
+    if isinstance(exc, KilledWorker):
+        return f"KilledWorker: the workers running this task died too often ({exc})"
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()
+
+
+def record_failure(engine: Engine, task_id: int, exc: BaseException) -> str:
+    """Mark a task failed with its error (unless a result was already written)."""
+    text = _error_text(exc)
+    with transaction(engine) as session:
+        task = session.get(Task, task_id, with_for_update=True)
+        if task.status != "done":
+            task.status, task.error, task.finished_at = "failed", text, now()
+        return task.key
+
+
+def run(engine: Engine, campaign_id: int, cluster: ClusterSpec, ref: ModelRef, model_id: int, *, scheduler: str | None = None,
+        reporter: Reporter = Reporter(), dashboard_address: str = ":8787", client=None) -> Outcome:
+    """Run every task that is not done on Dask (``client``, or a cluster opened here), then analyse."""
+    with transaction(engine) as session:
+        pending = session.scalars(select(Task).where(Task.campaign_id == campaign_id, Task.status != "done").order_by(Task.id)).all()
+        n_total = session.scalar(select(func.count(Task.id)).where(Task.campaign_id == campaign_id))
+        todo = [(t.id, t.key, t.payload) for t in pending]
+        campaign = session.get(Campaign, campaign_id)
+        name = campaign.name
+        campaign.status, campaign.error, campaign.finished_at = "running", None, None
+        for t in pending:
+            t.status, t.error, t.attempts, t.started_at = "running", None, t.attempts + 1, now()
+    dashboard = None
+    if todo:
+        handle = None
+        if client is None:
+            handle = open_cluster(cluster, scheduler, dashboard_address=dashboard_address)
+            client = handle.client
+        dashboard = client.dashboard_link
+        reporter.message(f"Dask dashboard: {dashboard}")
+        try:
+            gpu = handle.has_gpu_workers() if handle else False
+            model_future = client.scatter(ref, broadcast=True, hash=False)
+            reporter.tasks_started(n_total, n_total - len(todo), sum(p["count"] for _, _, p in todo))
+            futures = {}
+            for task_id, key, payload in todo:
+                dask_key = f"{key.replace('/', '-')}-c{campaign_id}-{uuid.uuid4().hex[:8]}"
+                future = client.submit(rss_task, payload, model_future, key=dask_key, resources={"GPU": 1} if gpu else None)
+                futures[future] = (task_id, key)
+            for future in as_completed(futures):
+                task_id, key = futures[future]
+                try:
+                    n = write_result(engine, task_id, future.result(), model_id)
+                    reporter.task_finished(key, True, n)
+                except Exception as exc:  # the task raised on its worker, or its workers died
+                    record_failure(engine, task_id, exc)
+                    reporter.task_finished(key, False, 0)
+                future.release()
+        except BaseException:
+            with transaction(engine) as session:
+                session.execute(update(Task).where(Task.campaign_id == campaign_id, Task.status == "running").values(status="pending"))
+                c = session.get(Campaign, campaign_id)
+                c.status, c.error = "pending", f"interrupted: continue with `platform resume {name}`"
+            raise
+        finally:
+            if handle is not None:
+                handle.close()
+    notes = finalize(engine, campaign_id)
+    return _outcome(engine, campaign_id, dashboard, notes)
+
+
+# --- analysis ----------------------------------------------------------------------------------------------------
+
+def finalize(engine: Engine, campaign_id: int) -> list[str]:
+    """Dedupe, rank and hull the campaign's structures (replacing earlier results) and set its final status."""
+    from atomscreen.analysis import pseudo_hulls, rank, representatives
+    from atomscreen.store.api import structures as load_structures
+    from atomscreen.store.models import HullEntry, Ranking, Structure
+
+    notes = []
+    with transaction(engine) as session:
+        campaign = session.get(Campaign, campaign_id)
+        session.execute(delete(Ranking).where(Ranking.campaign_id == campaign_id))
+        session.execute(delete(HullEntry).where(HullEntry.campaign_id == campaign_id))
+        session.execute(update(Structure).where(Structure.campaign_id == campaign_id).values(representative_id=None))
+        atoms = [a for a in load_structures(session, campaign=campaign.name) if METHOD in a.info["energies"]]
+        per_atom = [a.info["energies"][METHOD] / len(a) for a in atoms]
+        ids = [a.info["structure_id"] for a in atoms]
+        reps = representatives(atoms, per_atom)
+        for i, r in enumerate(reps):
+            if r != i:
+                session.execute(update(Structure).where(Structure.id == ids[i]).values(representative_id=ids[r]))
+        unique = [i for i, r in enumerate(reps) if r == i]
+        formulas = [atoms[i].info["formula"] for i in unique]
+        energies = [per_atom[i] for i in unique]
+        within, overall = rank(formulas, energies)
+        for j, i in enumerate(unique):
+            session.add(Ranking(campaign_id=campaign_id, structure_id=ids[i], method=METHOD, scope="composition", rank=within[j], score=energies[j]))
+            session.add(Ranking(campaign_id=campaign_id, structure_id=ids[i], method=METHOD, scope="overall", rank=overall[j], score=energies[j]))
+        points, skipped = pseudo_hulls(formulas, energies)
+        for p in points:
+            session.add(HullEntry(campaign_id=campaign_id, structure_id=ids[unique[p.index]], method=METHOD,
+                                  formation_energy_per_atom=p.formation_energy_per_atom, e_above_hull=p.e_above_hull, is_stable=p.is_stable))
+        notes += [str(s) for s in skipped]
+        if len(atoms) > len(unique):
+            notes.append(f"{len(atoms) - len(unique)} of {len(atoms)} structures are duplicates of lower-energy ones")
+        states = dict(session.execute(select(Task.status, func.count()).where(Task.campaign_id == campaign_id).group_by(Task.status)).all())
+        n_tasks = sum(states.values())
+        failed = states.get("failed", 0)
+        if failed:
+            campaign.status = "failed"
+            campaign.error = f"{failed} of {n_tasks} tasks failed (errors: platform status {campaign.name}; retry: platform resume {campaign.name})"
+        elif states.get("done", 0) == n_tasks and not atoms:
+            campaign.status, campaign.error = "failed", "no structure has a finite energy: every relaxation exploded"
+        elif states.get("done", 0) == n_tasks:
+            campaign.status, campaign.error = "done", None
+        campaign.finished_at = now()
+    return notes
+
+
+def _outcome(engine, campaign_id, dashboard, notes) -> Outcome:
+    from atomscreen.store.api import campaign_summaries
+
+    with transaction(engine) as session:
+        name = session.get(Campaign, campaign_id).name
+        s = campaign_summaries(session, name)[0]
+    return Outcome(s.name, s.status, s.tasks, s.n_structures, dashboard, notes)
