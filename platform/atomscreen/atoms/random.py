@@ -144,7 +144,7 @@ def fit_element_volumes(structures: Sequence[Atoms]) -> dict[str, float]:
     counts = np.array([[list(a.get_chemical_symbols()).count(e) for e in elements] for a in periodic], dtype=float)
     volumes = np.array([a.get_volume() for a in periodic])
     solution, _ = nnls(counts, volumes)
-    return dict(zip(elements, solution))
+    return {e: float(v) for e, v in zip(elements, solution)}
 
 
 def volume_per_atom(counts: Mapping[str, int], element_volumes: Mapping[str, float]) -> float:

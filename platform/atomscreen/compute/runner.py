@@ -77,7 +77,7 @@ def same_spec(stored: str, submitted: str) -> bool:
 
 
 def submit(path: str | Path, engine: Engine, *, scheduler: str | None = None, reporter: Reporter = Reporter(),
-           dashboard_address: str = ":8787") -> Outcome:
+           dashboard_address: str = ":8787", client=None) -> Outcome:
     """Validate and record ``path`` (or resume it if already recorded with the same content), then run it."""
     path = Path(path)
     spec = load_campaign(path)
@@ -96,11 +96,11 @@ def submit(path: str | Path, engine: Engine, *, scheduler: str | None = None, re
         else:
             reporter.message(f"campaign {spec.name!r} already recorded with this spec: resuming it")
         campaign_id = row.id
-    return _prepare_and_run(engine, campaign_id, spec, scheduler, reporter, dashboard_address)
+    return _prepare_and_run(engine, campaign_id, spec, scheduler, reporter, dashboard_address, client)
 
 
 def resume(name: str, engine: Engine, *, scheduler: str | None = None, reporter: Reporter = Reporter(),
-           dashboard_address: str = ":8787") -> Outcome:
+           dashboard_address: str = ":8787", client=None) -> Outcome:
     """Run every task of campaign ``name`` that is not done, then redo the analysis."""
     migrate.require_head(engine)
     with transaction(engine) as session:
@@ -111,14 +111,14 @@ def resume(name: str, engine: Engine, *, scheduler: str | None = None, reporter:
         campaign_id, text, source = row.id, row.spec, row.source
     base_dir = Path(source).parent if source else Path(".")
     spec = parse_campaign(yaml.safe_load(text), source=f"campaign {name!r} as stored", base_dir=base_dir)
-    return _prepare_and_run(engine, campaign_id, spec, scheduler, reporter, dashboard_address)
+    return _prepare_and_run(engine, campaign_id, spec, scheduler, reporter, dashboard_address, client)
 
 
-def _prepare_and_run(engine, campaign_id, spec: CampaignSpec, scheduler, reporter, dashboard_address) -> Outcome:
+def _prepare_and_run(engine, campaign_id, spec: CampaignSpec, scheduler, reporter, dashboard_address, client) -> Outcome:
     model_id, ref, training_data = ensure_model(engine, campaign_id, spec, reporter)
     ensure_tasks(engine, campaign_id, spec, training_data)
     return run(engine, campaign_id, spec.cluster, ref, model_id, scheduler=scheduler, reporter=reporter,
-               dashboard_address=dashboard_address)
+               dashboard_address=dashboard_address, client=client)
 
 
 # --- model -------------------------------------------------------------------------------------------------------

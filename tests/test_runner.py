@@ -1,0 +1,227 @@
+"""Campaigns end to end on a real Dask LocalCluster and real databases: submit, results, resume after a killed
+driver, a killed worker, every task failing, and SQLite/PostgreSQL parity."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from ase.io import read
+from sqlalchemy import func, select
+
+from atomscreen.cli import main
+from atomscreen.compute import runner
+from atomscreen.store import make_engine, ranked, transaction
+from atomscreen.store.models import Campaign, Energy, HullEntry, Ranking, Structure, Task
+
+
+@pytest.fixture(scope="module")
+def checkpoint_file(trained_checkpoint, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "rm.pt"
+    trained_checkpoint[0].save(path)
+    return path
+
+
+def write_campaign(folder: Path, checkpoint: Path, name: str = "carbon", **changes) -> Path:
+    spec = {
+        "name": name,
+        "seed": 3,
+        "cluster": {"n_workers": 2},
+        "compositions": ["C2", "C4"],
+        "model": {"checkpoint": str(checkpoint)},
+        "generators": {"rss": {"samples_per_composition": 6, "volume_per_atom": 5.7, "volume_factor": [0.9, 1.1],
+                               "min_separation": 1.2, "batch_size": 3}},
+        "relaxation": {"fmax": 0.05, "max_steps": 150, "trajectory_every": 20},
+    }
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split(".")
+        node = spec
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def snapshot(engine, name: str) -> list[tuple]:
+    """Every stored structure of a campaign as (task key, index in task, positions, cell, energy): what a re-run must reproduce."""
+    with transaction(engine) as session:
+        rows = session.execute(
+            select(Task.key, Structure.task_index, Structure.positions, Structure.cell, Energy.total)
+            .join(Structure, Structure.task_id == Task.id)
+            .outerjoin(Energy, Energy.structure_id == Structure.id)
+            .join(Campaign, Campaign.id == Task.campaign_id)
+            .where(Campaign.name == name)
+            .order_by(Task.key, Structure.task_index)
+        ).all()
+    return [(key, index, positions.tobytes(), cell.tobytes(), energy) for key, index, positions, cell, energy in rows]
+
+
+def counts(engine, name: str) -> dict[str, int]:
+    with transaction(engine) as session:
+        cid = session.scalar(select(Campaign.id).where(Campaign.name == name))
+        n = {table.__tablename__: session.scalar(select(func.count()).select_from(table).where(table.campaign_id == cid))
+             for table in (Structure, Ranking, HullEntry, Task)}
+        n["distinct_slots"] = session.scalar(select(func.count()).select_from(
+            select(Structure.task_id, Structure.task_index).where(Structure.campaign_id == cid).distinct().subquery()))
+        n["energy"] = session.scalar(select(func.count(Energy.id)).join(Structure).where(Structure.campaign_id == cid))
+    return n
+
+
+def test_submit_runs_a_campaign_and_results_hull_export_show_it(tmp_path, checkpoint_file, capsys):
+    path = write_campaign(tmp_path, checkpoint_file)
+    db = str(tmp_path / "c.db")
+    assert main(["submit", str(path), "--db", db, "--quiet", "--dashboard-address", ":0"]) == 0
+    printed = capsys.readouterr()
+    assert "Dask dashboard: http://" in printed.err + printed.out and "'carbon': done" in printed.out
+    engine = make_engine(db)
+    n = counts(engine, "carbon")
+    assert n["task"] == 4 and n["structure"] == 12 == n["distinct_slots"] == n["energy"]
+    with transaction(engine) as session:
+        unique = session.scalar(select(func.count(Structure.id)).where(Structure.representative_id.is_(None)))
+        rows = ranked(session, "carbon")
+    assert n["ranking"] == 2 * unique and n["hull_entry"] == unique
+    assert [r.rank for r in rows] == list(range(1, unique + 1))
+    assert [r.energy_per_atom for r in rows] == sorted(r.energy_per_atom for r in rows)
+    assert rows[0].e_above_hull == 0.0 and rows[0].is_stable
+
+    assert main(["results", "carbon", "--db", db, "--top", "3", "--format", "json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [r["structure_id"] for r in shown] == [r.structure_id for r in rows[:3]]
+    assert main(["results", "carbon", "--db", db, "--composition", "C4", "--format", "csv"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("rank,structure_id,formula") and all(",C4," in line for line in lines[1:])
+    assert main(["hull", "carbon", "--db", db, "--plot", str(tmp_path / "hull.png")]) == 0
+    assert (tmp_path / "hull.png").stat().st_size > 10_000
+    assert main(["export", "carbon", "--db", db, "--format", "extxyz", "--output", str(tmp_path / "x.extxyz")]) == 0
+    frames = read(tmp_path / "x.extxyz", ":")
+    assert len(frames) == unique and frames[0].info["structure_id"] == rows[0].structure_id
+    assert main(["export", "carbon", "--db", db, "--format", "cif", "--stable-only", "--output", str(tmp_path / "cif")]) == 0
+    assert len(list((tmp_path / "cif").glob("*.cif"))) == sum(r.is_stable for r in rows)
+    capsys.readouterr()
+
+    # the same file again: nothing left to do, nothing written twice
+    before = snapshot(engine, "carbon")
+    assert main(["submit", str(path), "--db", db, "--quiet", "--dashboard-address", ":0"]) == 0
+    assert "already recorded with this spec" in capsys.readouterr().err
+    assert snapshot(engine, "carbon") == before and counts(engine, "carbon") == n
+    # a different spec under the same name is refused with the way out
+    (tmp_path / "edited").mkdir()
+    changed = write_campaign(tmp_path / "edited", checkpoint_file, seed=4)
+    assert main(["submit", str(changed), "--db", db, "--quiet"]) == 1
+    message = capsys.readouterr().err
+    assert "different spec" in message and "platform resume carbon" in message and "new `name:`" in message
+
+
+def test_driver_killed_mid_campaign_is_resumed_to_the_uninterrupted_result(tmp_path, checkpoint_file):
+    path = write_campaign(tmp_path, checkpoint_file, name="crash", compositions=["C4", "C6", "C8"],
+                          **{"generators.rss.samples_per_composition": 12, "generators.rss.batch_size": 3, "relaxation.max_steps": 300})
+    db = tmp_path / "crash.db"
+    env = {k: v for k, v in os.environ.items() if k != "ATOMSCREEN_DB"}
+    driver = subprocess.Popen(["platform", "submit", str(path), "--db", str(db), "--quiet", "--dashboard-address", ":0"],
+                              env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    done = 0
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and driver.poll() is None:
+        try:
+            with sqlite3.connect(db) as conn:
+                done = conn.execute("SELECT count(*) FROM task WHERE status = 'done'").fetchone()[0]
+        except sqlite3.OperationalError:  # not created yet
+            done = 0
+        if done >= 2:
+            break
+        time.sleep(0.05)
+    assert driver.poll() is None, f"the driver ended before it could be killed: {driver.stdout.read()}"
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver, its LocalCluster and workers, all at once
+    driver.wait()
+    with sqlite3.connect(db) as conn:
+        states = dict(conn.execute("SELECT status, count(*) FROM task GROUP BY status").fetchall())
+        assert conn.execute("SELECT status FROM campaign").fetchone()[0] == "running"
+    assert 2 <= states.get("done", 0) < 12, states
+
+    resumed = subprocess.run(["platform", "resume", "crash", "--db", str(db), "--quiet", "--dashboard-address", ":0"],
+                             env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    engine = make_engine(str(db))
+    n = counts(engine, "crash")
+    assert n["task"] == 12 and n["structure"] == 36 == n["distinct_slots"] == n["energy"]
+
+    reference_db = tmp_path / "reference.db"
+    reference = make_engine(str(reference_db))
+    outcome = runner.submit(path, reference, dashboard_address=":0")
+    assert outcome.status == "done"
+    assert snapshot(engine, "crash") == snapshot(reference, "crash")
+    with transaction(engine) as a, transaction(reference) as b:
+        assert [(r.rank, r.formula, r.energy_per_atom) for r in ranked(a, "crash")] == [(r.rank, r.formula, r.energy_per_atom) for r in ranked(b, "crash")]
+
+
+def test_a_killed_worker_loses_no_task_and_duplicates_nothing(tmp_path, checkpoint_file):
+    from distributed import Client, LocalCluster
+
+    path = write_campaign(tmp_path, checkpoint_file, name="workerloss", compositions=["C6", "C8"],
+                          **{"generators.rss.samples_per_composition": 8, "generators.rss.batch_size": 4, "relaxation.max_steps": 400})
+    engine = make_engine(str(tmp_path / "w.db"))
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, Client(cluster) as client:
+        before = set(client.scheduler_info()["workers"])
+        outcome = {}
+        thread = threading.Thread(target=lambda: outcome.update(result=runner.submit(path, engine, client=client)))
+        thread.start()
+        victim = None
+        deadline = time.monotonic() + 120
+        while victim is None and time.monotonic() < deadline:
+            busy = [w for w, keys in client.processing().items() if any(k.startswith("rss-") for k in map(str, keys))]
+            if busy:
+                time.sleep(0.3)  # let the task get going
+                victim = busy[0]
+            time.sleep(0.02)
+        assert victim is not None, "no task ever started"
+        pid = client.run(os.getpid, workers=[victim])[victim]
+        os.kill(pid, signal.SIGKILL)
+        thread.join(timeout=300)
+        assert not thread.is_alive()
+        after = set(client.scheduler_info()["workers"])
+    assert victim in before and victim not in after  # that worker really died (its nanny started a new one)
+    assert outcome["result"].status == "done"
+    n = counts(engine, "workerloss")
+    assert n["task"] == 4 and n["structure"] == 16 == n["distinct_slots"] == n["energy"]
+
+
+def test_a_campaign_whose_every_task_fails_ends_failed_with_the_errors_stored(tmp_path, checkpoint_file, capsys):
+    path = write_campaign(tmp_path, checkpoint_file, name="impossible",
+                          **{"generators.rss.min_separation": 3.0, "generators.rss.volume_per_atom": 2.0})
+    db = str(tmp_path / "f.db")
+    assert main(["submit", str(path), "--db", db, "--quiet", "--dashboard-address", ":0"]) == 1
+    assert "'impossible': failed" in capsys.readouterr().out
+    engine = make_engine(db)
+    with transaction(engine) as session:
+        campaign = session.scalar(select(Campaign).where(Campaign.name == "impossible"))
+        tasks = session.scalars(select(Task).where(Task.campaign_id == campaign.id)).all()
+        assert campaign.status == "failed" and "4 of 4 tasks failed" in campaign.error
+        assert [t.status for t in tasks] == ["failed"] * 4
+        assert all("RandomStructureError" in t.error and "C-C 3.00 Å" in t.error for t in tasks)
+    assert counts(engine, "impossible") | {"task": 0} == {"structure": 0, "ranking": 0, "hull_entry": 0, "task": 0, "distinct_slots": 0, "energy": 0}
+    assert main(["status", "impossible", "--db", db]) == 0
+    shown = capsys.readouterr().out
+    assert shown.count("failed impossible task rss/") == 4 and "cannot build C2" in shown
+
+
+@pytest.mark.postgres
+def test_postgres_and_sqlite_give_the_same_rankings(tmp_path, checkpoint_file, sqlite_url, postgres_url):
+    path = write_campaign(tmp_path, checkpoint_file, name="parity")
+    results = []
+    for url in (sqlite_url, postgres_url):
+        engine = make_engine(url)
+        assert runner.submit(path, engine, dashboard_address=":0").status == "done"
+        with transaction(engine) as session:
+            results.append([(r.rank, r.formula, r.energy_per_atom, r.volume_per_atom, r.e_above_hull) for r in ranked(session, "parity")])
+        engine.dispose()
+    assert results[0] == results[1] and len(results[0]) > 0
