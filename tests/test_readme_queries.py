@@ -8,11 +8,12 @@ import sqlite3
 import subprocess
 
 import numpy as np
+import pytest
 from ase import Atoms
 from sqlalchemy import text
 
 from atomscreen import store
-from atomscreen.store.models import HullEntry
+from atomscreen.compute import runner
 from conftest import REPO
 
 
@@ -27,7 +28,7 @@ def _carbon(n: int, volume_per_atom: float, seed: int) -> Atoms:
 
 
 def finished_campaign(engine) -> dict[str, list]:
-    """A small campaign 'diamond' as the runner leaves it: structures, pseudo energies, hull entries."""
+    """A small campaign 'diamond' as the runner leaves it: structures, pseudo energies, then rankings and hull by the runner."""
     energies = {"C2": [-7.9, -8.1, -7.5], "C4": [-8.05, -7.0], "C8": [-8.1, -8.0]}
     with store.transaction(engine) as session:
         campaign = store.add_campaign(session, "diamond", "name: diamond\n")
@@ -43,10 +44,8 @@ def finished_campaign(engine) -> dict[str, list]:
             session, [_carbon(2, 5.0, 99)], origin="rss", campaign_id=other.id, energies=[[store.EnergyRecord("rm_pseudo", total=-20.0)]]
         )
         per_atom = [r[0].total / len(a) for r, a in zip(records, atoms)]
-        best = min(per_atom)
-        for sid, e in zip(ids, per_atom):
-            session.add(HullEntry(campaign_id=campaign.id, structure_id=sid, method="rm_pseudo",
-                                  formation_energy_per_atom=0.0, e_above_hull=e - best, is_stable=abs(e - best) < 1e-12))
+        campaign_id = campaign.id
+    runner.finalize(engine, campaign_id)  # the runner's own dedupe, ranking and hull
     return {"ids": ids, "per_atom": per_atom, "other_id": other_id}
 
 
@@ -57,8 +56,10 @@ def _check_answers(results: list[list[tuple]], facts: dict) -> None:
     assert [(r[0], r[2]) for r in best] == [("C2", ids[1]), ("C8", ids[5]), ("C4", ids[3])]
     assert all(r[1] == "rm_pseudo" for r in best)
     expected_top = sorted(zip(per_atom, ids))
-    assert [r[0] for r in top] == [sid for _, sid in expected_top]
-    assert facts["other_id"] not in [r[0] for r in top]
+    assert [r[0] for r in top] == list(range(1, len(ids) + 1))  # ranks
+    assert [r[1] for r in top] == [sid for _, sid in expected_top]
+    assert [r[3] for r in top] == pytest.approx([e for e, _ in expected_top])
+    assert facts["other_id"] not in [r[1] for r in top]
     near = sorted((e - min(per_atom), sid) for e, sid in zip(per_atom, ids) if e - min(per_atom) <= 0.05 + 1e-12)
     assert [r[2] for r in hull] == [sid for _, sid in near]
     assert [bool(r[5]) for r in hull][:2] == [True, True] and not any(bool(r[5]) for r in hull[2:])
