@@ -307,8 +307,16 @@ def cmd_hull(args: argparse.Namespace) -> int:
     from atomscreen.store.api import hull_rows
 
     engine = _campaign_engine(args)
+    from pymatgen.core import Composition
+
+    from atomscreen.store import ranked
+
     with transaction(engine) as session:
         rows = hull_rows(session, args.name)
+        off_hull = [r.formula for r in ranked(session, args.name) if r.e_above_hull is None]
+    for chemsys in sorted({"-".join(sorted(str(e) for e in Composition(f).elements)) for f in off_hull}):
+        out.print(f"note: no hull for structures in {chemsys}: an element of it has no pure-element structure in this campaign "
+                  "to serve as reference", markup=False)
     if not rows:
         raise CLIError(f"campaign {args.name!r} has no hull entries (no finished structures, or every system lacked an elemental reference)")
     table = Table("chemsys", "formula", "id", "eV/atom", "formation", "above hull", "stable", title=f"{args.name}: pseudo hull (rm_pseudo)")
