@@ -261,7 +261,7 @@ def _symbol(number: int | None) -> str:
         return ""
     from ase.spacegroup import Spacegroup
 
-    return f"{Spacegroup(int(number)).symbol} ({number})"
+    return f"{Spacegroup(int(number)).symbol.replace(' ', '')} ({number})"
 
 
 def cmd_results(args: argparse.Namespace) -> int:
