@@ -99,7 +99,7 @@ def main() -> None:
     parser.add_argument("--youngs-modulus", type=float, default=3.0, help="E of Eq. 11 (eV/Å^3)")
     parser.add_argument("--poisson-ratio", type=float, default=0.1, help="nu of Eq. 11")
     parser.add_argument("--response", action="append", default=[], metavar="FIELD=VALUE",
-                        help="any other ResponseConfig field, e.g. --response youngs_modulus=0.5 (repeatable)")
+                        help="any other ResponseConfig field, e.g. --response k=2 (repeatable)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default="diamond_fig5.png")
     parser.add_argument("--checkpoint", help="reuse this trained checkpoint instead of training (written there if missing)")
