@@ -7,7 +7,11 @@ at fixed volumes spread over 0.86-1.27 V0 (atoms and cell shape, FrechetCellFilt
 with constant volume, batched FIRE), classify the results, check the paper's
 claims, save the pseudo energy versus volume plot, and print a JSON summary.
 
-    python scripts/reproduce_diamond.py [--per-cell 7] [--epochs 1500] [--out diamond_fig5.png] [--structures relaxed.extxyz]
+    python scripts/reproduce_diamond.py [--per-cell 7] [--epochs 600] [--out diamond_fig5.png] [--structures relaxed.extxyz]
+
+Defaults: the best noise protocol measured (README, "One-shot diamond"): a 54-atom supercell of the cell, one
+displacement level per structure from a ladder up to 0.8 Å per Cartesian component, isotropic strain up to 10%
+plus random strain up to 5%, E = 0.25 eV/Å^3, nu = 0.3, r_c 0.75 Å, m 1 eV, n 2, beta 1.
 """
 
 from __future__ import annotations
@@ -60,8 +64,18 @@ def is_sp2_layered(atoms: Atoms) -> bool:
     return True
 
 
+def symmetrized(atoms: Atoms, symprec: float = 0.1) -> Atoms:
+    """The spglib primitive cell with symmetry imposed to ``symprec`` Å: a supercell relaxed to fmax 0.01 keeps tiny
+    distortions that stop pymatgen from reducing it to the primitive cell it is."""
+    cell = spglib.standardize_cell((atoms.cell.array, atoms.get_scaled_positions(), atoms.numbers), to_primitive=True, symprec=symprec)
+    if cell is None:
+        return atoms
+    lattice, positions, numbers = cell
+    return Atoms(numbers=numbers, scaled_positions=positions, cell=lattice, pbc=True)
+
+
 def classify(atoms: Atoms, matcher: StructureMatcher, references: dict[str, Structure]) -> str:
-    structure = AseAtomsAdaptor.get_structure(atoms)
+    structure = AseAtomsAdaptor.get_structure(symmetrized(atoms))
     for name, reference in references.items():
         if len(atoms) % 2 == 0 and matcher.fit(structure, reference):
             return name
@@ -81,23 +95,43 @@ def response_overrides(pairs: list[str]) -> dict:
     return out
 
 
+def atom_counts(text: str) -> list[int]:
+    """'2-12' -> 2..12; '2,4,6' -> [2, 4, 6]."""
+    try:
+        if "-" in text:
+            low, high = (int(x) for x in text.split("-"))
+            counts = list(range(low, high + 1))
+        else:
+            counts = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise SystemExit(f"--atom-counts {text!r}: expected a range like 2-12 or a list like 2,4,6,8,12") from None
+    if not counts or min(counts) < 1:
+        raise SystemExit(f"--atom-counts {text!r}: counts must be positive")
+    return counts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--per-cell", type=int, default=7, help="structures per (atom count, volume) cell; 11 counts x 7 volumes")
-    parser.add_argument("--epochs", type=int, default=1500)
+    parser.add_argument("--epochs", type=int, default=600)
     parser.add_argument("--volumes", type=int, default=7, help="volume bins over 0.86-1.27 V0")
-    parser.add_argument("--fmax", type=float, default=0.05)
-    parser.add_argument("--max-steps", type=int, default=1500)
+    parser.add_argument("--fmax", type=float, default=0.01)
+    parser.add_argument("--max-steps", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--displacement", default="levels", choices=["ball", "levels"], help="noise distribution (ResponseConfig)")
-    parser.add_argument("--virial", action=argparse.BooleanOptionalAction, default=True, help="consistent stress targets (ResponseConfig.virial)")
-    parser.add_argument("--supercell-width", type=float, default=0.0, help="noise a supercell at least this wide (Å); 0 = the 2-atom cell")
-    parser.add_argument("--batch-size", type=int, default=16)
-    # defaults: the best settings measured (README, "One-shot diamond"); ResponseConfig's own defaults are 0.7 Å, 2 eV, 1 eV/Å^3, 0.25
-    parser.add_argument("--repulsion-cutoff", type=float, default=1.2, help="r_c of Eq. 9 (Å)")
-    parser.add_argument("--repulsion-strength", type=float, default=5.0, help="m of Eq. 9 (eV)")
-    parser.add_argument("--youngs-modulus", type=float, default=3.0, help="E of Eq. 11 (eV/Å^3)")
-    parser.add_argument("--poisson-ratio", type=float, default=0.1, help="nu of Eq. 11")
+    parser.add_argument("--displacement", default="ladder", choices=["ball", "levels", "ladder"], help="noise distribution (ResponseConfig)")
+    parser.add_argument("--hydrostatic-strain", type=float, default=0.1, help="isotropic strain range added to the random strain (ResponseConfig)")
+    parser.add_argument("--max-strain", type=float, default=0.05, help="largest random strain component (ResponseConfig)")
+    parser.add_argument("--atom-counts", default="2-12", help="atom counts of the random cells: a range '2-12' or a list '2,4,6,8,12'")
+    parser.add_argument("--virial", action=argparse.BooleanOptionalAction, default=False, help="consistent stress targets (ResponseConfig.virial)")
+    parser.add_argument("--supercell-width", type=float, default=6.0, help="noise a supercell at least this wide (Å); 0 = the 2-atom cell")
+    parser.add_argument("--batch-size", type=int, default=4)
+    # defaults: the best settings measured (README, "One-shot diamond"); ResponseConfig's own defaults differ
+    parser.add_argument("--repulsion-cutoff", type=float, default=0.75, help="r_c of Eq. 9 (Å)")
+    parser.add_argument("--repulsion-strength", type=float, default=1.0, help="m of Eq. 9 (eV)")
+    parser.add_argument("--repulsion-power", type=int, default=2, help="n of Eq. 9")
+    parser.add_argument("--youngs-modulus", type=float, default=0.25, help="E of Eq. 11 (eV/Å^3)")
+    parser.add_argument("--poisson-ratio", type=float, default=0.3, help="nu of Eq. 11")
+    parser.add_argument("--beta", type=float, default=1.0, help="stress weight of Eq. 12")
     parser.add_argument("--response", action="append", default=[], metavar="FIELD=VALUE",
                         help="any other ResponseConfig field, e.g. --response k=2 (repeatable)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -113,11 +147,14 @@ def main() -> None:
         checkpoint = train(
             [bulk("C", "diamond")],
             RMConfig(cutoff=4.5, l_max=3, nu_max=3, n_embedding=1),
-            ResponseConfig(max_displacement=0.8, max_strain=0.1, displacement=args.displacement, virial=args.virial,
+            ResponseConfig(max_displacement=0.8, max_strain=args.max_strain, hydrostatic_strain=args.hydrostatic_strain,
+                           displacement=args.displacement, virial=args.virial,
                            supercell_width=args.supercell_width, repulsion_cutoff=args.repulsion_cutoff,
-                           repulsion_strength=args.repulsion_strength, youngs_modulus=args.youngs_modulus,
+                           repulsion_strength=args.repulsion_strength, repulsion_power=args.repulsion_power,
+                           beta=args.beta, youngs_modulus=args.youngs_modulus,
                            poisson_ratio=args.poisson_ratio, **response_overrides(args.response)),
-            TrainConfig(epochs=args.epochs, batch_size=args.batch_size, steps_per_epoch=4, seed=args.seed, device=args.device),
+            TrainConfig(epochs=args.epochs, batch_size=args.batch_size, steps_per_epoch=4, seed=args.seed, device=args.device,
+                        validate_every=25),
             source="ase.build.bulk('C', 'diamond')",
         )
         if args.checkpoint:
@@ -126,7 +163,7 @@ def main() -> None:
     model = checkpoint.build(dtype=torch.float64, device=args.device)
 
     factors = np.linspace(0.86, 1.27, args.volumes)
-    requests = [(n, f) for n in range(2, 13) for f in factors for _ in range(args.per_cell)]
+    requests = [(n, f) for n in atom_counts(args.atom_counts) for f in factors for _ in range(args.per_cell)]
     starts = []
     for k, (n, f) in enumerate(requests):
         spec = RandomSpec(volume_per_atom=V0 * f, min_separation=1.2)
@@ -136,7 +173,8 @@ def main() -> None:
                                                  trajectory_every=0, max_systems=512), device=args.device)
     t_relax = time.perf_counter() - t1
 
-    matcher = StructureMatcher(ltol=0.2, stol=0.3, angle_tol=5, primitive_cell=True, scale=True)
+    # ltol 0.3 and 10°: diamond relaxed at constant volume far from V0 is strained tetragonally beyond ltol 0.2
+    matcher = StructureMatcher(ltol=0.3, stol=0.3, angle_tol=10, primitive_cell=True, scale=True)
     references = {"cubic diamond": AseAtomsAdaptor.get_structure(bulk("C", "diamond")), "hexagonal diamond": lonsdaleite()}
     rows = []
     for (n, f), r in zip(requests, results):
@@ -156,7 +194,7 @@ def main() -> None:
     # the paper's claims, bin by bin
     per_bin = {}
     for f in factors:
-        in_bin = [r for r in rows if r["factor"] == f and r["status"] != "exploded"]
+        in_bin = [r for r in rows if r["factor"] == f and r["status"] == "converged"]  # minima only, as the paper keeps
         diamonds = [r["energy"] for r in in_bin if r["kind"] == "cubic diamond"]
         others = [r["energy"] for r in in_bin if r["kind"] != "cubic diamond"]
         per_bin[f"{f:.3f}"] = {"n": len(in_bin), "diamonds": len(diamonds), "best_diamond": min(diamonds, default=None),

@@ -50,6 +50,37 @@ def test_elastic_stress_is_isotropic_hookes_law():
     assert config.elastic_stress(shear)[0, 1] == pytest.approx(2 * mu * 0.02)
 
 
+def test_ladder_noise_draws_one_level_per_structure_and_bounds_every_component():
+    config = ResponseConfig(displacement="ladder", ladder=(0.25, 1.0), max_displacement=0.8, max_strain=0.0, repulsion_strength=0.0)
+    atoms = bulk("C", "diamond", cubic=True).repeat(3)  # 216 atoms: the largest component comes close to the level
+    levels = []
+    for sample in noise_many([atoms] * 40, config, 7):
+        dr = minimum_image(sample.atoms.positions - atoms.positions, atoms.cell.array, atoms.pbc)
+        assert np.allclose(sample.forces, -dr)
+        largest = np.abs(dr).max()
+        level = min((0.2, 0.8), key=lambda x: abs(x - largest))
+        assert largest <= level + 1e-12 and largest > 0.97 * level
+        levels.append(level)
+    assert set(levels) == {0.2, 0.8}
+    with pytest.raises(ValueError, match="ladder"):
+        ResponseConfig(displacement="ladder", ladder=(0.5, 1.5))
+
+
+def test_hydrostatic_strain_scales_the_cell_and_gives_bulk_modulus_stress():
+    """An isotropic strain s with no other noise: cell x (1 + s), sigma = E s / (1 - 2 nu) on the diagonal, no forces."""
+    config = ResponseConfig(max_displacement=0.0, max_strain=0.0, hydrostatic_strain=0.1, repulsion_strength=0.0,
+                            youngs_modulus=1.0, poisson_ratio=0.3)
+    atoms = bulk("C", "diamond")
+    scales = []
+    for sample in noise_many([atoms] * 30, config, 3):
+        s = (sample.atoms.get_volume() / atoms.get_volume()) ** (1 / 3) - 1
+        assert np.allclose(sample.atoms.cell.array, atoms.cell.array * (1 + s)) and abs(s) <= 0.1
+        assert np.allclose(sample.stress, np.eye(3) * 1.0 * s / (1 - 2 * 0.3))
+        assert np.allclose(sample.forces, 0.0)
+        scales.append(s)
+    assert min(scales) < -0.05 and max(scales) > 0.05
+
+
 def test_molecules_get_no_strain_and_no_stress():
     sample = noise(molecule("H2O"), ResponseConfig(), np.random.default_rng(1))
     assert np.count_nonzero(sample.stress) == 0 and not sample.atoms.pbc.any()
@@ -63,13 +94,25 @@ def test_noise_is_reproducible_from_the_seed():
     assert not np.allclose(a[0].atoms.positions, c[0].atoms.positions)
 
 
-def tiny_training(seed: int, epochs: int = 6):
+def tiny_training(seed: int, epochs: int = 6, validate_every: int = 1):
     return train(
         [bulk("C", "diamond"), molecule("CH4")],
         RMConfig(cutoff=3.5, l_max=2, nu_max=2, n_embedding=1, n_radial=4, hidden=(8,)),
         ResponseConfig(max_displacement=0.4, max_strain=0.05),
-        TrainConfig(epochs=epochs, batch_size=4, steps_per_epoch=3, seed=seed, validation_size=8, lr=1e-2, ema_decay=0.9),
+        TrainConfig(epochs=epochs, batch_size=4, steps_per_epoch=3, seed=seed, validation_size=8, lr=1e-2, ema_decay=0.9,
+                    validate_every=validate_every),
     )
+
+
+def test_validating_less_often_changes_no_weight_and_reports_the_latest_loss():
+    every, sparse = tiny_training(0, epochs=7), tiny_training(0, epochs=7, validate_every=3)
+    assert every.sha256 == sparse.sha256
+    full, thin = every.metrics["history"], sparse.metrics["history"]
+    for epoch in (1, 3, 6, 7):  # validated: the first, every third and the last epoch
+        assert thin[epoch - 1]["val_loss"] == pytest.approx(full[epoch - 1]["val_loss"])
+    assert thin[1]["val_loss"] == thin[0]["val_loss"] != full[1]["val_loss"]
+    with pytest.raises(ValueError, match="validate_every"):
+        TrainConfig(validate_every=0)
 
 
 def test_training_is_reproducible_and_learns():

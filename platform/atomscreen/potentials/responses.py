@@ -26,9 +26,15 @@ class ResponseConfig:
 
     max_displacement: float = 0.8  # Å
     # "ball": each atom uniform in a ball of radius max_displacement; "levels": each structure draws a level
-    # in [0, max] and each atom a step of uniform length up to it (more weight on small displacements)
+    # in [0, max] and each atom a step of uniform length up to it (more weight on small displacements);
+    # "ladder": each structure draws a level from ``ladder`` (fractions of max_displacement) and every Cartesian
+    # component of every atom is uniform in [-level, level] (the noise schedule of the RM authors' diamond example)
     displacement: str = "levels"
-    max_strain: float = 0.1  # largest strain component for periodic structures
+    ladder: tuple[float, ...] = (0.0, 1 / 32, 2 / 32, 3 / 32, 4 / 32, 6 / 32, 8 / 32, 10 / 32, 12 / 32, 16 / 32, 1.0)
+    max_strain: float = 0.1  # largest component of the random symmetric strain for periodic structures
+    # an isotropic strain uniform in [-hydrostatic_strain, hydrostatic_strain] added to the random one, so compressed
+    # and expanded copies of the equilibrium cell (zero force, stress only) cover a wide range of volumes
+    hydrostatic_strain: float = 0.0
     k: float = 1.0  # eV/Å^2, Eq. 8
     repulsion_cutoff: float = 0.7  # Å, r_c of Eq. 9
     repulsion_strength: float = 2.0  # eV, m of Eq. 9
@@ -46,13 +52,20 @@ class ResponseConfig:
     def __post_init__(self):
         if self.max_displacement < 0 or self.max_strain < 0 or self.k <= 0:
             raise ValueError("max_displacement and max_strain must be >= 0 and k > 0")
-        if self.displacement not in ("ball", "levels"):
-            raise ValueError(f"displacement must be 'ball' or 'levels', got {self.displacement!r}")
+        if self.displacement not in ("ball", "levels", "ladder"):
+            raise ValueError(f"displacement must be 'ball', 'levels' or 'ladder', got {self.displacement!r}")
+        if not self.ladder or any(not 0.0 <= f <= 1.0 for f in self.ladder):
+            raise ValueError(f"ladder must be a non-empty list of fractions in [0, 1], got {list(self.ladder)}")
+        if not 0.0 <= self.hydrostatic_strain < 1.0:
+            raise ValueError(f"hydrostatic_strain must lie in [0, 1), got {self.hydrostatic_strain}")
+        object.__setattr__(self, "ladder", tuple(float(f) for f in self.ladder))
         if not -1.0 < self.poisson_ratio < 0.5:
             raise ValueError(f"poisson_ratio must lie in (-1, 0.5), got {self.poisson_ratio}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["ladder"] = list(self.ladder)
+        return d
 
     def elastic_stress(self, strain: np.ndarray) -> np.ndarray:
         """sigma = lambda tr(gamma) I + 2 mu gamma (isotropic Hooke's law, Eq. 11)."""
@@ -108,6 +121,20 @@ def supercell(atoms: Atoms, width: float) -> Atoms:
     return atoms.repeat(repeats) if max(repeats) > 1 else atoms
 
 
+def _displacements(n: int, config: ResponseConfig, rng: np.random.Generator) -> np.ndarray:
+    """Random atomic displacements [n,3] (Å) drawn as ``config.displacement`` says."""
+    if config.displacement == "ladder":
+        level = config.max_displacement * config.ladder[rng.integers(len(config.ladder))]
+        return rng.uniform(-level, level, size=(n, 3))
+    directions = rng.normal(size=(n, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    if config.displacement == "ball":
+        lengths = config.max_displacement * rng.uniform(0.0, 1.0, size=(n, 1)) ** (1 / 3)
+    else:
+        lengths = rng.uniform(0.0, rng.uniform(0.0, config.max_displacement), size=(n, 1))
+    return directions * lengths
+
+
 def noise(atoms: Atoms, config: ResponseConfig, rng: np.random.Generator) -> NoisedSample:
     """One noised copy of an equilibrium structure (a supercell of it, if supercell_width asks) with its targets."""
     atoms = supercell(atoms, config.supercell_width)
@@ -116,14 +143,10 @@ def noise(atoms: Atoms, config: ResponseConfig, rng: np.random.Generator) -> Noi
     if periodic and config.max_strain > 0:
         upper = rng.uniform(-config.max_strain, config.max_strain, size=(3, 3))
         strain = np.triu(upper) + np.triu(upper, 1).T
+    if periodic and config.hydrostatic_strain > 0:
+        strain = strain + rng.uniform(-config.hydrostatic_strain, config.hydrostatic_strain) * np.eye(3)
     deformation = np.eye(3) + strain
-    directions = rng.normal(size=(len(atoms), 3))
-    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
-    if config.displacement == "ball":
-        lengths = config.max_displacement * rng.uniform(0.0, 1.0, size=(len(atoms), 1)) ** (1 / 3)
-    else:
-        lengths = rng.uniform(0.0, rng.uniform(0.0, config.max_displacement), size=(len(atoms), 1))
-    step = directions * lengths
+    step = _displacements(len(atoms), config, rng)
 
     noised = atoms.copy()
     noised.calc = None

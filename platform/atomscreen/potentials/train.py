@@ -41,9 +41,15 @@ class TrainConfig:
     lr_final_fraction: float = 0.05
     ema_decay: float = 0.99
     validation_size: int = 32  # noised structures held fixed for the validation loss
+    validate_every: int = 1  # epochs between validation losses (always after the first and the last epoch)
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float32"
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "validation_size", "validate_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 
 
 @dataclass
@@ -180,14 +186,15 @@ def train(
             scheduler.step()
             ema.update_parameters(model)
             train_loss += float(loss.detach()) / steps_per_epoch
-        ema.module.eval()
-        val, val_f, val_s = _loss(ema.module, validation, responses, device, dtype)
-        record = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": float(val), "val_force_mse": float(val_f),
-                  "val_stress_mse": float(val_s), "lr": scheduler.get_last_lr()[0], "elapsed_s": time.perf_counter() - start}
+        if epoch == 0 or epoch == config.epochs - 1 or (epoch + 1) % config.validate_every == 0:
+            ema.module.eval()
+            val, val_f, val_s = (float(x) for x in _loss(ema.module, validation, responses, device, dtype))
+        record = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val, "val_force_mse": val_f,
+                  "val_stress_mse": val_s, "lr": scheduler.get_last_lr()[0], "elapsed_s": time.perf_counter() - start}
         history.append(record)
         if progress is not None:
             progress(epoch + 1, record)
-        log.info("epoch %d/%d train %.4g val %.4g", epoch + 1, config.epochs, train_loss, float(val))
+        log.info("epoch %d/%d train %.4g val %.4g", epoch + 1, config.epochs, train_loss, val)
     final = history[-1]
     metrics = {**{k: final[k] for k in ("val_loss", "val_force_mse", "val_stress_mse")}, "epochs": config.epochs,
                "train_time_s": final["elapsed_s"], "n_parameters": count_parameters(model),
