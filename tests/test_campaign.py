@@ -16,7 +16,7 @@ from pymatgen.core import Composition
 from atomscreen.campaign import CampaignError, hill_formula, load_campaign, parse_campaign, parse_formula
 from atomscreen.cli import main
 from atomscreen.store.engine import DEFAULT_URL, DatabaseURLError, resolve_url
-from conftest import REPO
+from conftest import REPO, SHARED_DATA
 
 BAD = sorted((REPO / "tests" / "campaigns").glob("*.yaml"))
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
@@ -50,6 +50,8 @@ def test_validate_cli_creates_no_database(tmp_path):
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_examples_are_valid(path, capsys):
+    if "shared/data/" in path.read_text() and not SHARED_DATA.is_dir():
+        pytest.skip(f"{path.name} trains on {SHARED_DATA}, which is not beside this checkout")
     assert main(["validate", str(path)]) == 0
     assert "✓" in capsys.readouterr().out
 
