@@ -11,7 +11,8 @@ claims, save the pseudo energy versus volume plot, and print a JSON summary.
 
 Defaults: the best noise protocol measured (README, "One-shot diamond"): a 54-atom supercell of the cell, one
 displacement level per structure from a ladder up to 0.8 Å per Cartesian component, isotropic strain up to 10%
-plus random strain up to 5%, E = 0.25 eV/Å^3, nu = 0.3, r_c 0.75 Å, m 1 eV, n 2, beta 1.
+plus random strain up to 5%, E = 0.25 eV/Å^3, nu = 0.3, r_c 0.75 Å, m 1 eV, n 2, beta 1; 6 Bessel functions mixed
+into the 8 radial channels (RMConfig.n_bessel, as CACE does).
 """
 
 from __future__ import annotations
@@ -132,6 +133,7 @@ def main() -> None:
     parser.add_argument("--youngs-modulus", type=float, default=0.25, help="E of Eq. 11 (eV/Å^3)")
     parser.add_argument("--poisson-ratio", type=float, default=0.3, help="nu of Eq. 11")
     parser.add_argument("--beta", type=float, default=1.0, help="stress weight of Eq. 12")
+    parser.add_argument("--n-bessel", type=int, default=6, help="Bessel functions mixed into the 8 radial channels (RMConfig.n_bessel); 0 = 8 fixed ones")
     parser.add_argument("--response", action="append", default=[], metavar="FIELD=VALUE",
                         help="any other ResponseConfig field, e.g. --response k=2 (repeatable)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -146,7 +148,7 @@ def main() -> None:
     else:
         checkpoint = train(
             [bulk("C", "diamond")],
-            RMConfig(cutoff=4.5, l_max=3, nu_max=3, n_embedding=1),
+            RMConfig(cutoff=4.5, l_max=3, nu_max=3, n_embedding=1, n_bessel=args.n_bessel),
             ResponseConfig(max_displacement=0.8, max_strain=args.max_strain, hydrostatic_strain=args.hydrostatic_strain,
                            displacement=args.displacement, virial=args.virial,
                            supercell_width=args.supercell_width, repulsion_cutoff=args.repulsion_cutoff,

@@ -15,10 +15,23 @@ from atomscreen.potentials.forces import compute
 from atomscreen.potentials.rm import RMConfig, RMPotential, count_parameters
 
 
-@pytest.fixture(scope="module")
-def model() -> RMPotential:
+@pytest.fixture(scope="module", params=[0, 6], ids=["fixed-bessel", "mixed-radial"])
+def model(request) -> RMPotential:
     torch.manual_seed(0)
-    return RMPotential(RMConfig(cutoff=4.0, n_embedding=2, elements=(1, 6, 7, 8, 14))).double()
+    return RMPotential(RMConfig(cutoff=4.0, n_embedding=2, n_bessel=request.param, elements=(1, 6, 7, 8, 14))).double()
+
+
+def test_identity_radial_mixing_is_the_fixed_bessel_model():
+    torch.manual_seed(0)
+    fixed = RMPotential(RMConfig(cutoff=4.0, n_embedding=2, elements=(1, 6, 7, 8, 14))).double()
+    mixed = RMPotential(RMConfig(cutoff=4.0, n_embedding=2, n_bessel=8, elements=(1, 6, 7, 8, 14))).double()
+    state = dict(fixed.state_dict(), **{"radial_mixing.weight": torch.eye(8, dtype=torch.float64)})
+    mixed.load_state_dict(state)
+    batch = from_ase(structures(), dtype=torch.float64)
+    assert torch.allclose(mixed(batch), fixed(batch), rtol=1e-12, atol=1e-12)
+    with torch.no_grad():
+        mixed.radial_mixing.weight[0, 1] = 0.5
+    assert not torch.allclose(mixed(batch), fixed(batch))
 
 
 def structures():

@@ -30,6 +30,9 @@ class RMConfig:
     nu_max: int = 3
     n_embedding: int = 1
     n_radial: int = 8
+    # > 0: that many Bessel functions mixed linearly into n_radial learnable radial channels (as CACE does);
+    # 0: n_radial fixed Bessel functions
+    n_bessel: int = 0
     hidden: tuple[int, ...] = (24, 24)
     avg_neighbors: float = 10.0  # A features are divided by this so they stay O(1)
     elements: tuple[int, ...] = field(default_factory=tuple)  # atomic numbers the model knows; empty = all
@@ -43,6 +46,8 @@ class RMConfig:
             raise ValueError(f"nu_max must be 1, 2 or 3, got {self.nu_max}")
         if self.n_embedding < 1 or self.n_radial < 1:
             raise ValueError("n_embedding and n_radial must be positive")
+        if self.n_bessel < 0:
+            raise ValueError(f"n_bessel must be >= 0, got {self.n_bessel}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -66,6 +71,7 @@ class RMPotential(nn.Module):
         self.config = config
         self.embedding = nn.Embedding(MAX_Z + 1, config.n_embedding)
         nn.init.uniform_(self.embedding.weight, 0.5, 1.5)
+        self.radial_mixing = nn.Linear(config.n_bessel, config.n_radial, bias=False) if config.n_bessel else None
         self.patterns = [einsum_for(p) for p in three_body_patterns(config.l_max)] if config.nu_max >= 3 else []
         channels = config.n_embedding**2 * config.n_radial
         n_invariants = 1 + (config.l_max if config.nu_max >= 2 else 0) + len(self.patterns)
@@ -97,7 +103,9 @@ class RMPotential(nn.Module):
         nb = neighbor_list(batch, cfg.cutoff)
         theta = self.embedding(batch.numbers)
         edge_type = (theta[nb.i][:, :, None] * theta[nb.j][:, None, :]).flatten(1)  # [E, C]
-        radial = bessel(nb.distances, cfg.n_radial, cfg.cutoff) * polynomial_cutoff(nb.distances, cfg.cutoff)[:, None]
+        radial = bessel(nb.distances, cfg.n_bessel or cfg.n_radial, cfg.cutoff) * polynomial_cutoff(nb.distances, cfg.cutoff)[:, None]
+        if self.radial_mixing is not None:
+            radial = self.radial_mixing(radial)
         type_radial = (edge_type[:, :, None] * radial[:, None, :]).flatten(1)  # [E, C*n]
         angular = torch.cat(cartesian_angular(nb.vectors / nb.distances[:, None], cfg.l_max), dim=1)  # [E, sum 3^l]
         A_flat = _sum_outer_over_neighbours(nb.i, type_radial, angular, batch.positions.shape[0]) / cfg.avg_neighbors
