@@ -96,21 +96,6 @@ def response_overrides(pairs: list[str]) -> dict:
     return out
 
 
-def atom_counts(text: str) -> list[int]:
-    """'2-12' -> 2..12; '2,4,6' -> [2, 4, 6]."""
-    try:
-        if "-" in text:
-            low, high = (int(x) for x in text.split("-"))
-            counts = list(range(low, high + 1))
-        else:
-            counts = [int(x) for x in text.split(",")]
-    except ValueError:
-        raise SystemExit(f"--atom-counts {text!r}: expected a range like 2-12 or a list like 2,4,6,8,12") from None
-    if not counts or min(counts) < 1:
-        raise SystemExit(f"--atom-counts {text!r}: counts must be positive")
-    return counts
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--per-cell", type=int, default=7, help="structures per (atom count, volume) cell; 11 counts x 7 volumes")
@@ -122,7 +107,6 @@ def main() -> None:
     parser.add_argument("--displacement", default="ladder", choices=["ball", "levels", "ladder"], help="noise distribution (ResponseConfig)")
     parser.add_argument("--hydrostatic-strain", type=float, default=0.1, help="isotropic strain range added to the random strain (ResponseConfig)")
     parser.add_argument("--max-strain", type=float, default=0.05, help="largest random strain component (ResponseConfig)")
-    parser.add_argument("--atom-counts", default="2-12", help="atom counts of the random cells: a range '2-12' or a list '2,4,6,8,12'")
     parser.add_argument("--virial", action=argparse.BooleanOptionalAction, default=False, help="consistent stress targets (ResponseConfig.virial)")
     parser.add_argument("--supercell-width", type=float, default=6.0, help="noise a supercell at least this wide (Å); 0 = the 2-atom cell")
     parser.add_argument("--batch-size", type=int, default=4)
@@ -165,7 +149,7 @@ def main() -> None:
     model = checkpoint.build(dtype=torch.float64, device=args.device)
 
     factors = np.linspace(0.86, 1.27, args.volumes)
-    requests = [(n, f) for n in atom_counts(args.atom_counts) for f in factors for _ in range(args.per_cell)]
+    requests = [(n, f) for n in range(2, 13) for f in factors for _ in range(args.per_cell)]
     starts = []
     for k, (n, f) in enumerate(requests):
         spec = RandomSpec(volume_per_atom=V0 * f, min_separation=1.2)
