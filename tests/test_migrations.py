@@ -11,8 +11,9 @@ from sqlalchemy import inspect, text
 from atomscreen.store import make_engine, migrate
 from atomscreen.store.models import Base
 
-TABLES = {"campaign", "composition", "model", "task", "structure", "trajectory", "energy", "hull_entry", "ranking"}
-VIEWS = {"structure_energies", "best_candidates", "hull", "ranked_candidates"}
+TABLES = {"campaign", "composition", "model", "task", "structure", "trajectory", "energy", "hull_entry", "ranking",
+          "calculation_failure", "structure_match"}
+VIEWS = {"structure_energies", "best_candidates", "hull", "ranked_candidates", "rescored_pairs"}
 
 
 def _schema(engine) -> tuple[set[str], set[str]]:

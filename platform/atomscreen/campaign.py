@@ -346,23 +346,66 @@ class RelaxationSpec(Spec):
         return self
 
 
-def _rescoring_method(value: str) -> str:
-    if value not in RESCORING_METHODS and not _DOTTED.fullmatch(value):
-        raise ValueError(f"allowed: {', '.join(RESCORING_METHODS)}, or an ASE calculator factory 'module.path:function'")
+def _rescore_method(value: str) -> str:
+    if value not in RESCORING_METHODS:
+        raise ValueError(f"allowed: {', '.join(RESCORING_METHODS)} (for another ASE calculator give calculator: 'module.path:function')")
     return value
 
 
-class RescoringSpec(Spec):
-    """Re-score the best candidates of each composition with real physics."""
+def _calculator_path(value: str) -> str:
+    if not _DOTTED.fullmatch(value):
+        raise ValueError("an ASE calculator factory is written 'module.path:function', e.g. 'mace.calculators:mace_mp'")
+    return value
 
-    method: Annotated[str, AfterValidator(_rescoring_method)]
-    top_k: PositiveInt = 10
+
+class RescoreSpec(Spec):
+    """Re-score the top candidates of each composition with real physics (relaxed, or single points)."""
+
+    method: Annotated[str, AfterValidator(_rescore_method)] | None = Field(default=None, description="chgnet or xtb")
+    calculator: Annotated[str, AfterValidator(_calculator_path)] | None = Field(
+        default=None, description="any ASE calculator: a factory 'module.path:function' called with no arguments")
+    top_k: PositiveInt = Field(default=10, description="unique candidates per composition, lowest pseudo energy first")
+    relax: bool = True
+    cell: bool = Field(default=True, description="relax the cell of periodic structures too")
+    fmax: PositiveFloat = Field(default=0.05, description="eV/Å")
+    max_steps: PositiveInt = 300
+    optimizer: Literal["fire", "bfgs", "lbfgs"] = "fire"
+    batch_size: PositiveInt = Field(default=4, description="structures per Dask task")
+    trajectory_every: int = Field(default=10, ge=0)
+
+    @model_validator(mode="after")
+    def _one(self) -> RescoreSpec:
+        if (self.method is None) == (self.calculator is None):
+            raise ValueError("give exactly one of method (chgnet or xtb) or calculator ('module.path:function')")
+        return self
+
+    @property
+    def energy_method(self) -> str:
+        """The method name its energies are stored under."""
+        from atomscreen.evaluate.calculators import method_name
+
+        return method_name(self.method or self.calculator)
+
+
+References = Union[Literal["training"], DatasetSpec]
 
 
 class HullSpec(Spec):
-    """Which energy builds the convex hull."""
+    """Which energy `platform results` and `platform hull` show first, and known phases that join every hull."""
 
     energy: str = "rm_pseudo"
+    references: References | None = Field(
+        default=None, description="'training' (the model's training set) or a data set: structures of the campaign's "
+                                  "chemical systems are relaxed with every method and enter its hull")
+
+
+class MatchSpec(Spec):
+    """Mark unique structures that match a known structure (StructureMatcher on reduced composition)."""
+
+    references: References
+    ltol: PositiveFloat = 0.3
+    stol: PositiveFloat = 0.5
+    angle_tol: PositiveFloat = 10.0
 
 
 class CampaignSpec(Spec):
@@ -376,8 +419,9 @@ class CampaignSpec(Spec):
     model: ModelSpec
     generators: GeneratorsSpec
     relaxation: RelaxationSpec = Field(default_factory=RelaxationSpec)
-    rescoring: RescoringSpec | None = None
+    rescore: RescoreSpec | None = None
     hull: HullSpec = Field(default_factory=HullSpec)
+    match: MatchSpec | None = None
 
     @field_validator("name")
     @classmethod
@@ -399,10 +443,19 @@ class CampaignSpec(Spec):
     @field_validator("hull")
     @classmethod
     def _hull_energy(cls, value: HullSpec, info: ValidationInfo) -> HullSpec:
-        rescoring = info.data.get("rescoring")
-        allowed = ["rm_pseudo"] + ([rescoring.method] if rescoring else [])
+        rescore = info.data.get("rescore")
+        allowed = ["rm_pseudo"] + ([rescore.energy_method] if rescore else [])
         if value.energy not in allowed:
             raise ValueError(f"energy = {value.energy!r} is not computed by this campaign; allowed: {', '.join(allowed)}")
+        if value.references == "training" and info.data.get("model") is not None and info.data["model"].train is None:
+            raise ValueError("references: training needs a model trained by this campaign (model.train); give a data set instead")
+        return value
+
+    @field_validator("match")
+    @classmethod
+    def _match_training(cls, value: MatchSpec | None, info: ValidationInfo) -> MatchSpec | None:
+        if value is not None and value.references == "training" and info.data.get("model") is not None and info.data["model"].train is None:
+            raise ValueError("references: training needs a model trained by this campaign (model.train); give a data set instead")
         return value
 
 

@@ -193,9 +193,9 @@ def _progress_reporter(quiet: bool):
             state["train"] = bar.add_task("training epochs", total=epochs, info="")
         bar.update(state["train"], completed=epoch, info=f"val loss {loss:.4g}")
 
-    def started(total: int, done: int, n_structures: int) -> None:
+    def started(total: int, done: int, n_structures: int, stage: str = "generation") -> None:
         state["structures"] = 0
-        state["tasks"] = bar.add_task("tasks", total=total, completed=done, info=f"0/{n_structures} structures")
+        state["tasks"] = bar.add_task(f"{stage} tasks", total=total, completed=done, info=f"0/{n_structures} structures")
         state["expected"] = n_structures
 
     def finished(key: str, ok: bool, n: int) -> None:
@@ -279,9 +279,9 @@ def cmd_results(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise CLIError(f"--composition {args.composition!r}: {exc}") from None
     with transaction(engine) as session:
-        rows = ranked(session, args.name, formula=formula, top=args.top)
+        rows = ranked(session, args.name, method=args.method, formula=formula, top=args.top)
     if not rows:
-        raise CLIError(f"campaign {args.name!r} has no ranked structures" + (f" of {formula}" if formula else "")
+        raise CLIError(f"campaign {args.name!r} has no structures ranked by {args.method}" + (f" of {formula}" if formula else "")
                        + f"; see platform status {args.name}")
     fields = ["rank", "structure_id", "formula", "energy_per_atom", "volume_per_atom", "spacegroup", "e_above_hull", "is_stable", "converged"]
     records = [{**{f: getattr(r, f) for f in fields if f != "spacegroup"}, "spacegroup": _symbol(r.spacegroup)} for r in rows]
@@ -293,7 +293,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         writer.writerows(records)
     else:
         table = Table("rank", "id", "formula", "eV/atom", "Å³/atom", "space group", "above hull", "conv.",
-                      title=f"{args.name}: {'rank within ' + formula if formula else 'overall rank'} by rm_pseudo energy per atom")
+                      title=f"{args.name}: {'rank within ' + formula if formula else 'overall rank'} by {args.method} energy per atom")
         for r in records:
             table.add_row(str(r["rank"]), str(r["structure_id"]), r["formula"], f"{r['energy_per_atom']:.5f}",
                           "" if r["volume_per_atom"] is None else f"{r['volume_per_atom']:.3f}", r["spacegroup"],
@@ -302,33 +302,105 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hull_methods(session, name: str) -> list[str]:
+    """Energy methods with hull entries in campaign ``name``, rm_pseudo first."""
+    from sqlalchemy import select
+
+    from atomscreen.store.models import Campaign, HullEntry
+
+    query = select(HullEntry.method).join(Campaign, Campaign.id == HullEntry.campaign_id).where(Campaign.name == name).distinct()
+    return sorted(session.scalars(query).all(), key=lambda m: (m != "rm_pseudo", m))
+
+
 def cmd_hull(args: argparse.Namespace) -> int:
+    from pymatgen.core import Composition
+
     from atomscreen.analysis.plots import hull_plot
+    from atomscreen.store import ranked
     from atomscreen.store.api import hull_rows
 
     engine = _campaign_engine(args)
-    from pymatgen.core import Composition
-
-    from atomscreen.store import ranked
-
     with transaction(engine) as session:
-        rows = hull_rows(session, args.name)
+        available = _hull_methods(session, args.name)
+        methods = available if args.method == "all" else [args.method]
+        by_method = {m: hull_rows(session, args.name, method=m) for m in methods}
         off_hull = [r.formula for r in ranked(session, args.name) if r.e_above_hull is None]
     for chemsys in sorted({"-".join(sorted(str(e) for e in Composition(f).elements)) for f in off_hull}):
         out.print(f"note: no hull for structures in {chemsys}: an element of it has no pure-element structure in this campaign "
                   "to serve as reference", markup=False)
-    if not rows:
-        raise CLIError(f"campaign {args.name!r} has no hull entries (no finished structures, or every system lacked an elemental reference)")
-    table = Table("chemsys", "formula", "id", "eV/atom", "formation", "above hull", "stable", title=f"{args.name}: pseudo hull (rm_pseudo)")
-    shown = [r for r in rows if r["is_stable"] or r["e_above_hull"] <= args.within]
-    for r in shown:
-        table.add_row(r["chemsys"], r["formula"], str(r["structure_id"]), f"{r['energy_per_atom']:.5f}", f"{r['formation_energy_per_atom']:.5f}",
-                      f"{r['e_above_hull']:.4f}", "yes" if r["is_stable"] else "")
-    out.print(table)
-    out.print(f"{sum(r['is_stable'] for r in rows)} stable of {len(rows)} unique structures; showing those within {args.within} eV/atom of the hull")
+    if not any(by_method.values()):
+        raise CLIError(f"campaign {args.name!r} has no {args.method} hull entries (hulls here: {', '.join(available) or 'none'}; "
+                       "no finished structures, or every system lacked an elemental reference)")
+    for method, rows in by_method.items():
+        kind = "pseudo hull" if method == "rm_pseudo" else "hull"
+        table = Table("chemsys", "formula", "id", "eV/atom", "formation", "above hull", "stable", title=f"{args.name}: {kind} ({method})")
+        shown = [r for r in rows if r["is_stable"] or r["e_above_hull"] <= args.within]
+        for r in shown:
+            table.add_row(r["chemsys"], r["formula"], str(r["structure_id"]), f"{r['energy_per_atom']:.5f}", f"{r['formation_energy_per_atom']:.5f}",
+                          f"{r['e_above_hull']:.4f}", "yes" if r["is_stable"] else "")
+        out.print(table)
+        out.print(f"{method}: {sum(r['is_stable'] for r in rows)} stable of {len(rows)} structures; showing those within {args.within} eV/atom of the hull")
     if args.plot:
-        hull_plot(rows, args.plot, title=f"{args.name}: pseudo hull")
-        out.print(f"figure written to {args.plot}")
+        written = hull_plot({m: rows for m, rows in by_method.items() if rows}, args.plot, title=args.name)
+        out.print(f"figure(s) written: {', '.join(str(w) for w in written)}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import json
+
+    from atomscreen.store.api import campaign_report
+
+    engine = _campaign_engine(args)
+    with transaction(engine) as session:
+        report = campaign_report(session, args.name)
+    if args.format == "json":
+        import dataclasses
+
+        print(json.dumps(dataclasses.asdict(report), indent=1))
+        return 0
+    method = report.rescore_method
+    table = Table("formula", "generated", "converged", "unique", "matched", "best pseudo", "re-scored", "failed",
+                  f"best {method or 're-scored'}", "time (s)", title=f"{args.name}: per composition (energies in eV/atom)")
+    for r in report.rows:
+        table.add_row(r.formula, str(r.generated), str(r.converged), str(r.unique), str(r.matched),
+                      "" if r.best_pseudo is None else f"{r.best_pseudo:.4f}", str(r.rescored), str(r.rescore_failed),
+                      "" if r.best_rescored is None else f"{r.best_rescored:.4f}", f"{r.time_s:.0f}")
+    out.print(table)
+    out.print(f"unique candidates matching a reference structure: {report.matched_unique}")
+    if method:
+        r = "n/a (fewer than 3 pairs)" if report.pearson_r is None else f"{report.pearson_r:.3f}"
+        out.print(f"Pearson R between rm_pseudo and {method} energy per atom over {report.n_pairs} re-scored structures: {r}")
+    for check in report.lowest:
+        if check.reference_name is None:
+            verdict = "matches no reference structure"
+        else:
+            lowest = "the lowest-energy reference" if check.reference_energy_rank == 1 else f"reference energy rank {check.reference_energy_rank}"
+            verdict = f"matches {check.reference_name} ({lowest})"
+        out.print(f"lowest {check.reduced_formula} by {check.method}: #{check.structure_id} {check.formula} "
+                  f"{check.energy_per_atom:.4f} eV/atom, {verdict}", markup=False)
+    for sid, m, error in report.failures:
+        out.print(f"[red]{m} failed[/red] on structure {sid}: {error.splitlines()[-1] if error else ''}")
+    return 0
+
+
+def cmd_match(args: argparse.Namespace) -> int:
+    from atomscreen.compute.runner import match_campaign
+    from atomscreen.data import read_dataset
+    from atomscreen.evaluate.match import MatchSettings
+    from atomscreen.store import get_campaign
+
+    engine = _campaign_engine(args)
+    path = Path(args.references)
+    if not path.is_file():
+        raise CLIError(f"--references {args.references}: no such file")
+    references = read_dataset(args.format, str(path))
+    with transaction(engine) as session:
+        campaign_id = get_campaign(session, args.name).id
+    n = match_campaign(engine, campaign_id, references, str(path.resolve()), MatchSettings(args.ltol, args.stol, args.angle_tol))
+    out.print(f"{n} unique structures of {args.name!r} match one of {len(references)} structures in {path} "
+              f"(StructureMatcher ltol {args.ltol}, stol {args.stol}, angle_tol {args.angle_tol}); "
+              f"see table structure_match or platform report {args.name}")
     return 0
 
 
@@ -428,6 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--top", type=int, help="only the first K")
     results.add_argument("--composition", help="rank within this composition, e.g. C8")
     results.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    results.add_argument("--method", default="rm_pseudo", help="rank by this energy method (rm_pseudo, chgnet, xtb_gfn2, ...)")
     results.add_argument("--db", help=db_help)
     results.set_defaults(func=cmd_results)
 
@@ -435,8 +508,25 @@ def build_parser() -> argparse.ArgumentParser:
     hull.add_argument("name")
     hull.add_argument("--plot", metavar="FILE.png", help="write the hull figure (energy versus volume for one element)")
     hull.add_argument("--within", type=float, default=0.05, help="list structures up to this far above the hull (eV/atom, default 0.05)")
+    hull.add_argument("--method", default="all", help="which hull: rm_pseudo, a re-scoring method, or all (default)")
     hull.add_argument("--db", help=db_help)
     hull.set_defaults(func=cmd_hull)
+
+    report = commands.add_parser("report", help="per-composition statistics, pseudo vs re-scored energies, reference matches")
+    report.add_argument("name")
+    report.add_argument("--format", choices=["table", "json"], default="table")
+    report.add_argument("--db", help=db_help)
+    report.set_defaults(func=cmd_report)
+
+    match = commands.add_parser("match", help="mark unique structures that match a reference structure (StructureMatcher)")
+    match.add_argument("name")
+    match.add_argument("--references", required=True, metavar="FILE", help="structures to match against (CDVAE CSV, extxyz, CIF, ...)")
+    match.add_argument("--format", default="auto", help="reference file format (default: from the file name)")
+    match.add_argument("--ltol", type=float, default=0.3)
+    match.add_argument("--stol", type=float, default=0.5)
+    match.add_argument("--angle-tol", type=float, default=10.0)
+    match.add_argument("--db", help=db_help)
+    match.set_defaults(func=cmd_match)
 
     export = commands.add_parser("export", help="write a campaign's unique structures to files")
     export.add_argument("name")

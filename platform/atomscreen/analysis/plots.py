@@ -7,38 +7,47 @@ formation_energy_per_atom, e_above_hull, is_stable and volume_per_atom (eV/atom,
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from pymatgen.core import Composition
 
 
-def hull_plot(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> list[Path]:
-    """Write one figure per chemical system (``path``, or ``stem-CHEMSYS.suffix`` when there are several); returns the files."""
+def hull_plot(rows: Sequence[dict[str, Any]] | Mapping[str, Sequence[dict[str, Any]]], path: str | Path, title: str = "") -> list[Path]:
+    """Write one figure per chemical system (``path``, or ``stem-CHEMSYS.suffix`` when there are several), with one panel
+    per energy method side by side when ``rows`` maps methods to rows; returns the files."""
     import matplotlib
 
     matplotlib.use("Agg")
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault(row["chemsys"], []).append(row)
+    import matplotlib.pyplot as plt
+
+    by_method = dict(rows) if isinstance(rows, Mapping) else {"rm_pseudo": list(rows)}
+    groups: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for method, method_rows in by_method.items():
+        for row in method_rows:
+            groups.setdefault(row["chemsys"], {}).setdefault(method, []).append(row)
     path = Path(path)
     written = []
-    for chemsys, members in groups.items():
+    for chemsys, methods in groups.items():
         target = path if len(groups) == 1 else path.with_name(f"{path.stem}-{chemsys}{path.suffix}")
         elements = chemsys.split("-")
-        if len(elements) == 1:
-            _energy_volume(members, target, f"{title} ({chemsys})")
-        elif len(elements) == 2:
-            _binary(members, elements, target, f"{title} ({chemsys})")
-        else:
-            _pymatgen(members, target, f"{title} ({chemsys})")
+        fig, axes = plt.subplots(1, len(methods), figsize=(6 * len(methods), 4.8), squeeze=False)
+        for ax, (method, members) in zip(axes[0], methods.items()):
+            label = f"{method} ({'pseudo ' if method == 'rm_pseudo' else ''}energy)"
+            if len(elements) == 1:
+                _energy_volume(fig, ax, members, label)
+            elif len(elements) == 2:
+                _binary(fig, ax, members, elements, label)
+            else:
+                _ternary(ax, members, label)
+        fig.suptitle(f"{title} ({chemsys})")
+        fig.tight_layout()
+        fig.savefig(target, dpi=150)
+        plt.close(fig)
         written.append(target)
     return written
 
 
-def _energy_volume(rows, target, title) -> None:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+def _energy_volume(fig, ax, rows, method) -> None:
     unstable = [r for r in rows if not r["is_stable"] and r["volume_per_atom"] is not None]
     stable = [r for r in rows if r["is_stable"] and r["volume_per_atom"] is not None]
     points = ax.scatter([r["volume_per_atom"] for r in unstable], [r["energy_per_atom"] for r in unstable],
@@ -49,20 +58,14 @@ def _energy_volume(rows, target, title) -> None:
         ax.scatter(r["volume_per_atom"], r["energy_per_atom"], marker="*", s=120, c="tab:red", zorder=3)
         ax.annotate(f"{r['formula']} #{r['structure_id']}", (r["volume_per_atom"], r["energy_per_atom"]), textcoords="offset points", xytext=(5, 5))
     ax.set_xlabel("volume per atom (Å$^3$)")
-    ax.set_ylabel("pseudo energy per atom (eV)")
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(target, dpi=150)
-    plt.close(fig)
+    ax.set_ylabel("energy per atom (eV)")
+    ax.set_title(method)
 
 
-def _binary(rows, elements, target, title) -> None:
-    import matplotlib.pyplot as plt
-
+def _binary(fig, ax, rows, elements, method) -> None:
     def x(row):
         return Composition(row["formula"]).get_atomic_fraction(elements[1])
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
     unstable = [r for r in rows if not r["is_stable"]]
     points = ax.scatter([x(r) for r in unstable], [r["formation_energy_per_atom"] for r in unstable],
                         c=[r["e_above_hull"] for r in unstable], cmap="viridis", s=14)
@@ -73,19 +76,34 @@ def _binary(rows, elements, target, title) -> None:
     for r in stable:
         ax.annotate(r["reduced_formula"], (x(r), r["formation_energy_per_atom"]), textcoords="offset points", xytext=(0, -12), ha="center")
     ax.set_xlabel(f"fraction of {elements[1]} in {elements[0]}$_{{1-x}}${elements[1]}$_x$")
-    ax.set_ylabel("formation pseudo energy (eV/atom)")
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(target, dpi=150)
-    plt.close(fig)
+    ax.set_ylabel("formation energy (eV/atom)")
+    ax.set_title(method)
 
 
-def _pymatgen(rows, target, title) -> None:
-    import matplotlib.pyplot as plt
-    from pymatgen.analysis.phase_diagram import PDEntry, PDPlotter, PhaseDiagram
+def _ternary(ax, rows, method) -> None:
+    """Gibbs triangle: every structure at its composition, coloured by energy above the hull; stable ones labelled."""
+    import numpy as np
 
-    entries = [PDEntry(Composition(r["formula"]), r["energy_per_atom"] * Composition(r["formula"]).num_atoms) for r in rows]
-    ax = PDPlotter(PhaseDiagram(entries), backend="matplotlib").get_plot()
-    ax.set_title(title)
-    ax.figure.savefig(target, dpi=150)
-    plt.close(ax.figure)
+    elements = sorted({str(e) for r in rows for e in Composition(r["formula"]).elements})
+
+    def xy(row):
+        c = Composition(row["formula"])
+        f = [c.get_atomic_fraction(e) for e in elements]
+        return f[1] + 0.5 * f[2], np.sqrt(3) / 2 * f[2]
+
+    corners = np.array([[0, 0], [1, 0], [0.5, np.sqrt(3) / 2], [0, 0]])
+    ax.plot(corners[:, 0], corners[:, 1], c="grey", lw=0.8)
+    for (cx, cy), e in zip(corners[:3], elements):
+        ax.annotate(e, (cx, cy), textcoords="offset points", xytext=(0, -14 if cy == 0 else 6), ha="center")
+    unstable = [r for r in rows if not r["is_stable"]]
+    pts = np.array([xy(r) for r in unstable]).reshape(-1, 2)
+    points = ax.scatter(pts[:, 0], pts[:, 1], c=[r["e_above_hull"] for r in unstable], cmap="viridis", s=18)
+    if unstable:
+        ax.figure.colorbar(points, ax=ax, label="E above hull (eV/atom)")
+    for r in (r for r in rows if r["is_stable"]):
+        x, y = xy(r)
+        ax.scatter(x, y, marker="*", s=120, c="tab:red", zorder=3)
+        ax.annotate(r["reduced_formula"], (x, y), textcoords="offset points", xytext=(5, 5))
+    ax.set_aspect("equal")
+    ax.axis("off")
+    ax.set_title(method)

@@ -28,7 +28,7 @@ from distributed import as_completed
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.engine import Engine
 
-from atomscreen.campaign import CampaignSpec, ClusterSpec, load_campaign, parse_campaign
+from atomscreen.campaign import CampaignError, CampaignSpec, ClusterSpec, load_campaign, parse_campaign
 from atomscreen.compute.cluster import open_cluster
 from atomscreen.compute.plan import PlanError, plan_tasks
 from atomscreen.compute.tasks import ModelRef, rss_task
@@ -51,7 +51,8 @@ class Reporter:
 
     message: Callable[[str], None] = lambda text: None
     training: Callable[[int, int, float], None] | None = None  # epoch, epochs, validation loss
-    tasks_started: Callable[[int, int, int], None] = lambda total, done, structures: None  # all tasks, done before, structures to make
+    # all tasks of a stage, done before, structures to make, stage ("generation" or "re-scoring")
+    tasks_started: Callable[[int, int, int, str], None] = lambda total, done, structures, stage: None
     task_finished: Callable[[str, bool, int], None] = lambda key, ok, n_structures: None
 
 
@@ -117,7 +118,7 @@ def resume(name: str, engine: Engine, *, scheduler: str | None = None, reporter:
 def _prepare_and_run(engine, campaign_id, spec: CampaignSpec, scheduler, reporter, dashboard_address, client) -> Outcome:
     model_id, ref, training_data = ensure_model(engine, campaign_id, spec, reporter)
     ensure_tasks(engine, campaign_id, spec, training_data)
-    return run(engine, campaign_id, spec.cluster, ref, model_id, scheduler=scheduler, reporter=reporter,
+    return run(engine, campaign_id, spec, ref, model_id, scheduler=scheduler, reporter=reporter,
                dashboard_address=dashboard_address, client=client)
 
 
@@ -185,13 +186,16 @@ def ensure_model(engine: Engine, campaign_id: int, spec: CampaignSpec, reporter:
 # --- tasks -------------------------------------------------------------------------------------------------------
 
 def ensure_tasks(engine: Engine, campaign_id: int, spec: CampaignSpec, training_data: dict) -> int:
-    """Create the campaign's task rows once (all in one transaction); returns how many exist."""
+    """Create the campaign's generation (and hull reference) task rows once, in one transaction; returns how many exist."""
+    from atomscreen.compute.plan import hull_references, plan_reference_tasks
+
     with transaction(engine) as session:
-        existing = session.scalar(select(func.count(Task.id)).where(Task.campaign_id == campaign_id))
+        existing = session.scalar(select(func.count(Task.id)).where(Task.campaign_id == campaign_id, Task.kind != "rescore"))
         if existing:
             return existing
         try:
             plans = plan_tasks(spec, training_data.get("element_volumes"))
+            plans += plan_reference_tasks(spec, hull_references(spec))
         except PlanError as exc:
             campaign = session.get(Campaign, campaign_id)
             campaign.status, campaign.error = "failed", f"cannot plan tasks: {exc}"
@@ -200,28 +204,66 @@ def ensure_tasks(engine: Engine, campaign_id: int, spec: CampaignSpec, training_
         return len(plans)
 
 
-def write_result(engine: Engine, task_id: int, result: dict[str, Any], model_id: int) -> int:
-    """Store one task's structures, energies and trajectories and mark it done, in one transaction; 0 if it was done already."""
+def ensure_rescore_tasks(engine: Engine, campaign_id: int, spec: CampaignSpec) -> int:
+    """Once generation is done: re-scoring tasks for the top-K unique candidates per composition and every hull reference."""
+    from atomscreen.compute.plan import plan_rescore_tasks
+    from atomscreen.store.api import structures as load_structures
+    from atomscreen.store.models import Ranking, Structure
+
+    with transaction(engine) as session:
+        existing = session.scalar(select(func.count(Task.id)).where(Task.campaign_id == campaign_id, Task.kind == "rescore"))
+        if existing:
+            return existing
+        top = session.scalars(select(Ranking.structure_id).where(
+            Ranking.campaign_id == campaign_id, Ranking.method == METHOD, Ranking.scope == "composition",
+            Ranking.rank <= spec.rescore.top_k).order_by(Ranking.score, Ranking.structure_id)).all()
+        refs = session.scalars(select(Structure.id).where(
+            Structure.campaign_id == campaign_id, Structure.origin == "reference").order_by(Structure.id)).all()
+        by_id = {a.info["structure_id"]: a for a in load_structures(session, ids=list(top) + list(refs))}
+        candidates = [(by_id[i].info["formula"], i, by_id[i]) for i in top]
+        candidates.sort(key=lambda c: c[0])
+        candidates += [("reference", i, by_id[i]) for i in refs if METHOD in by_id[i].info["energies"]]
+        plans = plan_rescore_tasks(spec, candidates)
+        session.add_all(Task(campaign_id=campaign_id, kind=p.kind, key=p.key, seed=p.seed, payload=p.payload) for p in plans)
+        return len(plans)
+
+
+def write_result(engine: Engine, task_id: int, result: dict[str, Any], model_id: int | None) -> int:
+    """Store one task's structures, energies, trajectories (and per-structure failures) and mark it done, in one
+    transaction; 0 if it was done already."""
+    from atomscreen.store.models import CalculationFailure
+
     with transaction(engine) as session:
         task = session.get(Task, task_id, with_for_update=True)
         if task.status == "done":
             log.warning("task %s already done: result ignored", task.key)
             return 0
-        atoms_list, energies, trajectories = [], [], []
-        for s in result["structures"]:
+        rescore = task.kind == "rescore"
+        method = task.payload["energy_method"] if rescore else METHOD
+        atoms_list, energies, trajectories, indices, parents, groups = [], [], [], [], [], []
+        for index, s in enumerate(result["structures"]):
+            if rescore and s["status"] == "failed":
+                session.add(CalculationFailure(campaign_id=task.campaign_id, structure_id=s["parent_id"], task_id=task.id,
+                                               method=method, error=s["error"] or "unknown error", wall_time_s=s["wall_time_s"]))
+                continue
             atoms = Atoms(numbers=s["numbers"], positions=s["positions"], cell=s["cell"], pbc=s["pbc"])
-            atoms.info.update(relax_status=s["status"], start_volume_per_atom=s["start_volume_per_atom"])
+            atoms.info.update(s.get("info", {}))
+            atoms.info.update(relax_status=s["status"], start_volume_per_atom=s.get("start_volume_per_atom"))
             atoms_list.append(atoms)
-            ok = s["status"] != "exploded" and math.isfinite(s["energy"])
-            energies.append([EnergyRecord(METHOD, s["energy"], fmax=s["fmax"] if math.isfinite(s["fmax"]) else None,
-                                          converged=s["status"] == "converged", n_steps=s["n_steps"], model_id=model_id)] if ok else [])
+            indices.append(index)
+            parents.append(s.get("parent_id"))
+            groups.append(s["spacegroup"])
+            ok = s["status"] != "exploded" and s["energy"] is not None and math.isfinite(s["energy"])
+            fmax = s["fmax"] if s["fmax"] is not None and math.isfinite(s["fmax"]) else None
+            energies.append([EnergyRecord(method, s["energy"], fmax=fmax, converged=s["status"] == "converged", n_steps=s["n_steps"],
+                                          model_id=None if rescore else model_id,
+                                          wall_time_s=s.get("wall_time_s"))] if ok else [])
             t = s["trajectory"]
-            trajectories.append([] if t is None else [TrajectoryRecord(METHOD, t["steps"], t["energies"], t["fmax"], t["positions"], t["cells"])])
-        add_structures(session, atoms_list, origin=task.kind, campaign_id=task.campaign_id, task_id=task.id,
-                       task_indices=list(range(len(atoms_list))), spacegroups=[s["spacegroup"] for s in result["structures"]],
-                       energies=energies, trajectories=trajectories)
+            trajectories.append([] if t is None else [TrajectoryRecord(method, t["steps"], t["energies"], t["fmax"], t["positions"], t["cells"])])
+        add_structures(session, atoms_list, origin=task.kind, campaign_id=task.campaign_id, task_id=task.id, parent_ids=parents,
+                       task_indices=indices, spacegroups=groups, energies=energies, trajectories=trajectories)
         task.status, task.error, task.finished_at, task.wall_time_s = "done", None, now(), float(result["wall_time_s"])
-        return len(atoms_list)
+        return len(result["structures"])
 
 
 def _error_text(exc: BaseException) -> str:
@@ -242,62 +284,140 @@ def record_failure(engine: Engine, task_id: int, exc: BaseException) -> str:
         return task.key
 
 
-def run(engine: Engine, campaign_id: int, cluster: ClusterSpec, ref: ModelRef, model_id: int, *, scheduler: str | None = None,
-        reporter: Reporter = Reporter(), dashboard_address: str = ":8787", client=None) -> Outcome:
-    """Run every task that is not done on Dask (``client``, or a cluster opened here), then analyse."""
+def _claim(engine: Engine, campaign_id: int, kinds: tuple[str, ...]) -> tuple[list[tuple[int, str, str, dict]], int]:
+    """Mark the not-done tasks of these kinds running; returns them and the number of tasks of these kinds."""
     with transaction(engine) as session:
-        pending = session.scalars(select(Task).where(Task.campaign_id == campaign_id, Task.status != "done").order_by(Task.id)).all()
-        n_total = session.scalar(select(func.count(Task.id)).where(Task.campaign_id == campaign_id))
-        todo = [(t.id, t.key, t.payload) for t in pending]
+        pending = session.scalars(select(Task).where(Task.campaign_id == campaign_id, Task.kind.in_(kinds), Task.status != "done")
+                                  .order_by(Task.id)).all()
+        n_total = session.scalar(select(func.count(Task.id)).where(Task.campaign_id == campaign_id, Task.kind.in_(kinds)))
+        for t in pending:
+            t.status, t.error, t.attempts, t.started_at = "running", None, t.attempts + 1, now()
+        return [(t.id, t.key, t.kind, t.payload) for t in pending], n_total
+
+
+class _Cluster:
+    """The Dask client of a run, opened on first use and closed at the end."""
+
+    def __init__(self, cluster: ClusterSpec, scheduler, dashboard_address, client, reporter):
+        self.spec, self.scheduler, self.dashboard_address, self.client, self.reporter = cluster, scheduler, dashboard_address, client, reporter
+        self.handle = None
+        self.dashboard = None
+
+    def get(self):
+        if self.client is None:
+            self.handle = open_cluster(self.spec, self.scheduler, dashboard_address=self.dashboard_address)
+            self.client = self.handle.client
+        if self.dashboard is None:
+            self.dashboard = self.client.dashboard_link
+            self.reporter.message(f"Dask dashboard: {self.dashboard}")
+        return self.client
+
+    def gpu(self) -> bool:
+        return self.handle.has_gpu_workers() if self.handle else False
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+
+
+def _run_tasks(engine, campaign_id, todo, n_total, cluster: _Cluster, ref: ModelRef, model_id, reporter: Reporter, stage: str) -> None:
+    from atomscreen.compute.tasks import TASKS
+
+    client = cluster.get()
+    gpu = cluster.gpu()
+    model_future = client.scatter(ref, broadcast=True, hash=False) if ref is not None else None
+    reporter.tasks_started(n_total, n_total - len(todo), sum(p["count"] for _, _, _, p in todo), stage)
+    futures = {}
+    for task_id, key, kind, payload in todo:
+        dask_key = f"{key.replace('/', '-')}-c{campaign_id}-{uuid.uuid4().hex[:8]}"
+        future = client.submit(TASKS[kind], payload, model_future, key=dask_key, resources={"GPU": 1} if gpu else None)
+        futures[future] = (task_id, key)
+    for future in as_completed(futures):
+        task_id, key = futures[future]
+        try:
+            n = write_result(engine, task_id, future.result(), model_id)
+            reporter.task_finished(key, True, n)
+        except Exception as exc:  # the task raised on its worker, or its workers died
+            record_failure(engine, task_id, exc)
+            reporter.task_finished(key, False, 0)
+        future.release()
+
+
+def _all_done(engine, campaign_id, kinds) -> bool:
+    with transaction(engine) as session:
+        return not session.scalar(select(func.count(Task.id)).where(Task.campaign_id == campaign_id, Task.kind.in_(kinds), Task.status != "done"))
+
+
+def run(engine: Engine, campaign_id: int, spec: CampaignSpec, ref: ModelRef, model_id: int, *, scheduler: str | None = None,
+        reporter: Reporter = Reporter(), dashboard_address: str = ":8787", client=None) -> Outcome:
+    """Run every task that is not done on Dask (``client``, or a cluster opened here): generation, analysis,
+    then re-scoring of the best candidates, and the analysis again."""
+    with transaction(engine) as session:
         campaign = session.get(Campaign, campaign_id)
         name = campaign.name
         campaign.status, campaign.error, campaign.finished_at = "running", None, None
-        for t in pending:
-            t.status, t.error, t.attempts, t.started_at = "running", None, t.attempts + 1, now()
-    dashboard = None
-    if todo:
-        handle = None
-        if client is None:
-            handle = open_cluster(cluster, scheduler, dashboard_address=dashboard_address)
-            client = handle.client
-        dashboard = client.dashboard_link
-        reporter.message(f"Dask dashboard: {dashboard}")
-        try:
-            gpu = handle.has_gpu_workers() if handle else False
-            model_future = client.scatter(ref, broadcast=True, hash=False)
-            reporter.tasks_started(n_total, n_total - len(todo), sum(p["count"] for _, _, p in todo))
-            futures = {}
-            for task_id, key, payload in todo:
-                dask_key = f"{key.replace('/', '-')}-c{campaign_id}-{uuid.uuid4().hex[:8]}"
-                future = client.submit(rss_task, payload, model_future, key=dask_key, resources={"GPU": 1} if gpu else None)
-                futures[future] = (task_id, key)
-            for future in as_completed(futures):
-                task_id, key = futures[future]
-                try:
-                    n = write_result(engine, task_id, future.result(), model_id)
-                    reporter.task_finished(key, True, n)
-                except Exception as exc:  # the task raised on its worker, or its workers died
-                    record_failure(engine, task_id, exc)
-                    reporter.task_finished(key, False, 0)
-                future.release()
-        except BaseException:
-            with transaction(engine) as session:
-                session.execute(update(Task).where(Task.campaign_id == campaign_id, Task.status == "running").values(status="pending"))
-                c = session.get(Campaign, campaign_id)
-                c.status, c.error = "pending", f"interrupted: continue with `platform resume {name}`"
-            raise
-        finally:
-            if handle is not None:
-                handle.close()
-    notes = finalize(engine, campaign_id)
-    return _outcome(engine, campaign_id, dashboard, notes)
+    cluster = _Cluster(spec.cluster, scheduler, dashboard_address, client, reporter)
+    generation = ("rss", "reference")
+    try:
+        todo, n_total = _claim(engine, campaign_id, generation)
+        if todo:
+            _run_tasks(engine, campaign_id, todo, n_total, cluster, ref, model_id, reporter, "generation")
+        notes = finalize(engine, campaign_id, spec, match=spec.rescore is None)  # matched once, after re-scoring
+        if spec.rescore is not None and _all_done(engine, campaign_id, generation):
+            ensure_rescore_tasks(engine, campaign_id, spec)
+            todo, n_total = _claim(engine, campaign_id, ("rescore",))
+            if todo:
+                reporter.message(f"re-scoring the top {spec.rescore.top_k} unique candidates per composition with {spec.rescore.energy_method}")
+                _run_tasks(engine, campaign_id, todo, n_total, cluster, None, model_id, reporter, "re-scoring")
+            notes = finalize(engine, campaign_id, spec)
+    except BaseException:
+        with transaction(engine) as session:
+            session.execute(update(Task).where(Task.campaign_id == campaign_id, Task.status == "running").values(status="pending"))
+            c = session.get(Campaign, campaign_id)
+            c.status, c.error = "pending", f"interrupted: continue with `platform resume {name}`"
+        raise
+    finally:
+        cluster.close()
+    return _outcome(engine, campaign_id, cluster.dashboard, notes)
 
 
 # --- analysis ----------------------------------------------------------------------------------------------------
 
-def finalize(engine: Engine, campaign_id: int) -> list[str]:
-    """Dedupe, rank and hull the campaign's structures (replacing earlier results) and set its final status."""
+def _analyse(session, campaign_id: int, method: str, atoms: list[Atoms], is_reference: list[bool]) -> list[str]:
+    """Dedupe and rank the candidates of one energy method, and hull them together with the references."""
     from atomscreen.analysis import pseudo_hulls, rank, representatives
+    from atomscreen.store.models import HullEntry, Ranking, Structure
+
+    per_atom = [a.info["energies"][method] / len(a) for a in atoms]
+    ids = [a.info["structure_id"] for a in atoms]
+    candidates = [i for i in range(len(atoms)) if not is_reference[i]]
+    reps = representatives([atoms[i] for i in candidates], [per_atom[i] for i in candidates])
+    unique = []
+    for k, r in enumerate(reps):
+        if r != k:
+            session.execute(update(Structure).where(Structure.id == ids[candidates[k]]).values(representative_id=ids[candidates[r]]))
+        else:
+            unique.append(candidates[k])
+    formulas = [atoms[i].info["formula"] for i in unique]
+    energies = [per_atom[i] for i in unique]
+    within, overall = rank(formulas, energies)
+    for j, i in enumerate(unique):
+        session.add(Ranking(campaign_id=campaign_id, structure_id=ids[i], method=method, scope="composition", rank=within[j], score=energies[j]))
+        session.add(Ranking(campaign_id=campaign_id, structure_id=ids[i], method=method, scope="overall", rank=overall[j], score=energies[j]))
+    on_hull = unique + [i for i in range(len(atoms)) if is_reference[i]]
+    points, skipped = pseudo_hulls([atoms[i].info["formula"] for i in on_hull], [per_atom[i] for i in on_hull])
+    for p in points:
+        session.add(HullEntry(campaign_id=campaign_id, structure_id=ids[on_hull[p.index]], method=method,
+                              formation_energy_per_atom=p.formation_energy_per_atom, e_above_hull=p.e_above_hull, is_stable=p.is_stable))
+    notes = [f"{method}: {s}" for s in skipped]
+    if len(candidates) > len(unique):
+        notes.append(f"{method}: {len(candidates) - len(unique)} of {len(candidates)} structures are duplicates of lower-energy ones")
+    return notes
+
+
+def finalize(engine: Engine, campaign_id: int, spec: CampaignSpec | None = None, *, match: bool = True) -> list[str]:
+    """Dedupe, rank and hull the campaign's structures for every energy method (replacing earlier results), match them
+    to references if the campaign asks, and set its final status."""
     from atomscreen.store.api import structures as load_structures
     from atomscreen.store.models import HullEntry, Ranking, Structure
 
@@ -307,39 +427,76 @@ def finalize(engine: Engine, campaign_id: int) -> list[str]:
         session.execute(delete(Ranking).where(Ranking.campaign_id == campaign_id))
         session.execute(delete(HullEntry).where(HullEntry.campaign_id == campaign_id))
         session.execute(update(Structure).where(Structure.campaign_id == campaign_id).values(representative_id=None))
-        atoms = [a for a in load_structures(session, campaign=campaign.name) if METHOD in a.info["energies"]]
-        per_atom = [a.info["energies"][METHOD] / len(a) for a in atoms]
-        ids = [a.info["structure_id"] for a in atoms]
-        reps = representatives(atoms, per_atom)
-        for i, r in enumerate(reps):
-            if r != i:
-                session.execute(update(Structure).where(Structure.id == ids[i]).values(representative_id=ids[r]))
-        unique = [i for i, r in enumerate(reps) if r == i]
-        formulas = [atoms[i].info["formula"] for i in unique]
-        energies = [per_atom[i] for i in unique]
-        within, overall = rank(formulas, energies)
-        for j, i in enumerate(unique):
-            session.add(Ranking(campaign_id=campaign_id, structure_id=ids[i], method=METHOD, scope="composition", rank=within[j], score=energies[j]))
-            session.add(Ranking(campaign_id=campaign_id, structure_id=ids[i], method=METHOD, scope="overall", rank=overall[j], score=energies[j]))
-        points, skipped = pseudo_hulls(formulas, energies)
-        for p in points:
-            session.add(HullEntry(campaign_id=campaign_id, structure_id=ids[unique[p.index]], method=METHOD,
-                                  formation_energy_per_atom=p.formation_energy_per_atom, e_above_hull=p.e_above_hull, is_stable=p.is_stable))
-        notes += [str(s) for s in skipped]
-        if len(atoms) > len(unique):
-            notes.append(f"{len(atoms) - len(unique)} of {len(atoms)} structures are duplicates of lower-energy ones")
+        everything = load_structures(session, campaign=campaign.name)
+        origin = {a.info["structure_id"]: a.info["origin"] for a in everything}
+        pseudo = [a for a in everything if a.info["origin"] != "rescore" and METHOD in a.info["energies"]]
+        notes += _analyse(session, campaign_id, METHOD, pseudo, [a.info["origin"] == "reference" for a in pseudo])
+        rescored = [a for a in everything if a.info["origin"] == "rescore"]
+        for method in sorted({m for a in rescored for m in a.info["energies"]}):
+            members = [a for a in rescored if method in a.info["energies"]]
+            notes += _analyse(session, campaign_id, method, members, [origin.get(a.info["parent_id"]) == "reference" for a in members])
         states = dict(session.execute(select(Task.status, func.count()).where(Task.campaign_id == campaign_id).group_by(Task.status)).all())
         n_tasks = sum(states.values())
         failed = states.get("failed", 0)
         if failed:
             campaign.status = "failed"
             campaign.error = f"{failed} of {n_tasks} tasks failed (errors: platform status {campaign.name}; retry: platform resume {campaign.name})"
-        elif states.get("done", 0) == n_tasks and not atoms:
+        elif states.get("done", 0) == n_tasks and not pseudo:
             campaign.status, campaign.error = "failed", "no structure has a finite energy: every relaxation exploded"
         elif states.get("done", 0) == n_tasks:
             campaign.status, campaign.error = "done", None
         campaign.finished_at = now()
+        spec_text, source = campaign.spec, campaign.source
+    if spec is None and match:
+        try:
+            spec = parse_campaign(yaml.safe_load(spec_text), source="campaign as stored", base_dir=Path(source).parent if source else Path("."))
+        except CampaignError as exc:
+            notes.append(f"reference matching skipped: {exc}")
+    if match and spec is not None and spec.match is not None and pseudo:
+        from atomscreen.compute.plan import read_references
+
+        label, references = read_references(spec.match.references, spec)
+        from atomscreen.evaluate.match import MatchSettings
+
+        settings = MatchSettings(spec.match.ltol, spec.match.stol, spec.match.angle_tol)
+        n = match_campaign(engine, campaign_id, references, label, settings)
+        notes.append(f"{n} unique structures match a structure of {label}")
     return notes
+
+
+def match_campaign(engine: Engine, campaign_id: int, references: list[Atoms], label: str, settings=None) -> int:
+    """Record which unique structures (of every method) match a reference; replaces earlier matches against ``label``."""
+    from atomscreen.evaluate.match import MatchSettings, match_references
+    from atomscreen.store.api import structures as load_structures
+    from atomscreen.store.models import Ranking, StructureMatch
+
+    settings = settings or MatchSettings()
+    energies = [a.info.get("energy_per_atom") for a in references]
+    known = [e if isinstance(e, (int, float)) and math.isfinite(e) else math.inf for e in energies]
+    order = sorted(range(len(references)), key=lambda j: (known[j], j))
+    from pymatgen.core import Composition
+
+    energy_rank: dict[int, int] = {}
+    seen: dict[str, int] = {}
+    for j in order:
+        if math.isfinite(known[j]):
+            formula = Composition(references[j].get_chemical_formula()).reduced_formula
+            seen[formula] = seen.get(formula, 0) + 1
+            energy_rank[j] = seen[formula]
+    with transaction(engine) as session:
+        ids = session.scalars(select(Ranking.structure_id).where(Ranking.campaign_id == campaign_id, Ranking.scope == "overall")
+                              .distinct()).all()
+        unique = load_structures(session, ids=list(ids))
+        found = match_references(unique, references, settings, order=order)
+        session.execute(delete(StructureMatch).where(StructureMatch.campaign_id == campaign_id, StructureMatch.reference_source == label))
+        for m in found:
+            ref = references[m.reference]
+            name = ref.info.get("material_id", ref.info.get("name"))
+            session.add(StructureMatch(campaign_id=campaign_id, structure_id=unique[m.index].info["structure_id"], reference_source=label,
+                                       reference_index=m.reference, reference_name=None if name is None else str(name)[:200],
+                                       reference_energy_per_atom=None if not math.isfinite(known[m.reference]) else float(known[m.reference]),
+                                       reference_energy_rank=energy_rank.get(m.reference)))
+        return len(found)
 
 
 def _outcome(engine, campaign_id, dashboard, notes) -> Outcome:

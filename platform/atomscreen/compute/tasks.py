@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import spglib
+from ase import Atoms
 
 from atomscreen.atoms.random import RandomSpec, random_structure
 
@@ -69,6 +70,34 @@ def spacegroup_number(numbers: np.ndarray, positions: np.ndarray, cell: np.ndarr
     return None if dataset is None else int(dataset.number)
 
 
+def _relaxed_records(starts, results, symprec: float) -> list[dict[str, Any]]:
+    out = []
+    for start, result in zip(starts, results):
+        atoms = result.atoms
+        periodic = bool(atoms.pbc.all())
+        sg = spacegroup_number(atoms.numbers, atoms.positions, atoms.cell.array, symprec) if periodic and result.status != "exploded" else None
+        traj = result.trajectory
+        out.append({
+            "numbers": np.asarray(atoms.numbers), "positions": np.asarray(atoms.positions), "cell": np.asarray(atoms.cell.array),
+            "pbc": np.asarray(atoms.pbc), "energy": result.energy, "fmax": result.fmax, "n_steps": result.n_steps,
+            "status": result.status, "spacegroup": sg, "start_volume_per_atom": float(start.get_volume() / len(start)) if periodic else None,
+            "trajectory": None if traj is None else {"steps": traj.steps, "energies": traj.energies, "fmax": traj.fmax,
+                                                    "positions": traj.positions, "cells": traj.cells},
+        })
+    return out
+
+
+def payload_atoms(records: list[dict[str, Any]]) -> list[Atoms]:
+    """ASE Atoms of the structures a task payload carries (numbers, positions, cell, pbc as lists)."""
+    return [Atoms(numbers=r["numbers"], positions=r["positions"], cell=r["cell"], pbc=r["pbc"]) for r in records]
+
+
+def structure_payload(atoms: Atoms, **extra: Any) -> dict[str, Any]:
+    """A structure as JSON-safe lists for a task payload."""
+    return {"numbers": [int(z) for z in atoms.numbers], "positions": np.asarray(atoms.positions).tolist(),
+            "cell": np.asarray(atoms.cell.array).tolist(), "pbc": [bool(p) for p in atoms.pbc], **extra}
+
+
 def rss_task(payload: dict[str, Any], model: ModelRef) -> dict[str, Any]:
     """Random structures of one composition relaxed on the pseudo potential (atoms and, if asked, cell)."""
     from atomscreen.relax import RelaxSettings, relax
@@ -79,20 +108,57 @@ def rss_task(payload: dict[str, Any], model: ModelRef) -> dict[str, Any]:
     spec = RandomSpec(volume_per_atom=r["volume_per_atom"], volume_factor=tuple(r["volume_factor"]),
                       min_separation=r["min_separation"])
     starts = [random_structure(payload["counts"], spec, structure_rng(payload, k)) for k in range(payload["count"])]
-    settings = RelaxSettings(**payload["relax"])
     device = _device()
+    results = relax(_model(model, device), starts, RelaxSettings(**payload["relax"]), device=device)
+    return {"structures": _relaxed_records(starts, results, payload["symprec"]), "wall_time_s": time.perf_counter() - t0, "device": device}
+
+
+def reference_task(payload: dict[str, Any], model: ModelRef) -> dict[str, Any]:
+    """Known structures (hull references) relaxed on the pseudo potential, so they join the pseudo hull."""
+    from atomscreen.relax import RelaxSettings, relax
+
+    t0 = time.perf_counter()
+    _threads()
+    starts = payload_atoms(payload["structures"])
+    device = _device()
+    settings = RelaxSettings(**{**payload["relax"], "constant_volume": False})
     results = relax(_model(model, device), starts, settings, device=device)
+    records = _relaxed_records(starts, results, payload["symprec"])
+    for record, source in zip(records, payload["structures"]):
+        record["info"] = source.get("info", {})
+    return {"structures": records, "wall_time_s": time.perf_counter() - t0, "device": device}
+
+
+def rescore_task(payload: dict[str, Any], model: ModelRef | None = None) -> dict[str, Any]:
+    """Candidates relaxed (or single-pointed) with a real calculator; a structure that fails is reported, not raised."""
+    from atomscreen.evaluate.calculators import make_calculator
+    from atomscreen.relax.ase_relax import CalcSettings, calculate
+
+    t0 = time.perf_counter()
+    _threads()
+    device = _device()
+    calc = make_calculator(payload["method"], device=device)  # a calculator that cannot be made fails the whole task
+    settings = CalcSettings(**payload["settings"])
     out = []
-    for start, result in zip(starts, results):
-        atoms = result.atoms
-        periodic = bool(atoms.pbc.all())
-        sg = spacegroup_number(atoms.numbers, atoms.positions, atoms.cell.array, payload["symprec"]) if periodic and result.status != "exploded" else None
+    for source, atoms in zip(payload["structures"], payload_atoms(payload["structures"])):
+        if payload["method"] == "xtb":
+            calc = make_calculator("xtb")
+        result = calculate(atoms, calc, settings)
+        relaxed = result.atoms
+        periodic = bool(relaxed.pbc.all())
+        sg = None
+        if periodic and result.status != "failed":
+            sg = spacegroup_number(relaxed.numbers, relaxed.positions, relaxed.cell.array, payload["symprec"])
         traj = result.trajectory
         out.append({
-            "numbers": np.asarray(atoms.numbers), "positions": np.asarray(atoms.positions), "cell": np.asarray(atoms.cell.array),
-            "pbc": np.asarray(atoms.pbc), "energy": result.energy, "fmax": result.fmax, "n_steps": result.n_steps,
-            "status": result.status, "spacegroup": sg, "start_volume_per_atom": float(start.get_volume() / len(start)),
+            "parent_id": source["parent_id"], "status": result.status, "error": result.error, "energy": result.energy,
+            "fmax": result.fmax, "n_steps": result.n_steps, "wall_time_s": result.wall_time_s, "spacegroup": sg,
+            "numbers": np.asarray(relaxed.numbers), "positions": np.asarray(relaxed.positions), "cell": np.asarray(relaxed.cell.array),
+            "pbc": np.asarray(relaxed.pbc),
             "trajectory": None if traj is None else {"steps": traj.steps, "energies": traj.energies, "fmax": traj.fmax,
                                                     "positions": traj.positions, "cells": traj.cells},
         })
     return {"structures": out, "wall_time_s": time.perf_counter() - t0, "device": device}
+
+
+TASKS = {"rss": rss_task, "reference": reference_task, "rescore": rescore_task}

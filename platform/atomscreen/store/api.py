@@ -449,3 +449,114 @@ def export_structures(session: Session, campaign: str, *, method: str = "rm_pseu
         atoms.info = {k: v for k, v in atoms.info.items() if v is not None}
         out.append(atoms)
     return out
+
+
+@dataclass
+class CompositionStats:
+    """One line of `platform report` (energies in eV/atom, time in s summed over the composition's tasks)."""
+
+    formula: str
+    generated: int
+    converged: int
+    unique: int
+    matched: int
+    best_pseudo: float | None
+    rescored: int
+    rescore_failed: int
+    best_rescored: float | None
+    time_s: float
+
+
+@dataclass
+class LowestCheck:
+    """Whether the lowest unique candidate of a reduced composition by ``method`` matches the lowest-energy reference."""
+
+    reduced_formula: str
+    method: str
+    structure_id: int
+    formula: str
+    energy_per_atom: float
+    reference_name: str | None
+    reference_energy_rank: int | None
+
+
+@dataclass
+class CampaignReport:
+    """Per-composition statistics and the funnel's comparison of pseudo and re-scored energies."""
+
+    rows: list[CompositionStats]
+    rescore_method: str | None
+    pearson_r: float | None
+    n_pairs: int
+    pairs: list[tuple[int, float, float]]  # (re-scored structure id, pseudo eV/atom of its parent, re-scored eV/atom)
+    matched_unique: int
+    lowest: list[LowestCheck]
+    failures: list[tuple[int, str, str]]  # (structure id, method, error)
+
+
+def campaign_report(session: Session, campaign: str) -> CampaignReport:
+    """Statistics of a campaign for `platform report`: counts per composition, Pearson R of pseudo vs re-scored energies,
+    matches to references and whether the lowest candidates are the lowest-energy references."""
+    from atomscreen.store.models import CalculationFailure, Ranking, StructureMatch
+
+    row = get_campaign(session, campaign)
+    if row is None:
+        raise KeyError(f"no campaign named {campaign!r}")
+    cid = row.id
+    structs = session.execute(
+        select(Structure.id, Structure.origin, Structure.parent_id, Composition.formula, Composition.reduced_formula)
+        .join(Composition, Composition.id == Structure.composition_id).where(Structure.campaign_id == cid)).all()
+    info = {sid: (origin, parent, formula, reduced) for sid, origin, parent, formula, reduced in structs}
+    energy = {(sid, m): (pa, conv) for sid, m, pa, conv in session.execute(
+        select(Energy.structure_id, Energy.method, Energy.per_atom, Energy.converged).join(Structure, Structure.id == Energy.structure_id)
+        .where(Structure.campaign_id == cid)).all()}
+    rankings = session.execute(select(Ranking.structure_id, Ranking.method, Ranking.score)
+                               .where(Ranking.campaign_id == cid, Ranking.scope == "composition")).all()
+    matches = {sid: (name, rank) for sid, name, rank in session.execute(
+        select(StructureMatch.structure_id, StructureMatch.reference_name, StructureMatch.reference_energy_rank)
+        .where(StructureMatch.campaign_id == cid).order_by(StructureMatch.id)).all()}
+    failures = session.execute(select(CalculationFailure.structure_id, CalculationFailure.method, CalculationFailure.error)
+                               .where(CalculationFailure.campaign_id == cid).order_by(CalculationFailure.structure_id)).all()
+    methods = sorted({m for _, m, _ in rankings if m != "rm_pseudo"})
+    rescore_method = methods[0] if methods else None
+    times: dict[str, float] = {}
+    for kind, payload, wall in session.execute(select(Task.kind, Task.payload, Task.wall_time_s).where(Task.campaign_id == cid)).all():
+        formula = (payload or {}).get("formula")
+        if formula and wall is not None:
+            times[formula] = times.get(formula, 0.0) + float(wall)
+    formulas = sorted({f for origin, _, f, _ in info.values() if origin == "rss"}, key=lambda f: (len(f), f))
+    stats = []
+    for formula in formulas:
+        generated = [s for s, (o, _, f, _) in info.items() if o == "rss" and f == formula]
+        unique = [s for s, m, _ in rankings if m == "rm_pseudo" and info[s][2] == formula]
+        pseudo = [score for s, m, score in rankings if m == "rm_pseudo" and info[s][2] == formula]
+        rescored = [s for s, (o, p, f, _) in info.items() if o == "rescore" and f == formula and p in info and info[p][0] != "reference"]
+        best = [score for s, m, score in rankings if m == rescore_method and info[s][2] == formula]
+        stats.append(CompositionStats(
+            formula, len(generated), sum(bool(energy.get((s, "rm_pseudo"), (None, False))[1]) for s in generated), len(unique),
+            sum(s in matches for s in unique), min(pseudo) if pseudo else None, len(rescored),
+            sum(1 for s, m, _ in failures if info.get(s, ("", None, ""))[2] == formula), min(best) if best else None, times.get(formula, 0.0)))
+    pairs = []
+    if rescore_method:
+        for sid, (origin, parent, _, _) in info.items():
+            if origin == "rescore" and parent in info and info[parent][0] != "reference" and (sid, rescore_method) in energy \
+                    and (parent, "rm_pseudo") in energy:
+                pairs.append((sid, energy[(parent, "rm_pseudo")][0], energy[(sid, rescore_method)][0]))
+    r = None
+    if len(pairs) >= 3:
+        x, y = np.array([p[1] for p in pairs]), np.array([p[2] for p in pairs])
+        if x.std() > 0 and y.std() > 0:
+            r = float(np.corrcoef(x, y)[0, 1])
+    lowest = []
+    for method in ["rm_pseudo"] + methods:
+        best: dict[str, tuple[float, int]] = {}
+        for s, m, score in rankings:
+            if m == method:
+                reduced = info[s][3]
+                if reduced not in best or (score, s) < best[reduced]:
+                    best[reduced] = (score, s)
+        for reduced, (score, s) in sorted(best.items()):
+            name, rank = matches.get(s, (None, None))
+            lowest.append(LowestCheck(reduced, method, s, info[s][2], score, name, rank))
+    matched_unique = sum(1 for s, m, _ in rankings if m == "rm_pseudo" and s in matches)
+    return CampaignReport(stats, rescore_method, r, len(pairs), pairs, matched_unique, lowest, [tuple(f) for f in failures])

@@ -233,3 +233,36 @@ class Ranking(Base):
     scope: Mapped[str] = mapped_column(String(16))  # 'composition' or 'overall'
     rank: Mapped[int] = mapped_column(Integer)  # 1 = best
     score: Mapped[float] = mapped_column(Double)  # the ranked quantity, eV/atom
+
+
+class CalculationFailure(Base):
+    """A structure that a method (a re-scoring calculator) could not evaluate, and why; the campaign went on."""
+
+    __tablename__ = "calculation_failure"
+    __table_args__ = (UniqueConstraint("structure_id", "method"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaign.id", ondelete="CASCADE"), index=True)
+    structure_id: Mapped[int] = mapped_column(ForeignKey("structure.id", ondelete="CASCADE"), index=True)
+    task_id: Mapped[Optional[int]] = mapped_column(ForeignKey("task.id", ondelete="SET NULL"))
+    method: Mapped[str] = mapped_column(String(64))
+    error: Mapped[str] = mapped_column(Text)
+    wall_time_s: Mapped[Optional[float]] = mapped_column(Double)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class StructureMatch(Base):
+    """A unique structure that StructureMatcher fits to a known reference structure (``platform match``)."""
+
+    __tablename__ = "structure_match"
+    __table_args__ = (UniqueConstraint("campaign_id", "structure_id", "reference_source"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaign.id", ondelete="CASCADE"), index=True)
+    structure_id: Mapped[int] = mapped_column(ForeignKey("structure.id", ondelete="CASCADE"), index=True)
+    reference_source: Mapped[str] = mapped_column(Text)  # the reference file (or 'training')
+    reference_index: Mapped[int] = mapped_column(Integer)  # 0-based position in that file
+    reference_name: Mapped[Optional[str]] = mapped_column(String(200))  # e.g. material_id
+    reference_energy_per_atom: Mapped[Optional[float]] = mapped_column(Double)  # eV/atom as the file gives it
+    # 1 = the lowest-energy reference of its reduced composition in the file (NULL without reference energies)
+    reference_energy_rank: Mapped[Optional[int]] = mapped_column(Integer)

@@ -1,0 +1,149 @@
+"""The crystal funnel end to end on a real LocalCluster: RSS on the pseudo potential, CHGNet re-scoring of the top
+candidates, both hulls, reference matching, the report; and per-structure calculator failures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.io import write
+from sqlalchemy import func, select
+
+from atomscreen.cli import main
+from atomscreen.compute import runner
+from atomscreen.compute.tasks import rescore_task, structure_payload
+from atomscreen.store import make_engine, migrate, transaction
+from atomscreen.store.api import add_campaign, add_structures, campaign_report
+from atomscreen.store.models import CalculationFailure, Energy, HullEntry, Ranking, Structure, StructureMatch, Task
+from test_runner import checkpoint_file, write_campaign  # noqa: F401  (module fixture)
+
+
+def _graphite():
+    from ase.lattice.hexagonal import Graphite
+
+    return Graphite("C", latticeconstant={"a": 2.46, "c": 6.7})
+
+
+@pytest.fixture(scope="module")
+def references(tmp_path_factory):
+    """Diamond (lowest) and graphite with made-up reference energies, as a user file would give them."""
+    path = tmp_path_factory.mktemp("refs") / "carbon_refs.extxyz"
+    diamond, graphite = bulk("C", "diamond", a=3.567), _graphite()
+    diamond.info.update(material_id="diamond", energy_per_atom=-9.10)
+    graphite.info.update(material_id="graphite", energy_per_atom=-9.05)
+    write(path, [graphite, diamond], format="extxyz")
+    return path
+
+
+def test_campaign_rescoring_hulls_matching_and_report(tmp_path, checkpoint_file, references, capsys):  # noqa: F811
+    path = write_campaign(tmp_path, checkpoint_file, name="funnel",
+                          rescore={"method": "chgnet", "top_k": 2, "max_steps": 40, "fmax": 0.1, "batch_size": 2},
+                          match={"references": {"path": str(references)}},
+                          hull={"energy": "chgnet", "references": {"path": str(references)}})
+    db = f"sqlite:///{tmp_path / 'f.db'}"
+    assert main(["submit", str(path), "--db", db, "--quiet", "--dashboard-address", ":0"]) == 0
+    engine = make_engine(db)
+    with transaction(engine) as session:
+        tasks = dict(session.execute(select(Task.kind, func.count()).group_by(Task.kind)).all())
+        assert tasks == {"rss": 4, "reference": 1, "rescore": 3}  # 2 x 2 candidates + 2 references, 2 per task
+        top = session.execute(select(Ranking.structure_id).where(Ranking.method == "rm_pseudo", Ranking.scope == "composition",
+                                                                  Ranking.rank <= 2)).scalars().all()
+        refs = session.scalars(select(Structure.id).where(Structure.origin == "reference")).all()
+        rescored = session.execute(select(Structure.parent_id, Structure.id).where(Structure.origin == "rescore")).all()
+        failures = session.scalar(select(func.count(CalculationFailure.id)))
+        assert sorted(p for p, _ in rescored) == sorted(list(top) + list(refs)) or failures
+        methods = set(session.scalars(select(Energy.method)).all())
+        assert methods == {"rm_pseudo", "chgnet"}
+        hulls = dict(session.execute(select(HullEntry.method, func.count()).group_by(HullEntry.method)).all())
+        assert set(hulls) == {"rm_pseudo", "chgnet"}
+        # the references enter both hulls but no ranking
+        ranked_ids = set(session.scalars(select(Ranking.structure_id)).all())
+        assert not ranked_ids & set(refs)
+        ref_children = [c for p, c in rescored if p in refs]
+        assert set(session.scalars(select(HullEntry.structure_id).where(HullEntry.method == "chgnet")).all()) >= set(ref_children)
+        # CHGNet puts diamond below graphite-like sp2 carbon only slightly; what we check is that its hull is its own numbers
+        e = dict(session.execute(select(Energy.structure_id, Energy.per_atom).where(Energy.method == "chgnet")).all())
+        stable = session.scalars(select(HullEntry.structure_id).where(HullEntry.method == "chgnet", HullEntry.is_stable)).all()
+        assert len(stable) == 1 and e[stable[0]] == pytest.approx(min(e.values()))
+        report = campaign_report(session, "funnel")
+    assert report.rescore_method == "chgnet"
+    assert report.n_pairs == 4 - len([f for f in report.failures])
+    x, y = np.array([p[1] for p in report.pairs]), np.array([p[2] for p in report.pairs])
+    assert report.pearson_r == pytest.approx(float(np.corrcoef(x, y)[0, 1]))
+    assert [r.formula for r in report.rows] == ["C2", "C4"]
+    assert all(r.generated == 6 and r.rescored <= 2 for r in report.rows)
+
+    capsys.readouterr()
+    assert main(["report", "funnel", "--db", db]) == 0
+    text = capsys.readouterr().out
+    assert "Pearson R between rm_pseudo and chgnet" in text and "lowest C by chgnet" in text
+    figure = tmp_path / "hull.png"
+    assert main(["hull", "funnel", "--db", db, "--plot", str(figure)]) == 0
+    assert figure.stat().st_size > 10_000
+    assert main(["results", "funnel", "--db", db, "--method", "chgnet"]) == 0
+
+    # resume changes nothing: every task is done
+    before = _rows(engine)
+    assert runner.resume("funnel", engine, dashboard_address=":0").status == "done"
+    assert _rows(engine) == before
+
+
+def _rows(engine):
+    with transaction(engine) as session:
+        return {t.__tablename__: session.scalar(select(func.count()).select_from(t))
+                for t in (Structure, Energy, CalculationFailure, Task, StructureMatch)}
+
+
+def test_match_marks_diamonds_and_records_the_reference(tmp_path, references):
+    """`platform match`: relaxed diamond cells (2- and 8-atom, strained) match the diamond entry; graphite matches graphite."""
+    db = f"sqlite:///{tmp_path / 'm.db'}"
+    engine = make_engine(db)
+    migrate.upgrade(engine)
+    cubic = bulk("C", "diamond", a=3.6, cubic=True)
+    cubic.rattle(0.02, seed=2)
+    strained = bulk("C", "diamond", a=3.567)
+    strained.set_cell(strained.cell.array @ np.diag([1.05, 1.0, 0.97]), scale_atoms=True)
+    chain = bulk("C", "sc", a=1.6)  # simple cubic: no reference
+    with transaction(engine) as session:
+        campaign = add_campaign(session, "m", "name: m\n")
+        from atomscreen.store.api import EnergyRecord
+
+        atoms = [cubic, strained, _graphite(), chain]
+        ids = add_structures(session, atoms, origin="rss", campaign_id=campaign.id,
+                             energies=[[EnergyRecord("rm_pseudo", -1.0 * len(a) * (k + 1))] for k, a in enumerate(atoms)])
+    runner.finalize(engine, campaign.id)
+    assert main(["match", "m", "--references", str(references), "--db", db]) == 0
+    with transaction(engine) as session:
+        found = dict(session.execute(select(StructureMatch.structure_id, StructureMatch.reference_name)).all())
+        ranks = dict(session.execute(select(StructureMatch.reference_name, StructureMatch.reference_energy_rank)).all())
+    assert found == {ids[0]: "diamond", ids[1]: "diamond", ids[2]: "graphite"}
+    assert ranks == {"diamond": 1, "graphite": 2}
+
+
+def test_a_structure_that_breaks_the_calculator_is_recorded_and_the_rest_stored(tmp_path):
+    """Criterion 4: atoms on top of each other make CHGNet fail for that structure; the task stores the others."""
+    db = f"sqlite:///{tmp_path / 'x.db'}"
+    engine = make_engine(db)
+    migrate.upgrade(engine)
+    good, bad = bulk("C", "diamond", a=3.6), bulk("C", "diamond", a=3.57, cubic=True)
+    bad.positions[3] = bad.positions[2]
+    with transaction(engine) as session:
+        campaign = add_campaign(session, "x", "name: x\n")
+        parents = add_structures(session, [bad, good], origin="rss", campaign_id=campaign.id)
+        payload = {"method": "chgnet", "energy_method": "chgnet", "symprec": 0.1, "formula": "C", "count": 2,
+                   "settings": {"relax": True, "cell": True, "fmax": 0.1, "max_steps": 30, "optimizer": "fire", "trajectory_every": 10},
+                   "structures": [structure_payload(bad, parent_id=parents[0]), structure_payload(good, parent_id=parents[1])]}
+        task = Task(campaign_id=campaign.id, kind="rescore", key="rescore/C/0", seed=0, payload=payload)
+        session.add(task)
+        session.flush()
+        task_id = task.id
+    result = rescore_task(payload)
+    assert [s["status"] for s in result["structures"]][0] == "failed"
+    runner.write_result(engine, task_id, result, None)
+    with transaction(engine) as session:
+        failure = session.scalars(select(CalculationFailure)).one()
+        assert failure.structure_id == parents[0] and failure.method == "chgnet" and "non-finite" in failure.error
+        child = session.scalars(select(Structure).where(Structure.origin == "rescore")).one()
+        assert child.parent_id == parents[1] and child.task_index == 1
+        assert session.scalar(select(Energy.method).where(Energy.structure_id == child.id)) == "chgnet"
+        assert session.get(Task, task_id).status == "done"
