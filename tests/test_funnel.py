@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from ase.build import bulk
 from ase.io import write
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from atomscreen.cli import main
 from atomscreen.compute import runner
@@ -81,6 +81,17 @@ def test_campaign_rescoring_hulls_matching_and_report(tmp_path, checkpoint_file,
     assert main(["hull", "funnel", "--db", db, "--plot", str(figure)]) == 0
     assert figure.stat().st_size > 10_000
     assert main(["results", "funnel", "--db", db, "--method", "chgnet"]) == 0
+
+    # the README's re-scoring queries answer on this campaign
+    from test_readme_queries import readme_sql_blocks
+
+    statements = [q.strip() for q in readme_sql_blocks()[3].replace("'carbon24'", "'funnel'").split(";") if q.strip()]
+    with engine.connect() as conn:
+        pairs = conn.execute(text(statements[0])).all()
+        failed = conn.execute(text(statements[1])).all()
+    assert sorted(r[2] for r in pairs) == sorted([p[0] for p in report.pairs] + ref_children)  # candidates and references
+    assert [r[4] for r in pairs] == sorted(r[4] for r in pairs)
+    assert len(failed) == len(report.failures)
 
     # resume changes nothing: every task is done
     before = _rows(engine)

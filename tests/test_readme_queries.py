@@ -17,8 +17,13 @@ from atomscreen.compute import runner
 from conftest import REPO
 
 
-def readme_queries() -> list[str]:
+def readme_sql_blocks() -> list[str]:
     return re.findall(r"```sql\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+
+
+def readme_queries() -> list[str]:
+    """The three queries about a finished campaign 'diamond' (the fourth block is about re-scoring: tests/test_funnel.py)."""
+    return readme_sql_blocks()[:3]
 
 
 def _carbon(n: int, volume_per_atom: float, seed: int) -> Atoms:
@@ -65,8 +70,9 @@ def _check_answers(results: list[list[tuple]], facts: dict) -> None:
     assert [bool(r[5]) for r in hull][:2] == [True, True] and not any(bool(r[5]) for r in hull[2:])
 
 
-def test_readme_has_three_queries():
-    assert len(readme_queries()) == 3
+def test_readme_has_three_campaign_queries_and_a_funnel_block():
+    blocks = readme_sql_blocks()
+    assert len(blocks) == 4 and all("'diamond'" in q for q in blocks[:3]) and "rescored_pairs" in blocks[3]
 
 
 def test_readme_queries_answer_on_both_databases(engine):
