@@ -31,12 +31,30 @@ from atomscreen.potentials.train import Checkpoint, split_hyperparameters, train
 from atomscreen.relax import RelaxSettings, relax
 
 
+def _stored_model(url: str, spec, training):
+    """The model a run of this campaign stored (matched by training recipe), or None."""
+    from sqlalchemy import select
+
+    from atomscreen.compute.runner import training_recipe
+    from atomscreen.potentials.train import describe, load_model
+    from atomscreen.store import make_engine, transaction
+    from atomscreen.store.models import Model
+
+    recipe = training_recipe(spec, describe(training)["sha256"])
+    with transaction(make_engine(url)) as session:
+        for row in session.scalars(select(Model).where(Model.kind == "rm_potential")):
+            if (row.training_data or {}).get("recipe") == recipe:
+                return row.id, load_model(row.hyperparameters["model"], row.weights)
+    return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("campaign", help="campaign YAML with a model.train block")
     parser.add_argument("--column", required=True, help="reference energy column of the data set (e.g. energy_per_atom, heat_ref)")
     parser.add_argument("--held-out", type=int, default=500, help="rows after the training rows to evaluate (default 500)")
     parser.add_argument("--checkpoint", help="use this trained checkpoint instead of training (written here after training if absent)")
+    parser.add_argument("--db", help="database of a run of this campaign: reuse its model if the training recipe is the same")
     parser.add_argument("--fmax", type=float, default=0.05)
     parser.add_argument("--max-steps", type=int, default=500)
     parser.add_argument("--out", default="pseudo_vs_reference.png")
@@ -56,7 +74,11 @@ def main() -> None:
 
     torch.set_num_threads(torch.get_num_threads())
     t0 = time.perf_counter()
-    if args.checkpoint and Path(args.checkpoint).exists():
+    stored = _stored_model(args.db, spec, training) if args.db else None
+    if stored is not None:
+        model_id, model = stored
+        print(f"model {model_id} from {args.db}: same data, hyperparameters and seed as {args.campaign}", flush=True)
+    elif args.checkpoint and Path(args.checkpoint).exists():
         checkpoint = Checkpoint.load(args.checkpoint)
     else:
         model_cfg, response_cfg, train_cfg = split_hyperparameters(block.hyperparameters)
@@ -68,7 +90,8 @@ def main() -> None:
         if args.checkpoint:
             checkpoint.save(args.checkpoint)
     train_s = time.perf_counter() - t0
-    model = checkpoint.build()
+    if stored is None:
+        model = checkpoint.build()
 
     results = {}
     import matplotlib

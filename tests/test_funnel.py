@@ -75,8 +75,8 @@ def test_campaign_rescoring_hulls_matching_and_report(tmp_path, checkpoint_file,
 
     capsys.readouterr()
     assert main(["report", "funnel", "--db", db]) == 0
-    text = capsys.readouterr().out
-    assert "Pearson R between rm_pseudo and chgnet" in text and "lowest C by chgnet" in text
+    printed = capsys.readouterr().out
+    assert "Pearson R between rm_pseudo and chgnet" in printed and "lowest C by chgnet" in printed
     figure = tmp_path / "hull.png"
     assert main(["hull", "funnel", "--db", db, "--plot", str(figure)]) == 0
     assert figure.stat().st_size > 10_000

@@ -403,6 +403,8 @@ class MatchSpec(Spec):
     """Mark unique structures that match a known structure (StructureMatcher on reduced composition)."""
 
     references: References
+    top_k: PositiveInt | None = Field(default=None, description="match only the best K unique structures per composition "
+                                                                  "and method (default: all); each match costs ms per reference")
     ltol: PositiveFloat = 0.3
     stol: PositiveFloat = 0.5
     angle_tol: PositiveFloat = 10.0

@@ -360,13 +360,14 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(json.dumps(dataclasses.asdict(report), indent=1))
         return 0
     method = report.rescore_method
-    table = Table("formula", "generated", "converged", "unique", "matched", "best pseudo", "re-scored", "failed",
-                  f"best {method or 're-scored'}", "time (s)", title=f"{args.name}: per composition (energies in eV/atom)")
+    table = Table("formula", "gen.", "conv.", "uniq.", "match", "best RM", "resc.", "fail", f"best {method or 're-scored'}", "s",
+                  title=f"{args.name}: per composition (generated, converged, unique, matching a reference, best pseudo "
+                        f"energy, re-scored, calculator failures, best re-scored energy in eV/atom, task time)")
     for r in report.rows:
         table.add_row(r.formula, str(r.generated), str(r.converged), str(r.unique), str(r.matched),
                       "" if r.best_pseudo is None else f"{r.best_pseudo:.4f}", str(r.rescored), str(r.rescore_failed),
                       "" if r.best_rescored is None else f"{r.best_rescored:.4f}", f"{r.time_s:.0f}")
-    out.print(table)
+    (out if out.is_terminal else Console(highlight=False, width=120)).print(table)  # pipes get 120 columns, not 80
     out.print(f"unique candidates matching a reference structure: {report.matched_unique}")
     if method:
         r = "n/a (fewer than 3 pairs)" if report.pearson_r is None else f"{report.pearson_r:.3f}"
@@ -397,7 +398,19 @@ def cmd_match(args: argparse.Namespace) -> int:
     references = read_dataset(args.format, str(path))
     with transaction(engine) as session:
         campaign_id = get_campaign(session, args.name).id
-    n = match_campaign(engine, campaign_id, references, str(path.resolve()), MatchSettings(args.ltol, args.stol, args.angle_tol))
+    settings = MatchSettings(args.ltol, args.stol, args.angle_tol)
+    handle = None
+    if args.workers > 1:
+        from atomscreen.campaign import ClusterSpec
+        from atomscreen.compute.cluster import open_cluster
+
+        handle = open_cluster(ClusterSpec(n_workers=args.workers), None, dashboard_address=":0")
+    try:
+        n = match_campaign(engine, campaign_id, references, str(path.resolve()), settings, top_k=args.top_k,
+                           client=handle.client if handle else None)
+    finally:
+        if handle is not None:
+            handle.close()
     out.print(f"{n} unique structures of {args.name!r} match one of {len(references)} structures in {path} "
               f"(StructureMatcher ltol {args.ltol}, stol {args.stol}, angle_tol {args.angle_tol}); "
               f"see table structure_match or platform report {args.name}")
@@ -525,6 +538,8 @@ def build_parser() -> argparse.ArgumentParser:
     match.add_argument("--ltol", type=float, default=0.3)
     match.add_argument("--stol", type=float, default=0.5)
     match.add_argument("--angle-tol", type=float, default=10.0)
+    match.add_argument("--top-k", type=int, help="only the best K unique structures per composition and method (default: all)")
+    match.add_argument("--workers", type=int, default=1, help="compare on a local Dask cluster of this many processes (default 1: here)")
     match.add_argument("--db", help=db_help)
     match.set_defaults(func=cmd_match)
 

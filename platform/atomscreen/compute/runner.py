@@ -362,14 +362,15 @@ def run(engine: Engine, campaign_id: int, spec: CampaignSpec, ref: ModelRef, mod
         todo, n_total = _claim(engine, campaign_id, generation)
         if todo:
             _run_tasks(engine, campaign_id, todo, n_total, cluster, ref, model_id, reporter, "generation")
-        notes = finalize(engine, campaign_id, spec, match=spec.rescore is None)  # matched once, after re-scoring
+        # with re-scoring to come this analysis only chooses the candidates; matching and the status come after it
+        notes = finalize(engine, campaign_id, spec, final=spec.rescore is None, client=cluster.client)
         if spec.rescore is not None and _all_done(engine, campaign_id, generation):
             ensure_rescore_tasks(engine, campaign_id, spec)
             todo, n_total = _claim(engine, campaign_id, ("rescore",))
             if todo:
                 reporter.message(f"re-scoring the top {spec.rescore.top_k} unique candidates per composition with {spec.rescore.energy_method}")
                 _run_tasks(engine, campaign_id, todo, n_total, cluster, None, model_id, reporter, "re-scoring")
-            notes = finalize(engine, campaign_id, spec)
+            notes = finalize(engine, campaign_id, spec, client=cluster.client)
     except BaseException:
         with transaction(engine) as session:
             session.execute(update(Task).where(Task.campaign_id == campaign_id, Task.status == "running").values(status="pending"))
@@ -415,9 +416,10 @@ def _analyse(session, campaign_id: int, method: str, atoms: list[Atoms], is_refe
     return notes
 
 
-def finalize(engine: Engine, campaign_id: int, spec: CampaignSpec | None = None, *, match: bool = True) -> list[str]:
-    """Dedupe, rank and hull the campaign's structures for every energy method (replacing earlier results), match them
-    to references if the campaign asks, and set its final status."""
+def finalize(engine: Engine, campaign_id: int, spec: CampaignSpec | None = None, *, final: bool = True, client=None) -> list[str]:
+    """Dedupe, rank and hull the campaign's structures for every energy method (replacing earlier results); when
+    ``final``, also match them to references if the campaign asks and set its final status."""
+    match = final
     from atomscreen.store.api import structures as load_structures
     from atomscreen.store.models import HullEntry, Ranking, Structure
 
@@ -435,18 +437,7 @@ def finalize(engine: Engine, campaign_id: int, spec: CampaignSpec | None = None,
         for method in sorted({m for a in rescored for m in a.info["energies"]}):
             members = [a for a in rescored if method in a.info["energies"]]
             notes += _analyse(session, campaign_id, method, members, [origin.get(a.info["parent_id"]) == "reference" for a in members])
-        states = dict(session.execute(select(Task.status, func.count()).where(Task.campaign_id == campaign_id).group_by(Task.status)).all())
-        n_tasks = sum(states.values())
-        failed = states.get("failed", 0)
-        if failed:
-            campaign.status = "failed"
-            campaign.error = f"{failed} of {n_tasks} tasks failed (errors: platform status {campaign.name}; retry: platform resume {campaign.name})"
-        elif states.get("done", 0) == n_tasks and not pseudo:
-            campaign.status, campaign.error = "failed", "no structure has a finite energy: every relaxation exploded"
-        elif states.get("done", 0) == n_tasks:
-            campaign.status, campaign.error = "done", None
-        campaign.finished_at = now()
-        spec_text, source = campaign.spec, campaign.source
+        spec_text, source, any_energy = campaign.spec, campaign.source, bool(pseudo)
     if spec is None and match:
         try:
             spec = parse_campaign(yaml.safe_load(spec_text), source="campaign as stored", base_dir=Path(source).parent if source else Path("."))
@@ -454,19 +445,37 @@ def finalize(engine: Engine, campaign_id: int, spec: CampaignSpec | None = None,
             notes.append(f"reference matching skipped: {exc}")
     if match and spec is not None and spec.match is not None and pseudo:
         from atomscreen.compute.plan import read_references
-
-        label, references = read_references(spec.match.references, spec)
         from atomscreen.evaluate.match import MatchSettings
 
+        label, references = read_references(spec.match.references, spec)
         settings = MatchSettings(spec.match.ltol, spec.match.stol, spec.match.angle_tol)
-        n = match_campaign(engine, campaign_id, references, label, settings)
+        n = match_campaign(engine, campaign_id, references, label, settings, top_k=spec.match.top_k, client=client)
         notes.append(f"{n} unique structures match a structure of {label}")
+    if not final:
+        return notes
+    with transaction(engine) as session:  # the status last: 'done' means every analysis, matching included, is stored
+        campaign = session.get(Campaign, campaign_id)
+        states = dict(session.execute(select(Task.status, func.count()).where(Task.campaign_id == campaign_id).group_by(Task.status)).all())
+        n_tasks = sum(states.values())
+        failed = states.get("failed", 0)
+        if failed:
+            campaign.status = "failed"
+            campaign.error = f"{failed} of {n_tasks} tasks failed (errors: platform status {campaign.name}; retry: platform resume {campaign.name})"
+        elif states.get("done", 0) == n_tasks and not any_energy:
+            campaign.status, campaign.error = "failed", "no structure has a finite energy: every relaxation exploded"
+        elif states.get("done", 0) == n_tasks:
+            campaign.status, campaign.error = "done", None
+        campaign.finished_at = now()
     return notes
 
 
-def match_campaign(engine: Engine, campaign_id: int, references: list[Atoms], label: str, settings=None) -> int:
-    """Record which unique structures (of every method) match a reference; replaces earlier matches against ``label``."""
-    from atomscreen.evaluate.match import MatchSettings, match_references
+def match_campaign(engine: Engine, campaign_id: int, references: list[Atoms], label: str, settings=None, *,
+                   top_k: int | None = None, client=None, chunk: int = 8) -> int:
+    """Record which unique structures (of every method; the best ``top_k`` per composition and method if given) match a
+    reference; replaces earlier matches against ``label``. With a Dask ``client`` the comparisons run on its workers."""
+    from pymatgen.core import Composition
+
+    from atomscreen.evaluate.match import MatchSettings, ReferenceMatch, match_prepared, prepare_references, reduced_formulas
     from atomscreen.store.api import structures as load_structures
     from atomscreen.store.models import Ranking, StructureMatch
 
@@ -474,8 +483,6 @@ def match_campaign(engine: Engine, campaign_id: int, references: list[Atoms], la
     energies = [a.info.get("energy_per_atom") for a in references]
     known = [e if isinstance(e, (int, float)) and math.isfinite(e) else math.inf for e in energies]
     order = sorted(range(len(references)), key=lambda j: (known[j], j))
-    from pymatgen.core import Composition
-
     energy_rank: dict[int, int] = {}
     seen: dict[str, int] = {}
     for j in order:
@@ -484,10 +491,20 @@ def match_campaign(engine: Engine, campaign_id: int, references: list[Atoms], la
             seen[formula] = seen.get(formula, 0) + 1
             energy_rank[j] = seen[formula]
     with transaction(engine) as session:
-        ids = session.scalars(select(Ranking.structure_id).where(Ranking.campaign_id == campaign_id, Ranking.scope == "overall")
-                              .distinct()).all()
-        unique = load_structures(session, ids=list(ids))
-        found = match_references(unique, references, settings, order=order)
+        query = select(Ranking.structure_id).where(Ranking.campaign_id == campaign_id, Ranking.scope == "composition")
+        if top_k is not None:
+            query = query.where(Ranking.rank <= top_k)
+        ids = sorted(set(session.scalars(query).all()))
+        unique = load_structures(session, ids=ids)
+    prepared = prepare_references(references, reduced_formulas(unique), order)
+    if client is not None and len(unique) > chunk:
+        shared = client.scatter(prepared, broadcast=True, hash=False)
+        parts = [(start, client.submit(match_prepared, unique[start:start + chunk], shared, settings, key=f"match-{campaign_id}-{start}-{uuid.uuid4().hex[:6]}"))
+                 for start in range(0, len(unique), chunk)]
+        found = [ReferenceMatch(start + m.index, m.reference) for start, future in parts for m in future.result()]
+    else:
+        found = match_prepared(unique, prepared, settings)
+    with transaction(engine) as session:
         session.execute(delete(StructureMatch).where(StructureMatch.campaign_id == campaign_id, StructureMatch.reference_source == label))
         for m in found:
             ref = references[m.reference]
@@ -496,7 +513,7 @@ def match_campaign(engine: Engine, campaign_id: int, references: list[Atoms], la
                                        reference_index=m.reference, reference_name=None if name is None else str(name)[:200],
                                        reference_energy_per_atom=None if not math.isfinite(known[m.reference]) else float(known[m.reference]),
                                        reference_energy_rank=energy_rank.get(m.reference)))
-        return len(found)
+    return len(found)
 
 
 def _outcome(engine, campaign_id, dashboard, notes) -> Outcome:

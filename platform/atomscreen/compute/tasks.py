@@ -8,6 +8,7 @@ worker process, cached by the sha256 of their weights.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,6 +138,8 @@ def rescore_task(payload: dict[str, Any], model: ModelRef | None = None) -> dict
     t0 = time.perf_counter()
     _threads()
     device = _device()
+    # chgnet converts a tensor that requires grad to a float on every call: a harmless warning per structure
+    warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar", category=UserWarning)
     calc = make_calculator(payload["method"], device=device)  # a calculator that cannot be made fails the whole task
     settings = CalcSettings(**payload["settings"])
     out = []

@@ -44,13 +44,14 @@ def _key(structure: Structure) -> tuple[str, int, Structure]:
     return structure.composition.reduced_formula, len(primitive), primitive
 
 
-def match_references(structures: Sequence[Atoms], references: Sequence[Atoms], settings: MatchSettings = MatchSettings(),
-                     order: Sequence[int] | None = None) -> list[ReferenceMatch]:
-    """The first reference (in ``order``, default list order, e.g. lowest energy first) each periodic structure matches."""
-    matcher = settings.matcher()
+PreparedReferences = dict[tuple[str, int], list[tuple[int, Structure]]]
+
+
+def prepare_references(references: Sequence[Atoms], formulas: set[str], order: Sequence[int] | None = None) -> PreparedReferences:
+    """Primitive cells of the periodic references whose reduced formula is in ``formulas``, keyed by (formula, sites),
+    each list in ``order`` (default list order)."""
     order = list(range(len(references))) if order is None else list(order)
-    by_key: dict[tuple[str, int], list[tuple[int, Structure]]] = {}
-    formulas = {AseAtomsAdaptor.get_structure(a).composition.reduced_formula for a in structures if a.pbc.all()}
+    by_key: PreparedReferences = {}
     for j in order:
         ref = references[j]
         if not ref.pbc.all():
@@ -60,13 +61,30 @@ def match_references(structures: Sequence[Atoms], references: Sequence[Atoms], s
             continue
         formula, n, primitive = _key(s)
         by_key.setdefault((formula, n), []).append((j, primitive))
+    return by_key
+
+
+def reduced_formulas(structures: Sequence[Atoms]) -> set[str]:
+    """Reduced formulas (pymatgen's) of the periodic structures."""
+    return {AseAtomsAdaptor.get_structure(a).composition.reduced_formula for a in structures if a.pbc.all()}
+
+
+def match_prepared(structures: Sequence[Atoms], prepared: PreparedReferences, settings: MatchSettings = MatchSettings()) -> list[ReferenceMatch]:
+    """For each periodic structure, the first prepared reference StructureMatcher fits (a pure function: run it in chunks)."""
+    matcher = settings.matcher()
     out = []
     for i, atoms in enumerate(structures):
         if not atoms.pbc.all():
             continue
         formula, n, primitive = _key(AseAtomsAdaptor.get_structure(atoms))
-        for j, ref in by_key.get((formula, n), ()):
+        for j, ref in prepared.get((formula, n), ()):
             if matcher.fit(primitive, ref):
                 out.append(ReferenceMatch(i, j))
                 break
     return out
+
+
+def match_references(structures: Sequence[Atoms], references: Sequence[Atoms], settings: MatchSettings = MatchSettings(),
+                     order: Sequence[int] | None = None) -> list[ReferenceMatch]:
+    """The first reference (in ``order``, default list order, e.g. lowest energy first) each periodic structure matches."""
+    return match_prepared(structures, prepare_references(references, reduced_formulas(structures), order), settings)
