@@ -107,3 +107,22 @@ def test_hull_plots_are_written(tmp_path):
     carbon = [dict(r, chemsys="C", formula="C2") for r in rows[:3]]
     written = hull_plot(rows + carbon, tmp_path / "h.png")
     assert sorted(p.name for p in written) == ["h-C.png", "h-Li-S.png"]
+
+
+def test_side_by_side_hulls_of_two_methods_and_a_ternary(tmp_path):
+    """One figure per chemical system with a panel per method; a ternary system draws its composition triangle."""
+    import matplotlib.image
+
+    formulas = ["Sr", "V", "O2", "SrO", "VO2", "SrVO3", "Sr2VO4"]
+    energies = [-1.6, -9.0, -4.9, -6.0, -8.0, -7.9, -7.2]
+    points, skipped = pseudo_hulls(formulas, energies)
+    assert not skipped and {p.chemsys for p in points} == {"O-Sr-V"}
+    rows = [{"chemsys": p.chemsys, "formula": formulas[p.index], "reduced_formula": Composition(formulas[p.index]).reduced_formula,
+             "structure_id": p.index, "energy_per_atom": energies[p.index], "formation_energy_per_atom": p.formation_energy_per_atom,
+             "e_above_hull": p.e_above_hull, "is_stable": p.is_stable, "volume_per_atom": 12.0} for p in points]
+    one = hull_plot({"rm_pseudo": rows}, tmp_path / "one.png")
+    two = hull_plot({"rm_pseudo": rows, "chgnet": rows}, tmp_path / "two.png")
+    assert one == [tmp_path / "one.png"] and two == [tmp_path / "two.png"]
+    width_one = matplotlib.image.imread(one[0]).shape[1]
+    width_two = matplotlib.image.imread(two[0]).shape[1]
+    assert width_two == 2 * width_one  # two panels of the same size side by side

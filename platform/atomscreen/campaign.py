@@ -405,6 +405,9 @@ class MatchSpec(Spec):
     references: References
     top_k: PositiveInt | None = Field(default=None, description="match only the best K unique structures per composition "
                                                                   "and method (default: all); each match costs ms per reference")
+    energy_column: str = Field(default="energy_per_atom", description="the references' energy per atom (eV), e.g. heat_ref for "
+                                                                        "perov_5: ranks references so the report can say whether the "
+                                                                        "lowest candidate is the lowest-energy reference")
     ltol: PositiveFloat = 0.3
     stol: PositiveFloat = 0.5
     angle_tol: PositiveFloat = 10.0

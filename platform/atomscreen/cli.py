@@ -407,7 +407,7 @@ def cmd_match(args: argparse.Namespace) -> int:
         handle = open_cluster(ClusterSpec(n_workers=args.workers), None, dashboard_address=":0")
     try:
         n = match_campaign(engine, campaign_id, references, str(path.resolve()), settings, top_k=args.top_k,
-                           client=handle.client if handle else None)
+                           client=handle.client if handle else None, energy_column=args.energy_column)
     finally:
         if handle is not None:
             handle.close()
@@ -538,6 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     match.add_argument("--ltol", type=float, default=0.3)
     match.add_argument("--stol", type=float, default=0.5)
     match.add_argument("--angle-tol", type=float, default=10.0)
+    match.add_argument("--energy-column", default="energy_per_atom", help="the references' energy per atom column (default energy_per_atom)")
     match.add_argument("--top-k", type=int, help="only the best K unique structures per composition and method (default: all)")
     match.add_argument("--workers", type=int, default=1, help="compare on a local Dask cluster of this many processes (default 1: here)")
     match.add_argument("--db", help=db_help)

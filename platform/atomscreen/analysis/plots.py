@@ -21,10 +21,14 @@ def hull_plot(rows: Sequence[dict[str, Any]] | Mapping[str, Sequence[dict[str, A
     import matplotlib.pyplot as plt
 
     by_method = dict(rows) if isinstance(rows, Mapping) else {"rm_pseudo": list(rows)}
+    # a sub-system's rows (O, Sr-O, ... in O-Sr-V) belong to the figure of the largest system that holds them
+    systems = {frozenset(r["chemsys"].split("-")) for method_rows in by_method.values() for r in method_rows}
+    largest = sorted((s for s in systems if not any(s < t for t in systems)), key=lambda s: (-len(s), sorted(s)))
     groups: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for method, method_rows in by_method.items():
         for row in method_rows:
-            groups.setdefault(row["chemsys"], {}).setdefault(method, []).append(row)
+            home = next(s for s in largest if set(row["chemsys"].split("-")) <= s)
+            groups.setdefault("-".join(sorted(home)), {}).setdefault(method, []).append(row)
     path = Path(path)
     written = []
     for chemsys, methods in groups.items():
@@ -103,7 +107,8 @@ def _ternary(ax, rows, method) -> None:
     for r in (r for r in rows if r["is_stable"]):
         x, y = xy(r)
         ax.scatter(x, y, marker="*", s=120, c="tab:red", zorder=3)
-        ax.annotate(r["reduced_formula"], (x, y), textcoords="offset points", xytext=(5, 5))
+        if len(Composition(r["formula"]).elements) > 1:  # the corners are labelled already
+            ax.annotate(r["reduced_formula"], (x, y), textcoords="offset points", xytext=(5, 5))
     ax.set_aspect("equal")
     ax.axis("off")
     ax.set_title(method)

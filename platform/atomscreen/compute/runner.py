@@ -449,7 +449,8 @@ def finalize(engine: Engine, campaign_id: int, spec: CampaignSpec | None = None,
 
         label, references = read_references(spec.match.references, spec)
         settings = MatchSettings(spec.match.ltol, spec.match.stol, spec.match.angle_tol)
-        n = match_campaign(engine, campaign_id, references, label, settings, top_k=spec.match.top_k, client=client)
+        n = match_campaign(engine, campaign_id, references, label, settings, top_k=spec.match.top_k, client=client,
+                           energy_column=spec.match.energy_column)
         notes.append(f"{n} unique structures match a structure of {label}")
     if not final:
         return notes
@@ -470,7 +471,7 @@ def finalize(engine: Engine, campaign_id: int, spec: CampaignSpec | None = None,
 
 
 def match_campaign(engine: Engine, campaign_id: int, references: list[Atoms], label: str, settings=None, *,
-                   top_k: int | None = None, client=None, chunk: int = 8) -> int:
+                   top_k: int | None = None, client=None, chunk: int = 8, energy_column: str = "energy_per_atom") -> int:
     """Record which unique structures (of every method; the best ``top_k`` per composition and method if given) match a
     reference; replaces earlier matches against ``label``. With a Dask ``client`` the comparisons run on its workers."""
     from pymatgen.core import Composition
@@ -480,7 +481,7 @@ def match_campaign(engine: Engine, campaign_id: int, references: list[Atoms], la
     from atomscreen.store.models import Ranking, StructureMatch
 
     settings = settings or MatchSettings()
-    energies = [a.info.get("energy_per_atom") for a in references]
+    energies = [a.info.get(energy_column) for a in references]
     known = [e if isinstance(e, (int, float)) and math.isfinite(e) else math.inf for e in energies]
     order = sorted(range(len(references)), key=lambda j: (known[j], j))
     energy_rank: dict[int, int] = {}
