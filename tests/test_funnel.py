@@ -72,6 +72,7 @@ def test_campaign_rescoring_hulls_matching_and_report(tmp_path, checkpoint_file,
     assert report.pearson_r == pytest.approx(float(np.corrcoef(x, y)[0, 1]))
     assert [r.formula for r in report.rows] == ["C2", "C4"]
     assert all(r.generated == 6 and r.rescored <= 2 for r in report.rows)
+    assert all(r.pearson_r is None for r in report.rows)  # fewer than 3 pairs per composition
 
     capsys.readouterr()
     assert main(["report", "funnel", "--db", db]) == 0
@@ -158,3 +159,37 @@ def test_a_structure_that_breaks_the_calculator_is_recorded_and_the_rest_stored(
         assert child.parent_id == parents[1] and child.task_index == 1
         assert session.scalar(select(Energy.method).where(Energy.structure_id == child.id)) == "chgnet"
         assert session.get(Task, task_id).status == "done"
+
+
+def test_report_correlates_pseudo_and_rescored_energies_per_composition(tmp_path, checkpoint_file, capsys):  # noqa: F811
+    """R per composition and overall, against scipy on the stored (parent pseudo, child EMT) energy pairs."""
+    from scipy.stats import pearsonr
+
+    path = write_campaign(tmp_path, checkpoint_file, name="corr",
+                          rescore={"calculator": "ase.calculators.emt:EMT", "top_k": 4, "relax": False, "batch_size": 4})
+    db = f"sqlite:///{tmp_path / 'c.db'}"
+    assert main(["submit", str(path), "--db", db, "--quiet", "--dashboard-address", ":0"]) == 0
+    engine = make_engine(db)
+    with transaction(engine) as session:
+        report = campaign_report(session, "corr")
+        method = report.rescore_method
+        parent_energy = dict(session.execute(select(Energy.structure_id, Energy.per_atom).where(Energy.method == "rm_pseudo")).all())
+        children = session.execute(select(Structure.parent_id, Energy.per_atom, Structure.composition_id)
+                                   .join(Energy, Energy.structure_id == Structure.id).where(Energy.method == method)).all()
+        from atomscreen.store.models import Composition
+
+        formula = dict(session.execute(select(Composition.id, Composition.formula)).all())
+    assert method == "ase.calculators.emt:EMT" and len(children) == 8
+    by_formula: dict[str, list[tuple[float, float]]] = {}
+    for parent, energy, composition in children:
+        by_formula.setdefault(formula[composition], []).append((parent_energy[parent], energy))
+    assert sorted(by_formula) == ["C2", "C4"] and all(len(v) == 4 for v in by_formula.values())
+    for row in report.rows:
+        x, y = zip(*by_formula[row.formula])
+        assert row.pearson_r == pytest.approx(pearsonr(x, y)[0], abs=1e-9)
+    x, y = zip(*[p for v in by_formula.values() for p in v])
+    assert report.pearson_r == pytest.approx(pearsonr(x, y)[0], abs=1e-9) and report.n_pairs == 8
+    capsys.readouterr()
+    assert main(["report", "corr", "--db", db]) == 0
+    printed = capsys.readouterr().out
+    assert f"{report.rows[0].pearson_r:.2f}" in printed and "across compositions" not in printed  # C2 and C4: one reduced formula

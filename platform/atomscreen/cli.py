@@ -360,18 +360,22 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(json.dumps(dataclasses.asdict(report), indent=1))
         return 0
     method = report.rescore_method
-    table = Table("formula", "gen.", "conv.", "uniq.", "match", "best RM", "resc.", "fail", f"best {method or 're-scored'}", "s",
+    table = Table("formula", "gen.", "conv.", "uniq.", "match", "best RM", "resc.", "fail", f"best {method or 're-scored'}", "R", "s",
                   title=f"{args.name}: per composition (generated, converged, unique, matching a reference, best pseudo "
-                        f"energy, re-scored, calculator failures, best re-scored energy in eV/atom, task time)")
+                        f"energy, re-scored, calculator failures, best re-scored energy in eV/atom, Pearson R of pseudo vs "
+                        f"re-scored energy, task time)")
     for r in report.rows:
         table.add_row(r.formula, str(r.generated), str(r.converged), str(r.unique), str(r.matched),
                       "" if r.best_pseudo is None else f"{r.best_pseudo:.4f}", str(r.rescored), str(r.rescore_failed),
-                      "" if r.best_rescored is None else f"{r.best_rescored:.4f}", f"{r.time_s:.0f}")
+                      "" if r.best_rescored is None else f"{r.best_rescored:.4f}", "" if r.pearson_r is None else f"{r.pearson_r:.2f}",
+                      f"{r.time_s:.0f}")
     (out if out.is_terminal else Console(highlight=False, width=120)).print(table)  # pipes get 120 columns, not 80
     out.print(f"unique candidates matching a reference structure: {report.matched_unique}")
     if method:
         r = "n/a (fewer than 3 pairs)" if report.pearson_r is None else f"{report.pearson_r:.3f}"
-        out.print(f"Pearson R between rm_pseudo and {method} energy per atom over {report.n_pairs} re-scored structures: {r}")
+        across = len({c.reduced_formula for c in report.lowest}) > 1
+        out.print(f"Pearson R between rm_pseudo and {method} energy per atom over {report.n_pairs} re-scored structures: {r}"
+                  + (" (across compositions: composition trends dominate it; R per composition in the table)" if across else ""))
     for check in report.lowest:
         if check.reference_name is None:
             verdict = "matches no reference structure"

@@ -451,7 +451,7 @@ def finalize(engine: Engine, campaign_id: int, spec: CampaignSpec | None = None,
         settings = MatchSettings(spec.match.ltol, spec.match.stol, spec.match.angle_tol)
         n = match_campaign(engine, campaign_id, references, label, settings, top_k=spec.match.top_k, client=client,
                            energy_column=spec.match.energy_column)
-        notes.append(f"{n} unique structures match a structure of {label}")
+        notes.append(f"{n} unique structures, generated and re-scored together, match a structure of {label}")
     if not final:
         return notes
     with transaction(engine) as session:  # the status last: 'done' means every analysis, matching included, is stored

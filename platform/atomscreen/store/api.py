@@ -465,6 +465,7 @@ class CompositionStats:
     rescore_failed: int
     best_rescored: float | None
     time_s: float
+    pearson_r: float | None = None  # pseudo vs re-scored energy per atom within this composition (None below 3 pairs)
 
 
 @dataclass
@@ -492,6 +493,16 @@ class CampaignReport:
     matched_unique: int
     lowest: list[LowestCheck]
     failures: list[tuple[int, str, str]]  # (structure id, method, error)
+
+
+def _pearson(pairs: list[tuple[int, float, float]]) -> float | None:
+    """Pearson R of the (pseudo, re-scored) energies of ``pairs``; None for fewer than 3 pairs or a constant side."""
+    if len(pairs) < 3:
+        return None
+    x, y = np.array([p[1] for p in pairs]), np.array([p[2] for p in pairs])
+    if x.std() == 0 or y.std() == 0:
+        return None
+    return float(np.corrcoef(x, y)[0, 1])
 
 
 def campaign_report(session: Session, campaign: str) -> CampaignReport:
@@ -524,6 +535,13 @@ def campaign_report(session: Session, campaign: str) -> CampaignReport:
         formula = (payload or {}).get("formula")
         if formula and wall is not None:
             times[formula] = times.get(formula, 0.0) + float(wall)
+    pairs = []
+    if rescore_method:
+        for sid, (origin, parent, _, _) in info.items():
+            if origin == "rescore" and parent in info and info[parent][0] != "reference" and (sid, rescore_method) in energy \
+                    and (parent, "rm_pseudo") in energy:
+                pairs.append((sid, energy[(parent, "rm_pseudo")][0], energy[(sid, rescore_method)][0]))
+    r = _pearson(pairs)
     formulas = sorted({f for origin, _, f, _ in info.values() if origin == "rss"}, key=lambda f: (len(f), f))
     stats = []
     for formula in formulas:
@@ -535,18 +553,8 @@ def campaign_report(session: Session, campaign: str) -> CampaignReport:
         stats.append(CompositionStats(
             formula, len(generated), sum(bool(energy.get((s, "rm_pseudo"), (None, False))[1]) for s in generated), len(unique),
             sum(s in matches for s in unique), min(pseudo) if pseudo else None, len(rescored),
-            sum(1 for s, m, _ in failures if info.get(s, ("", None, ""))[2] == formula), min(best) if best else None, times.get(formula, 0.0)))
-    pairs = []
-    if rescore_method:
-        for sid, (origin, parent, _, _) in info.items():
-            if origin == "rescore" and parent in info and info[parent][0] != "reference" and (sid, rescore_method) in energy \
-                    and (parent, "rm_pseudo") in energy:
-                pairs.append((sid, energy[(parent, "rm_pseudo")][0], energy[(sid, rescore_method)][0]))
-    r = None
-    if len(pairs) >= 3:
-        x, y = np.array([p[1] for p in pairs]), np.array([p[2] for p in pairs])
-        if x.std() > 0 and y.std() > 0:
-            r = float(np.corrcoef(x, y)[0, 1])
+            sum(1 for s, m, _ in failures if info.get(s, ("", None, ""))[2] == formula), min(best) if best else None, times.get(formula, 0.0),
+            _pearson([p for p in pairs if info[p[0]][2] == formula])))
     lowest = []
     for method in ["rm_pseudo"] + methods:
         best: dict[str, tuple[float, int]] = {}
