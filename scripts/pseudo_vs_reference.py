@@ -84,7 +84,8 @@ def main() -> None:
     if block is None:
         parser.error(f"{args.campaign} has no model.train block")
     dataset = block.dataset
-    rows = read_dataset(dataset.format, dataset.path, limit=(dataset.limit or 0) + args.held_out if dataset.limit else None)
+    rows = read_dataset(dataset.format, dataset.path, name=dataset.name, skip=dataset.skip,
+                        limit=(dataset.limit or 0) + args.held_out if dataset.limit else None)
     n_train = dataset.limit or len(rows)
     training, held_out = rows[:n_train], rows[n_train:]
     missing = [a.info.get("source_row") for a in rows if args.column not in a.info]

@@ -10,6 +10,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from ase.build import bulk, molecule
 from ase.io import write
@@ -131,3 +132,14 @@ def test_read_dataset_dispatches_by_format(perov5_csv):
     assert len(read_dataset("ase-collection", name="s22", limit=2)) == 2
     with pytest.raises(ValueError, match="unknown dataset format"):
         read_dataset("xlsx", perov5_csv)
+
+
+def test_skip_passes_over_the_first_rows_in_every_format(perov5_csv):
+    rows = read_qm9(limit=30)
+    skipped = read_dataset("qm9", skip=20, limit=5)
+    assert [a.info["qm9_index"] for a in skipped] == [a.info["qm9_index"] for a in rows[20:25]]
+    assert np.array_equal(skipped[0].positions, rows[20].positions)
+    csv_rows = read_dataset("cdvae-csv", perov5_csv, limit=6)
+    assert [a.info["source_row"] for a in read_dataset("cdvae-csv", perov5_csv, skip=4, limit=2)] == [a.info["source_row"] for a in csv_rows[4:6]]
+    with pytest.raises(ValueError, match="skip must be >= 0"):
+        read_dataset("qm9", skip=-1)

@@ -12,7 +12,7 @@ from atomscreen.store import make_engine, migrate
 from atomscreen.store.models import Base
 
 TABLES = {"campaign", "composition", "model", "task", "structure", "trajectory", "energy", "hull_entry", "ranking",
-          "calculation_failure", "structure_match"}
+          "calculation_failure", "structure_match", "molecule_check"}
 VIEWS = {"structure_energies", "best_candidates", "hull", "ranked_candidates", "rescored_pairs"}
 
 

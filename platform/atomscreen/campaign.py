@@ -24,6 +24,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     ValidationError,
@@ -229,6 +230,8 @@ class DatasetSpec(Spec):
     path: Annotated[str, AfterValidator(_existing_file)] | None = None
     name: str | None = Field(default=None, description="ASE collection name (g2, s22, dcdft)")
     limit: PositiveInt | None = None
+    skip: NonNegativeInt = Field(default=0, description="structures skipped before reading (QM9 is ordered by size: skip to reach "
+                                                        "the 9-heavy-atom molecules)")
 
     @model_validator(mode="after")
     def _source(self) -> DatasetSpec:
@@ -299,6 +302,8 @@ class RSSSpec(Spec):
     volume_factor: tuple[PositiveFloat, PositiveFloat] = (0.8, 1.2)
     min_separation: PositiveFloat | dict[str, PositiveFloat] = Field(default=0.7, description="Å, global or per element pair")
     batch_size: PositiveInt = 64
+    periodic: bool | None = Field(default=None, description="crystals (true) or molecules in a box (false); default: like the "
+                                                            "training set, else true")
 
     @field_validator("volume_factor")
     @classmethod
@@ -369,14 +374,24 @@ class RescoreSpec(Spec):
     cell: bool = Field(default=True, description="relax the cell of periodic structures too")
     fmax: PositiveFloat = Field(default=0.05, description="eV/Å")
     max_steps: PositiveInt = 300
-    optimizer: Literal["fire", "bfgs", "lbfgs"] = "fire"
+    optimizer: Literal["fire", "bfgs", "lbfgs", "bfgs_linesearch", "lbfgs_linesearch"] = "fire"
     batch_size: PositiveInt = Field(default=4, description="structures per Dask task")
     trajectory_every: int = Field(default=10, ge=0)
+    timeout_s: PositiveFloat | None = Field(
+        default=None, description="seconds per structure: each runs in a child process, stopped and recorded as failed when late")
+    options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the calculator (xtb: accuracy, "
+                                                                      "electronic_temperature, max_iterations, solvent)")
 
     @model_validator(mode="after")
     def _one(self) -> RescoreSpec:
         if (self.method is None) == (self.calculator is None):
             raise ValueError("give exactly one of method (chgnet or xtb) or calculator ('module.path:function')")
+        if self.method == "xtb":
+            from atomscreen.evaluate.calculators import XTB_OPTIONS
+
+            unknown = sorted(set(self.options) - set(XTB_OPTIONS))
+            if unknown:
+                raise ValueError(f"options {unknown} are not xtb options; allowed: {', '.join(XTB_OPTIONS)}")
         return self
 
     @property
@@ -413,6 +428,13 @@ class MatchSpec(Spec):
     angle_tol: PositiveFloat = 10.0
 
 
+class ValiditySpec(Spec):
+    """Chemical validity of every generated and re-scored molecule (RDKit bond perception + PoseBusters + EDM stability)."""
+
+    timeout_s: PositiveFloat = Field(default=30.0, description="seconds per molecule; a check past it is stopped and recorded as timeout")
+    batch_size: PositiveInt = Field(default=50, description="molecules per Dask task")
+
+
 class CampaignSpec(Spec):
     """A whole campaign.yaml."""
 
@@ -427,6 +449,7 @@ class CampaignSpec(Spec):
     rescore: RescoreSpec | None = None
     hull: HullSpec = Field(default_factory=HullSpec)
     match: MatchSpec | None = None
+    validity: ValiditySpec | None = None
 
     @field_validator("name")
     @classmethod

@@ -153,7 +153,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides["device"] = args.device
     train_cfg = dataclasses.replace(train_cfg, **overrides)
     dataset = spec.dataset
-    structures = read_dataset(dataset.format, dataset.path, name=dataset.name, limit=dataset.limit)
+    structures = read_dataset(dataset.format, dataset.path, name=dataset.name, limit=dataset.limit, skip=dataset.skip)
     source = dataset.path or f"{dataset.format}:{dataset.name or ''}"
     out.print(f"training {spec.name!r} on {len(structures)} structures from {source} ({train_cfg.epochs} epochs, {train_cfg.device})")
     engine = _engine(resolve_url(args.db, spec.database), must_exist=False)
@@ -386,7 +386,30 @@ def cmd_report(args: argparse.Namespace) -> int:
                   f"{check.energy_per_atom:.4f} eV/atom, {verdict}", markup=False)
     for sid, m, error in report.failures:
         out.print(f"[red]{m} failed[/red] on structure {sid}: {error.splitlines()[-1] if error else ''}")
+    if report.validity:
+        _print_validity(args.name, report.validity)
     return 0
+
+
+_CHECK_HEADERS = {"bonds_determined": "bonds", "sanitization": "sanit.", "inchi_convertible": "InChI", "all_atoms_connected": "conn.",
+                  "no_radicals": "no rad.", "bond_lengths": "lengths", "bond_angles": "angles", "internal_steric_clash": "clash",
+                  "aromatic_ring_flatness": "arom. flat", "nonaromatic_ring_nonflatness": "ring pucker",
+                  "double_bond_flatness": "C=C flat", "internal_energy": "energy"}
+
+
+def _print_validity(name: str, rows) -> None:
+    """The validity table: % passing each check (of the molecules it could run on), all checks, SMILES, EDM."""
+    table = Table("formula", "from", "n", *_CHECK_HEADERS.values(), "all", "unique", "novel", "EDM stable", "timeout",
+                  title=f"{name}: chemical validity, % of molecules passing (RDKit bond perception, PoseBusters 'mol' checks); "
+                        f"from: generated (gen.) or after re-scoring (resc.); unique / novel: distinct canonical SMILES, and those "
+                        f"not in the training set; EDM: valence stability")
+    table.columns[0].no_wrap = True
+    for r in rows:
+        rates = [("" if r.assessed[c] == 0 else f"{100 * r.passed[c] / r.assessed[c]:.0f}") for c in _CHECK_HEADERS]
+        table.add_row(r.formula, "gen." if r.origin == "rss" else "resc.", str(r.checked), *rates,
+                      f"{100 * r.passes_all / r.checked:.0f}", str(r.unique_smiles), "" if r.novel_smiles is None else str(r.novel_smiles),
+                      f"{100 * r.edm_molecule_stable / r.checked:.0f}", str(r.timeouts))
+    (out if out.is_terminal else Console(highlight=False, width=200)).print(table)
 
 
 def cmd_match(args: argparse.Namespace) -> int:

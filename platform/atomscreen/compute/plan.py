@@ -40,12 +40,16 @@ def _relax_settings(spec: CampaignSpec, max_systems: int) -> dict[str, Any]:
             "pressure": r.pressure_gpa * GPa, "trajectory_every": r.trajectory_every, "max_systems": max_systems}
 
 
-def plan_tasks(spec: CampaignSpec, element_volumes: Mapping[str, float] | None) -> list[TaskPlan]:
-    """All tasks of a campaign, in a stable order."""
+def plan_tasks(spec: CampaignSpec, element_volumes: Mapping[str, float] | None, *, training_periodic: bool = True) -> list[TaskPlan]:
+    """All tasks of a campaign, in a stable order; molecules (``rss.periodic`` false, or a molecular training set when
+    it is unset) are placed in a box without periodicity and relaxed without a cell."""
     tasks = []
     rss = spec.generators.rss
     if rss is not None:
+        periodic = training_periodic if rss.periodic is None else rss.periodic
         relax = _relax_settings(spec, rss.batch_size)
+        if not periodic:
+            relax.update(cell=False, constant_volume=False, pressure=0.0)
         for formula in spec.compositions.expand():
             counts = parse_formula(formula)
             if rss.volume_per_atom is not None:
@@ -57,7 +61,8 @@ def plan_tasks(spec: CampaignSpec, element_volumes: Mapping[str, float] | None) 
                     raise PlanError(f"{formula}: {exc}; set generators.rss.volume_per_atom") from None
             else:
                 raise PlanError("generators.rss.volume_per_atom is not set and the model carries no fitted element volumes "
-                                "(a checkpoint trained outside atomscreen, or on molecules only): set it in the campaign")
+                                "(a checkpoint trained outside atomscreen, or on molecules only: for molecules it sets the box, "
+                                "e.g. 10 Å^3/atom): set it in the campaign")
             composition_seed = zlib.crc32(formula.encode())
             separation = rss.min_separation if isinstance(rss.min_separation, float) else dict(rss.min_separation)
             for start in range(0, rss.samples_per_composition, rss.batch_size):
@@ -65,7 +70,8 @@ def plan_tasks(spec: CampaignSpec, element_volumes: Mapping[str, float] | None) 
                 payload = {
                     "formula": formula, "counts": counts, "start": start, "count": count,
                     "seed": spec.seed, "composition_seed": composition_seed, "symprec": SYMPREC,
-                    "random": {"volume_per_atom": volume, "volume_factor": list(rss.volume_factor), "min_separation": separation},
+                    "random": {"volume_per_atom": volume, "volume_factor": list(rss.volume_factor), "min_separation": separation,
+                               "periodic": periodic},
                     "relax": relax,
                 }
                 tasks.append(TaskPlan("rss", f"rss/{formula}/{start}", (spec.seed * 1_000_003 + composition_seed + start) % 2**62, payload))
@@ -78,7 +84,7 @@ def read_references(references: Any, spec: CampaignSpec) -> tuple[str, list[Atom
 
     dataset = spec.model.train.dataset if references == "training" else references
     label = "training" if references == "training" else (dataset.path or f"{dataset.format}:{dataset.name or ''}")
-    return label, read_dataset(dataset.format, dataset.path, name=dataset.name, limit=dataset.limit)
+    return label, read_dataset(dataset.format, dataset.path, name=dataset.name, limit=dataset.limit, skip=dataset.skip)
 
 
 def campaign_elements(spec: CampaignSpec) -> list[frozenset[str]]:

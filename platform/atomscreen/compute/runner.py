@@ -153,7 +153,7 @@ def ensure_model(engine: Engine, campaign_id: int, spec: CampaignSpec, reporter:
 
         block = spec.model.train
         dataset = block.dataset
-        structures = read_dataset(dataset.format, dataset.path, name=dataset.name, limit=dataset.limit)
+        structures = read_dataset(dataset.format, dataset.path, name=dataset.name, limit=dataset.limit, skip=dataset.skip)
         source = dataset.path or f"{dataset.format}:{dataset.name or ''}"
         recipe = training_recipe(spec, describe(structures)["sha256"])
         with transaction(engine) as session:
@@ -190,11 +190,12 @@ def ensure_tasks(engine: Engine, campaign_id: int, spec: CampaignSpec, training_
     from atomscreen.compute.plan import hull_references, plan_reference_tasks
 
     with transaction(engine) as session:
-        existing = session.scalar(select(func.count(Task.id)).where(Task.campaign_id == campaign_id, Task.kind != "rescore"))
+        existing = session.scalar(select(func.count(Task.id)).where(Task.campaign_id == campaign_id, Task.kind.in_(("rss", "reference"))))
         if existing:
             return existing
         try:
-            plans = plan_tasks(spec, training_data.get("element_volumes"))
+            # a training set with no periodic structure makes the search one for molecules (unless rss.periodic says)
+            plans = plan_tasks(spec, training_data.get("element_volumes"), training_periodic=bool(training_data.get("periodic", 1)))
             plans += plan_reference_tasks(spec, hull_references(spec))
         except PlanError as exc:
             campaign = session.get(Campaign, campaign_id)
@@ -228,6 +229,46 @@ def ensure_rescore_tasks(engine: Engine, campaign_id: int, spec: CampaignSpec) -
         return len(plans)
 
 
+def ensure_validity_tasks(engine: Engine, campaign_id: int, spec: CampaignSpec) -> int:
+    """Validity tasks for every molecule (generated or re-scored, not exploded) that has no check yet; returns how many
+    tasks were added."""
+    from atomscreen.compute.tasks import structure_payload
+    from atomscreen.store.api import structures as load_structures
+    from atomscreen.store.models import MoleculeCheck, Structure
+
+    with transaction(engine) as session:
+        checked = select(MoleculeCheck.structure_id).where(MoleculeCheck.campaign_id == campaign_id)
+        ids = session.scalars(select(Structure.id).where(
+            Structure.campaign_id == campaign_id, Structure.origin.in_(("rss", "rescore")), Structure.id.not_in(checked))
+            .order_by(Structure.id)).all()
+        molecules = [a for a in load_structures(session, ids=list(ids)) if not a.pbc.any() and a.info.get("relax_status") != "exploded"]
+        groups: dict[str, list[Atoms]] = {}
+        for a in molecules:
+            groups.setdefault(a.info["formula"], []).append(a)
+        n_existing = session.scalar(select(func.count(Task.id)).where(Task.campaign_id == campaign_id, Task.kind == "validity"))
+        added = 0
+        for formula, members in sorted(groups.items()):
+            for start in range(0, len(members), spec.validity.batch_size):
+                chunk = members[start:start + spec.validity.batch_size]
+                payload = {"formula": formula, "count": len(chunk), "timeout_s": spec.validity.timeout_s,
+                           "structures": [structure_payload(a, structure_id=a.info["structure_id"]) for a in chunk]}
+                session.add(Task(campaign_id=campaign_id, kind="validity", key=f"validity/{formula}/{n_existing + added}",
+                                 seed=spec.seed, payload=payload))
+                added += 1
+        return added
+
+
+def _write_checks(session, task: Task, result: dict[str, Any]) -> int:
+    from atomscreen.store.models import MoleculeCheck
+
+    for c in result["checks"]:
+        session.add(MoleculeCheck(campaign_id=task.campaign_id, structure_id=c["structure_id"], task_id=task.id, status=c["status"],
+                                  error=c["error"], passes_all=c["passes_all"], smiles=c["smiles"], atoms_stable=c["atoms_stable"],
+                                  molecule_stable=c["molecule_stable"], wall_time_s=c["wall_time_s"], **c["checks"]))
+    task.status, task.error, task.finished_at, task.wall_time_s = "done", None, now(), float(result["wall_time_s"])
+    return len(result["checks"])
+
+
 def write_result(engine: Engine, task_id: int, result: dict[str, Any], model_id: int | None) -> int:
     """Store one task's structures, energies, trajectories (and per-structure failures) and mark it done, in one
     transaction; 0 if it was done already."""
@@ -238,6 +279,8 @@ def write_result(engine: Engine, task_id: int, result: dict[str, Any], model_id:
         if task.status == "done":
             log.warning("task %s already done: result ignored", task.key)
             return 0
+        if task.kind == "validity":
+            return _write_checks(session, task, result)
         rescore = task.kind == "rescore"
         method = task.payload["energy_method"] if rescore else METHOD
         atoms_list, energies, trajectories, indices, parents, groups = [], [], [], [], [], []
@@ -362,14 +405,22 @@ def run(engine: Engine, campaign_id: int, spec: CampaignSpec, ref: ModelRef, mod
         todo, n_total = _claim(engine, campaign_id, generation)
         if todo:
             _run_tasks(engine, campaign_id, todo, n_total, cluster, ref, model_id, reporter, "generation")
-        # with re-scoring to come this analysis only chooses the candidates; matching and the status come after it
-        notes = finalize(engine, campaign_id, spec, final=spec.rescore is None, client=cluster.client)
+        # with re-scoring or checks to come this analysis only chooses the candidates; matching and the status come after it
+        more = spec.rescore is not None or spec.validity is not None
+        notes = finalize(engine, campaign_id, spec, final=not more, client=cluster.client)
         if spec.rescore is not None and _all_done(engine, campaign_id, generation):
             ensure_rescore_tasks(engine, campaign_id, spec)
             todo, n_total = _claim(engine, campaign_id, ("rescore",))
             if todo:
                 reporter.message(f"re-scoring the top {spec.rescore.top_k} unique candidates per composition with {spec.rescore.energy_method}")
                 _run_tasks(engine, campaign_id, todo, n_total, cluster, None, model_id, reporter, "re-scoring")
+        if spec.validity is not None and _all_done(engine, campaign_id, generation + ("rescore",)):
+            ensure_validity_tasks(engine, campaign_id, spec)
+            todo, n_total = _claim(engine, campaign_id, ("validity",))
+            if todo:
+                reporter.message(f"checking chemical validity (RDKit + PoseBusters, at most {spec.validity.timeout_s:g} s a molecule)")
+                _run_tasks(engine, campaign_id, todo, n_total, cluster, None, model_id, reporter, "validity")
+        if more:
             notes = finalize(engine, campaign_id, spec, client=cluster.client)
     except BaseException:
         with transaction(engine) as session:
@@ -443,6 +494,8 @@ def finalize(engine: Engine, campaign_id: int, spec: CampaignSpec | None = None,
             spec = parse_campaign(yaml.safe_load(spec_text), source="campaign as stored", base_dir=Path(source).parent if source else Path("."))
         except CampaignError as exc:
             notes.append(f"reference matching skipped: {exc}")
+    if final and spec is not None and spec.validity is not None:
+        notes += mark_novelty(engine, campaign_id, spec)
     if match and spec is not None and spec.match is not None and pseudo:
         from atomscreen.compute.plan import read_references
         from atomscreen.evaluate.match import MatchSettings
@@ -468,6 +521,29 @@ def finalize(engine: Engine, campaign_id: int, spec: CampaignSpec | None = None,
             campaign.status, campaign.error = "done", None
         campaign.finished_at = now()
     return notes
+
+
+def mark_novelty(engine: Engine, campaign_id: int, spec: CampaignSpec) -> list[str]:
+    """Set molecule_check.novel: the molecule's canonical SMILES is not among the training set's (QM9 carries SMILES;
+    training sets without them leave it NULL)."""
+    from atomscreen.data import read_dataset
+    from atomscreen.evaluate.validity import canonical_smiles
+    from atomscreen.store.models import MoleculeCheck
+
+    if spec.model.train is None:
+        return ["novelty not assessed: the model was not trained by this campaign (no training set to compare with)"]
+    dataset = spec.model.train.dataset
+    given = [a.info.get("smiles") for a in read_dataset(dataset.format, dataset.path, name=dataset.name, limit=dataset.limit, skip=dataset.skip)]
+    if not any(given):
+        return ["novelty not assessed: the training set carries no SMILES"]
+    known = {canonical_smiles(x) for x in given if x}
+    with transaction(engine) as session:
+        rows = session.scalars(select(MoleculeCheck).where(MoleculeCheck.campaign_id == campaign_id)).all()
+        for row in rows:
+            row.novel = None if row.smiles is None else row.smiles not in known
+        n = sum(bool(r.novel) for r in rows)
+        n_smiles = sum(r.smiles is not None for r in rows)
+    return [f"{n} of {n_smiles} sanitisable molecules are not in the training set (canonical SMILES)"]
 
 
 def match_campaign(engine: Engine, campaign_id: int, references: list[Atoms], label: str, settings=None, *,

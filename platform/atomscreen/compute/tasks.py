@@ -47,6 +47,16 @@ def _model(ref: ModelRef, device: str):
     return _MODELS[key]
 
 
+def _nthreads() -> int:
+    """The Dask worker's thread count (1 off a worker)."""
+    try:
+        from distributed import get_worker
+
+        return max(1, get_worker().state.nthreads)
+    except ValueError:  # not on a Dask worker
+        return 1
+
+
 def _threads() -> None:
     """Use the worker's thread count for torch (one process per worker, no oversubscription)."""
     import torch
@@ -107,7 +117,7 @@ def rss_task(payload: dict[str, Any], model: ModelRef) -> dict[str, Any]:
     _threads()
     r = payload["random"]
     spec = RandomSpec(volume_per_atom=r["volume_per_atom"], volume_factor=tuple(r["volume_factor"]),
-                      min_separation=r["min_separation"])
+                      min_separation=r["min_separation"], periodic=r.get("periodic", True))
     starts = [random_structure(payload["counts"], spec, structure_rng(payload, k)) for k in range(payload["count"])]
     device = _device()
     results = relax(_model(model, device), starts, RelaxSettings(**payload["relax"]), device=device)
@@ -132,21 +142,22 @@ def reference_task(payload: dict[str, Any], model: ModelRef) -> dict[str, Any]:
 
 def rescore_task(payload: dict[str, Any], model: ModelRef | None = None) -> dict[str, Any]:
     """Candidates relaxed (or single-pointed) with a real calculator; a structure that fails is reported, not raised."""
-    from atomscreen.evaluate.calculators import make_calculator
-    from atomscreen.relax.ase_relax import CalcSettings, calculate
+    from atomscreen.evaluate.calculators import calculate_all, make_calculator
+    from atomscreen.relax.ase_relax import CalcSettings
 
     t0 = time.perf_counter()
     _threads()
     device = _device()
     # chgnet converts a tensor that requires grad to a float on every call: a harmless warning per structure
     warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar", category=UserWarning)
-    calc = make_calculator(payload["method"], device=device)  # a calculator that cannot be made fails the whole task
     settings = CalcSettings(**payload["settings"])
+    atoms_list = payload_atoms(payload["structures"])
+    if payload.get("timeout_s") is None:  # a calculator that cannot be made fails the whole task
+        make_calculator(payload["method"], device=device, options=payload.get("options"))
+    results = calculate_all(atoms_list, payload["method"], settings, options=payload.get("options"), timeout_s=payload.get("timeout_s"),
+                            device=device, threads=_nthreads())
     out = []
-    for source, atoms in zip(payload["structures"], payload_atoms(payload["structures"])):
-        if payload["method"] == "xtb":
-            calc = make_calculator("xtb")
-        result = calculate(atoms, calc, settings)
+    for source, result in zip(payload["structures"], results):
         relaxed = result.atoms
         periodic = bool(relaxed.pbc.all())
         sg = None
@@ -165,3 +176,18 @@ def rescore_task(payload: dict[str, Any], model: ModelRef | None = None) -> dict
 
 
 TASKS = {"rss": rss_task, "reference": reference_task, "rescore": rescore_task}
+
+
+def validity_task(payload: dict[str, Any], model: ModelRef | None = None) -> dict[str, Any]:
+    """Chemical validity checks of molecules (each in a child process with a time limit); never raises per molecule."""
+    from atomscreen.evaluate.validity import check_molecules
+
+    t0 = time.perf_counter()
+    results = check_molecules(payload_atoms(payload["structures"]), timeout_s=payload["timeout_s"])
+    checks = [{"structure_id": s["structure_id"], "status": r.status, "error": r.error, "checks": r.checks, "passes_all": r.passes_all,
+               "smiles": r.smiles, "atoms_stable": r.atoms_stable, "molecule_stable": r.molecule_stable, "wall_time_s": r.wall_time_s}
+              for s, r in zip(payload["structures"], results)]
+    return {"checks": checks, "wall_time_s": time.perf_counter() - t0}
+
+
+TASKS["validity"] = validity_task

@@ -20,13 +20,19 @@ def read_dataset(
     *,
     name: str | None = None,
     limit: int | None = None,
+    skip: int = 0,
     on_error: OnError = "raise",
 ) -> list[Atoms]:
-    """Read a dataset as a campaign's ``dataset:`` block names it; ``auto`` picks by file extension."""
+    """Read a dataset as a campaign's ``dataset:`` block names it (``limit`` structures after the first ``skip``);
+    ``auto`` picks by file extension."""
     if format not in FORMATS:
         raise ValueError(f"unknown dataset format {format!r}; allowed: {', '.join(FORMATS)}")
+    if skip < 0:
+        raise ValueError(f"skip must be >= 0, got {skip}")
     if format == "qm9":
-        return read_qm9(limit=limit, on_error=on_error)
+        return read_qm9(limit=limit, skip=skip, on_error=on_error)
+    if skip:
+        return read_dataset(format, path, name=name, limit=None if limit is None else skip + limit, on_error=on_error)[skip:]
     if format == "ase-collection":
         return read_collection(name or "", limit=limit)
     if path is None:

@@ -58,16 +58,21 @@ def _molecule(record: dict[str, str]) -> Atoms:
     return atoms
 
 
-def iter_qm9(*, limit: int | None = None, on_error: OnError = "raise") -> Iterator[Atoms]:
-    """QM9 molecules in index order, reading only as many rows as needed."""
+def iter_qm9(*, limit: int | None = None, skip: int = 0, on_error: OnError = "raise") -> Iterator[Atoms]:
+    """QM9 molecules in index order after the first ``skip`` rows (not parsed), reading only as many rows as needed."""
     check_on_error(on_error)
-    count = 0
+    if skip < 0:
+        raise ValueError(f"skip must be >= 0, got {skip}")
+    count, seen = 0, 0
     for part in PARTS:
         resource = _data_dir() / part
         with resource.open("r", newline="") as stream:
             for row, record in enumerate(csv.DictReader(stream), start=1):
                 if limit is not None and count >= limit:
                     return
+                seen += 1
+                if seen <= skip:
+                    continue
                 try:
                     atoms = _molecule(record)
                 except Exception as exc:
@@ -78,6 +83,6 @@ def iter_qm9(*, limit: int | None = None, on_error: OnError = "raise") -> Iterat
                 yield atoms
 
 
-def read_qm9(*, limit: int | None = None, on_error: OnError = "raise") -> list[Atoms]:
-    """The first ``limit`` QM9 molecules (all 133,885 if no limit) as a list."""
-    return list(iter_qm9(limit=limit, on_error=on_error))
+def read_qm9(*, limit: int | None = None, skip: int = 0, on_error: OnError = "raise") -> list[Atoms]:
+    """``limit`` QM9 molecules after the first ``skip`` (all 133,885 if neither) as a list."""
+    return list(iter_qm9(limit=limit, skip=skip, on_error=on_error))

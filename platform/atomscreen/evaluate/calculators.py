@@ -7,11 +7,18 @@ per-structure state, so a fresh one is made each time.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
-from typing import Any
+from typing import Any, Sequence
+
+from ase import Atoms
+
+from atomscreen.evaluate.isolated import map_isolated
+from atomscreen.relax.ase_relax import CalcResult, CalcSettings, calculate
 
 BUILTIN_NAMES = {"chgnet": "chgnet", "xtb": "xtb_gfn2"}
-_CACHE: dict[tuple[str, str], Any] = {}
+XTB_OPTIONS = ("accuracy", "electronic_temperature", "max_iterations", "solvent")
+_CACHE: dict[tuple[str, str, str], Any] = {}
 
 
 class CalculatorError(RuntimeError):
@@ -35,15 +42,20 @@ def _factory(path: str):
         raise CalculatorError(f"calculator {path!r}: module {module_name!r} has no attribute {attr!r}") from None
 
 
-def make_calculator(method: str, device: str = "cpu"):
-    """An ASE calculator for ``method`` (see the module docstring); raises CalculatorError with the reason if impossible."""
+def make_calculator(method: str, device: str = "cpu", options: dict[str, Any] | None = None):
+    """An ASE calculator for ``method`` (see the module docstring), built with keyword ``options`` (xtb: accuracy,
+    electronic_temperature, max_iterations, solvent); raises CalculatorError with the reason if impossible."""
+    options = dict(options or {})
     if method == "xtb":
+        unknown = sorted(set(options) - set(XTB_OPTIONS))
+        if unknown:
+            raise CalculatorError(f"xtb options {unknown} are unknown; allowed: {', '.join(XTB_OPTIONS)}")
         try:
             from xtb.ase.calculator import XTB
         except ImportError as exc:
             raise CalculatorError(f"xtb-python is not importable ({exc}); install the xtb package") from None
-        return XTB(method="GFN2-xTB")
-    key = (method, device)
+        return XTB(method="GFN2-xTB", **options)
+    key = (method, device, repr(sorted(options.items())))
     if key in _CACHE:
         return _CACHE[key]
     if method == "chgnet":
@@ -51,12 +63,45 @@ def make_calculator(method: str, device: str = "cpu"):
             from chgnet.model.dynamics import CHGNetCalculator
         except ImportError as exc:
             raise CalculatorError(f"chgnet is not importable ({exc}); install the chgnet package") from None
-        calc = CHGNetCalculator(use_device=device)
+        try:
+            calc = CHGNetCalculator(use_device=device, **options)
+        except TypeError as exc:
+            raise CalculatorError(f"chgnet options {sorted(options)}: {exc}") from None
     elif ":" in method:
-        calc = _factory(method)()
+        try:
+            calc = _factory(method)(**options)
+        except TypeError as exc:
+            raise CalculatorError(f"calculator {method!r} with options {sorted(options)}: {exc}") from None
         if not callable(getattr(calc, "get_potential_energy", None)):
             raise CalculatorError(f"calculator {method!r} returned {type(calc).__name__}, not an ASE calculator")
     else:
         raise CalculatorError(f"unknown re-scoring method {method!r}; allowed: chgnet, xtb, or 'module.path:function'")
     _CACHE[key] = calc
     return calc
+
+
+def _calculate_item(item: tuple[str, dict[str, Any], dict[str, Any], Atoms]) -> CalcResult:
+    """One structure in a child process of :func:`calculate_all` (a fresh calculator there)."""
+    method, options, settings, atoms = item
+    return calculate(atoms, make_calculator(method, "cpu", options), CalcSettings(**settings))
+
+
+def calculate_all(structures: Sequence[Atoms], method: str, settings: CalcSettings, *, options: dict[str, Any] | None = None,
+                  timeout_s: float | None = None, device: str = "cpu", threads: int = 1) -> list[CalcResult]:
+    """Relax (or single-point) every structure with ``method``; a structure that fails or, with ``timeout_s``, runs
+    longer than that many seconds comes back with status 'failed' and the reason. With a timeout each structure runs
+    in a child process (on the CPU) that is killed when it is late; without one, here."""
+    if timeout_s is None:
+        calc = None if method == "xtb" else make_calculator(method, device, options)
+        return [calculate(atoms, make_calculator(method, device, options) if method == "xtb" else calc, settings) for atoms in structures]
+    if method == "xtb":
+        make_calculator(method, "cpu", options)  # bad options fail the whole call here, not once per structure
+    items = [(method, dict(options or {}), dataclasses.asdict(settings), atoms) for atoms in structures]
+    out = []
+    for atoms, outcome in zip(structures, map_isolated("atomscreen.evaluate.calculators:_calculate_item", items, timeout_s, threads=threads)):
+        if outcome.status == "ok":
+            out.append(outcome.value)
+        else:
+            reason = f"timeout: {outcome.error}" if outcome.status == "timeout" else outcome.error
+            out.append(CalcResult(atoms.copy(), "failed", None, None, 0, outcome.wall_time_s, error=reason))
+    return out

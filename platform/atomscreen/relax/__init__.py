@@ -1,6 +1,18 @@
-"""Batched relaxation: FIRE over positions and cell, with in-flight batching."""
+"""Batched relaxation: FIRE over positions and cell, with in-flight batching; and single structures with ASE.
 
-from atomscreen.relax.fire import FireParams, fire_step
-from atomscreen.relax.loop import RelaxResult, RelaxSettings, Trajectory, relax
+Names are imported on first use, so a process that only needs the ASE path (a re-scoring child process) does not
+load torch.
+"""
 
-__all__ = ["FireParams", "RelaxResult", "RelaxSettings", "Trajectory", "fire_step", "relax"]
+from importlib import import_module
+
+_NAMES = {"FireParams": "fire", "fire_step": "fire", "RelaxResult": "loop", "RelaxSettings": "loop", "relax": "loop",
+          "Trajectory": "trajectory"}
+
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str):
+    if name in _NAMES:
+        return getattr(import_module(f"atomscreen.relax.{_NAMES[name]}"), name)
+    raise AttributeError(f"module 'atomscreen.relax' has no attribute {name!r}")

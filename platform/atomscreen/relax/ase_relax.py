@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 from ase import Atoms
 
-from atomscreen.relax.loop import Trajectory
+from atomscreen.relax.trajectory import Trajectory
 
-OPTIMIZERS = ("fire", "bfgs", "lbfgs")
+OPTIMIZERS = ("fire", "bfgs", "lbfgs", "bfgs_linesearch", "lbfgs_linesearch")
 
 
 @dataclass(frozen=True)
@@ -55,9 +55,9 @@ class CalcResult:
 
 
 def _optimizer(name: str):
-    from ase.optimize import BFGS, FIRE, LBFGS
+    from ase.optimize import BFGS, FIRE, LBFGS, BFGSLineSearch, LBFGSLineSearch
 
-    return {"fire": FIRE, "bfgs": BFGS, "lbfgs": LBFGS}[name]
+    return {"fire": FIRE, "bfgs": BFGS, "lbfgs": LBFGS, "bfgs_linesearch": BFGSLineSearch, "lbfgs_linesearch": LBFGSLineSearch}[name]
 
 
 def _checked(atoms: Atoms) -> tuple[float, float]:

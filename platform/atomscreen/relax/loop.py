@@ -21,6 +21,7 @@ from atomscreen.atoms.batch import AtomsBatch
 from atomscreen.potentials.forces import EnergyModel, compute
 from atomscreen.relax.cell_filter import cell_forces, deformation
 from atomscreen.relax.fire import FireParams, fire_step
+from atomscreen.relax.trajectory import Trajectory
 
 
 @dataclass(frozen=True)
@@ -36,17 +37,6 @@ class RelaxSettings:
     max_systems: int = 256
     explode_fmax: float = 1e6
     fire: FireParams = field(default_factory=FireParams)
-
-
-@dataclass
-class Trajectory:
-    """Subsampled frames: steps [F], energies [F] eV, fmax [F] eV/Å, positions [F,N,3] Å, cells [F,3,3] Å."""
-
-    steps: np.ndarray
-    energies: np.ndarray
-    fmax: np.ndarray
-    positions: np.ndarray
-    cells: np.ndarray
 
 
 @dataclass

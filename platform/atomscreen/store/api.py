@@ -482,6 +482,24 @@ class LowestCheck:
 
 
 @dataclass
+class ValidityStats:
+    """Validity of the molecules of one composition and origin (rss: as generated; rescore: after re-scoring):
+    how many were checked, how many pass each check (by column name), all checks, and the SMILES counts."""
+
+    formula: str
+    origin: str
+    checked: int
+    passed: dict[str, int]
+    assessed: dict[str, int]  # molecules on which the check could run
+    passes_all: int
+    timeouts: int
+    unique_smiles: int
+    novel_smiles: int | None
+    edm_molecule_stable: int
+    edm_atoms_stable: float | None
+
+
+@dataclass
 class CampaignReport:
     """Per-composition statistics and the funnel's comparison of pseudo and re-scored energies."""
 
@@ -493,6 +511,7 @@ class CampaignReport:
     matched_unique: int
     lowest: list[LowestCheck]
     failures: list[tuple[int, str, str]]  # (structure id, method, error)
+    validity: list[ValidityStats] = field(default_factory=list)
 
 
 def _pearson(pairs: list[tuple[int, float, float]]) -> float | None:
@@ -567,4 +586,29 @@ def campaign_report(session: Session, campaign: str) -> CampaignReport:
             name, rank = matches.get(s, (None, None))
             lowest.append(LowestCheck(reduced, method, s, info[s][2], score, name, rank))
     matched_unique = sum(1 for s, m, _ in rankings if m == "rm_pseudo" and s in matches)
-    return CampaignReport(stats, rescore_method, r, len(pairs), pairs, matched_unique, lowest, [tuple(f) for f in failures])
+    return CampaignReport(stats, rescore_method, r, len(pairs), pairs, matched_unique, lowest, [tuple(f) for f in failures],
+                          _validity_stats(session, cid, info))
+
+
+def _validity_stats(session: Session, campaign_id: int, info: dict[int, tuple]) -> list[ValidityStats]:
+    from atomscreen.evaluate.validity import CHECKS
+    from atomscreen.store.models import MoleculeCheck
+
+    rows = session.scalars(select(MoleculeCheck).where(MoleculeCheck.campaign_id == campaign_id).order_by(MoleculeCheck.structure_id)).all()
+    groups: dict[tuple[str, str], list[MoleculeCheck]] = {}
+    for row in rows:
+        origin, _, formula, _ = info[row.structure_id]
+        groups.setdefault((formula, origin), []).append(row)
+    out = []
+    for (formula, origin), members in sorted(groups.items(), key=lambda g: (g[0][1] != "rss", len(g[0][0]), g[0][0])):
+        smiles = {m.smiles for m in members if m.smiles}
+        novel = [m.novel for m in members if m.smiles]
+        novel_smiles = None if not novel or any(n is None for n in novel) else len({m.smiles for m in members if m.novel})
+        stable = [m.atoms_stable for m in members if m.atoms_stable is not None]
+        out.append(ValidityStats(
+            formula, origin, len(members),
+            {c: sum(getattr(m, c) is True for m in members) for c in CHECKS},
+            {c: sum(getattr(m, c) is not None for m in members) for c in CHECKS},
+            sum(m.passes_all for m in members), sum(m.status == "timeout" for m in members), len(smiles), novel_smiles,
+            sum(bool(m.molecule_stable) for m in members), float(np.mean(stable)) if stable else None))
+    return out

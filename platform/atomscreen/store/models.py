@@ -266,3 +266,35 @@ class StructureMatch(Base):
     reference_energy_per_atom: Mapped[Optional[float]] = mapped_column(Double)  # eV/atom as the file gives it
     # 1 = the lowest-energy reference of its reduced composition in the file (NULL without reference energies)
     reference_energy_rank: Mapped[Optional[int]] = mapped_column(Integer)
+
+
+class MoleculeCheck(Base):
+    """Chemical validity of one molecule (RDKit bond perception, the PoseBusters checks, EDM stability): one column per
+    check so SQL can filter on it. NULL: the check could not run (a timeout, or nothing to assess)."""
+
+    __tablename__ = "molecule_check"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaign.id", ondelete="CASCADE"), index=True)
+    structure_id: Mapped[int] = mapped_column(ForeignKey("structure.id", ondelete="CASCADE"), unique=True)
+    task_id: Mapped[Optional[int]] = mapped_column(ForeignKey("task.id", ondelete="SET NULL"))
+    status: Mapped[str] = mapped_column(String(16))  # ok, error, timeout
+    error: Mapped[Optional[str]] = mapped_column(Text)
+    bonds_determined: Mapped[Optional[bool]] = mapped_column(Boolean)
+    sanitization: Mapped[Optional[bool]] = mapped_column(Boolean)
+    inchi_convertible: Mapped[Optional[bool]] = mapped_column(Boolean)
+    all_atoms_connected: Mapped[Optional[bool]] = mapped_column(Boolean)
+    no_radicals: Mapped[Optional[bool]] = mapped_column(Boolean)
+    bond_lengths: Mapped[Optional[bool]] = mapped_column(Boolean)
+    bond_angles: Mapped[Optional[bool]] = mapped_column(Boolean)
+    internal_steric_clash: Mapped[Optional[bool]] = mapped_column(Boolean)
+    aromatic_ring_flatness: Mapped[Optional[bool]] = mapped_column(Boolean)
+    nonaromatic_ring_nonflatness: Mapped[Optional[bool]] = mapped_column(Boolean)
+    double_bond_flatness: Mapped[Optional[bool]] = mapped_column(Boolean)
+    internal_energy: Mapped[Optional[bool]] = mapped_column(Boolean)
+    passes_all: Mapped[bool] = mapped_column(Boolean)  # no check failed (a check that could not run does not count)
+    smiles: Mapped[Optional[str]] = mapped_column(Text)  # canonical, no stereochemistry; NULL unless sanitisable
+    novel: Mapped[Optional[bool]] = mapped_column(Boolean)  # SMILES not among the training set's (NULL: unknown)
+    atoms_stable: Mapped[Optional[float]] = mapped_column(Double)  # EDM: fraction of atoms with their usual valence
+    molecule_stable: Mapped[Optional[bool]] = mapped_column(Boolean)  # EDM: every atom
+    wall_time_s: Mapped[Optional[float]] = mapped_column(Double)

@@ -1,0 +1,155 @@
+"""Molecules end to end on a real LocalCluster: RM trained on QM9, random molecules in a box relaxed on it, GFN2-xTB
+re-scoring with a time limit, validity checks stored per molecule, novelty against the training SMILES; and xtb
+failures (SCF not converged, time limit) recorded per structure."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from ase.build import molecule
+from sqlalchemy import func, select
+
+from atomscreen.cli import main
+from atomscreen.compute import runner
+from atomscreen.compute.tasks import rescore_task, structure_payload
+from atomscreen.data.qm9 import read_qm9
+from atomscreen.evaluate.validity import CHECKS, canonical_smiles
+from atomscreen.store import make_engine, migrate, transaction
+from atomscreen.store.api import add_campaign, add_structures, campaign_report
+from atomscreen.store.models import CalculationFailure, Composition, Energy, MoleculeCheck, Structure, Task
+
+
+def _campaign(folder, **changes):
+    spec = {
+        "name": "mols", "seed": 5, "cluster": {"n_workers": 2},
+        "compositions": ["C2H6O", "CH4O"],
+        "model": {"train": {"dataset": {"format": "qm9", "limit": 60},
+                            "hyperparameters": {"cutoff": 4.5, "l_max": 1, "nu_max": 2, "n_embedding": 2, "max_displacement": 1.6,
+                                                "repulsion_cutoff": 0.7, "epochs": 2, "batch_size": 16}}},
+        "generators": {"rss": {"samples_per_composition": 4, "volume_per_atom": 10.0, "min_separation": 0.7, "batch_size": 4}},
+        "relaxation": {"fmax": 0.1, "max_steps": 200, "trajectory_every": 50},
+        "rescore": {"method": "xtb", "top_k": 2, "optimizer": "bfgs_linesearch", "fmax": 0.05, "max_steps": 100, "timeout_s": 120,
+                    "batch_size": 2},
+        "validity": {"timeout_s": 120, "batch_size": 4},
+        **changes,
+    }
+    path = folder / "mols.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_molecule_campaign_relaxes_rescores_with_xtb_and_stores_validity(tmp_path, capsys):
+    db = f"sqlite:///{tmp_path / 'm.db'}"
+    assert main(["submit", str(_campaign(tmp_path)), "--db", db, "--quiet", "--dashboard-address", ":0"]) == 0
+    engine = make_engine(db)
+    with transaction(engine) as session:
+        kinds = dict(session.execute(select(Task.kind, func.count()).group_by(Task.kind)).all())
+        assert kinds == {"rss": 2, "rescore": 2, "validity": kinds["validity"]} and kinds["validity"] >= 2
+        assert not session.scalar(select(func.count(Task.id)).where(Task.status != "done"))
+        rows = session.execute(select(Structure.id, Structure.origin, Structure.pbc, Structure.info, Composition.formula)
+                               .join(Composition, Composition.id == Structure.composition_id)).all()
+        where = {r.id: (r.origin, r.formula) for r in rows}
+        assert {r.origin for r in rows} == {"rss", "rescore"} and all(r.pbc == "FFF" for r in rows)  # molecules: no periodicity
+        checked = {c.structure_id: c for c in session.scalars(select(MoleculeCheck))}
+        expected = {r.id for r in rows if (r.info or {}).get("relax_status") != "exploded"}
+        assert set(checked) == expected  # every molecule that did not explode, generated or re-scored, once
+        xtb = session.scalars(select(Energy).where(Energy.method == "xtb_gfn2")).all()
+        assert len(xtb) + session.scalar(select(func.count(CalculationFailure.id))) == 4
+        report = campaign_report(session, "mols")
+    for c in checked.values():
+        assert c.passes_all == (c.status == "ok" and c.bonds_determined is True and not any(getattr(c, k) is False for k in CHECKS))
+    # novelty: against the canonical SMILES of the 60 training molecules, recomputed here
+    known = {canonical_smiles(a.info["smiles"]) for a in read_qm9(limit=60)}
+    assert all(c.novel == (c.smiles not in known) for c in checked.values() if c.smiles is not None)
+    assert all(c.novel is None for c in checked.values() if c.smiles is None)
+    # the report's rates are the table's counts, per composition and origin
+    assert {v.origin for v in report.validity} == {"rss", "rescore"}
+    for v in report.validity:
+        members = [c for sid, c in checked.items() if where[sid] == (v.origin, v.formula)]
+        assert v.checked == len(members) and v.passes_all == sum(c.passes_all for c in members)
+        assert all(v.passed[k] == sum(getattr(c, k) is True for c in members) for k in CHECKS)
+        assert v.unique_smiles == len({c.smiles for c in members if c.smiles})
+    capsys.readouterr()
+    assert main(["report", "mols", "--db", db]) == 0
+    printed = capsys.readouterr().out
+    assert "chemical validity" in printed and "sanit." in printed and "gen." in printed and "resc." in printed
+
+
+def _xtb_payload(parent_ids, structures, **extra):
+    return {"method": "xtb", "energy_method": "xtb_gfn2", "symprec": 0.1, "formula": "C2H6O", "count": len(structures),
+            "settings": {"relax": True, "cell": False, "fmax": 0.05, "max_steps": 50, "optimizer": "bfgs_linesearch", "trajectory_every": 10},
+            "structures": [structure_payload(a, parent_id=p) for p, a in zip(parent_ids, structures)], **extra}
+
+
+@pytest.mark.parametrize("extra, reason", [
+    ({"options": {"max_iterations": 1}}, "xtb could not evaluate"),  # the SCF cannot converge in one iteration
+    ({"timeout_s": 0.05}, "timeout: no result within 0.05 s"),  # stopped: what a hanging xtb gets
+])
+def test_xtb_failures_are_recorded_per_structure_and_the_task_completes(tmp_path, extra, reason):
+    engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    migrate.upgrade(engine)
+    ethanol, ether = molecule("CH3CH2OH"), molecule("CH3OCH3")
+    with transaction(engine) as session:
+        campaign = add_campaign(session, "x", "name: x\n")
+        parents = add_structures(session, [ethanol, ether], origin="rss", campaign_id=campaign.id)
+        payload = _xtb_payload(parents, [ethanol, ether], **extra)
+        task = Task(campaign_id=campaign.id, kind="rescore", key="rescore/C2H6O/0", seed=0, payload=payload)
+        session.add(task)
+        session.flush()
+        task_id = task.id
+    result = rescore_task(payload)
+    assert [s["status"] for s in result["structures"]] == ["failed", "failed"]
+    runner.write_result(engine, task_id, result, None)
+    with transaction(engine) as session:
+        failures = session.scalars(select(CalculationFailure).order_by(CalculationFailure.structure_id)).all()
+        assert [f.structure_id for f in failures] == parents and all(reason in f.error for f in failures)
+        assert session.get(Task, task_id).status == "done"
+        assert not session.scalar(select(func.count(Structure.id)).where(Structure.origin == "rescore"))
+
+
+def test_xtb_relaxation_in_a_child_process_matches_the_in_process_one():
+    """The time-limited path (child process) gives the same GFN2-xTB energy as relaxing here."""
+    from atomscreen.evaluate.calculators import calculate_all
+    from atomscreen.relax.ase_relax import CalcSettings
+
+    settings = CalcSettings(fmax=0.02, max_steps=100, optimizer="bfgs_linesearch")
+    here = calculate_all([molecule("CH3CH2OH")], "xtb", settings)[0]
+    there = calculate_all([molecule("CH3CH2OH")], "xtb", settings, timeout_s=120)[0]
+    assert here.status == there.status == "converged"
+    assert there.energy == pytest.approx(here.energy, abs=1e-6) and there.n_steps == here.n_steps
+
+
+def test_readme_validity_queries_answer_on_a_molecule_campaign(tmp_path):
+    """The README's fifth SQL block, on a campaign database written by the runner's own code paths."""
+    from sqlalchemy import text
+
+    from test_readme_queries import readme_sql_blocks
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'q.db'}")
+    migrate.upgrade(engine)
+    good, broken = molecule("CH3CH2OH"), molecule("CH3OCH3")
+    broken.positions[0] = broken.positions[1] + [0.3, 0.0, 0.0]  # two heavy atoms 0.3 Å apart
+    with transaction(engine) as session:
+        campaign = add_campaign(session, "qm9", "name: qm9\n")
+        from atomscreen.store.api import EnergyRecord
+
+        ids = add_structures(session, [good, broken], origin="rss", campaign_id=campaign.id,
+                             energies=[[EnergyRecord("xtb_gfn2", -310.0)], [EnergyRecord("xtb_gfn2", -300.0)]])
+        payload = {"formula": "C2H6O", "count": 2, "timeout_s": 120,
+                   "structures": [structure_payload(a, structure_id=i) for a, i in zip([good, broken], ids)]}
+        task = Task(campaign_id=campaign.id, kind="validity", key="validity/C2H6O/0", seed=0, payload=payload)
+        session.add(task)
+        session.flush()
+        task_id = task.id
+    from atomscreen.compute.tasks import validity_task
+
+    runner.write_result(engine, task_id, validity_task(payload), None)
+    with transaction(engine) as session:
+        for row in session.scalars(select(MoleculeCheck)):  # as mark_novelty leaves them for a training set without ethanol
+            row.novel = True
+    rates_sql, novel_sql = [q.strip() for q in readme_sql_blocks()[4].split(";") if q.strip()]
+    with engine.connect() as conn:
+        rates = conn.execute(text(rates_sql)).all()
+        novel = conn.execute(text(novel_sql)).all()
+    assert [(r.formula, r.origin, r.n, r.sanitization, r.passes_all, r.unique_smiles) for r in rates] == [("C2H6O", "rss", 2, 0.5, 0.5, 1)]
+    assert [(r.structure_id, r.smiles) for r in novel] == [(ids[0], "CCO")]
