@@ -4,6 +4,7 @@ failures (SCF not converged, time limit) recorded per structure."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import yaml
 from ase.build import molecule
@@ -73,6 +74,29 @@ def test_molecule_campaign_relaxes_rescores_with_xtb_and_stores_validity(tmp_pat
     assert main(["report", "mols", "--db", db]) == 0
     printed = capsys.readouterr().out
     assert "chemical validity" in printed and "sanit." in printed and "gen." in printed and "resc." in printed
+
+    # xtb single points along the stored RM relaxation of the best molecule per composition
+    assert main(["trajectory-energies", "mols", "--method", "xtb", "--top", "1", "--db", db]) == 0
+    with transaction(engine) as session:
+        from atomscreen.store.api import trajectory
+        from atomscreen.store.models import Ranking, Trajectory
+
+        best = set(session.scalars(select(Ranking.structure_id).where(Ranking.method == "rm_pseudo", Ranking.scope == "composition",
+                                                                       Ranking.rank == 1)))
+        # (re-scored molecules carry their own xtb relaxation as an xtb_gfn2 trajectory; the RM structures now have one too)
+        assert set(session.scalars(select(Trajectory.structure_id).join(Structure, Structure.id == Trajectory.structure_id)
+                                   .where(Trajectory.method == "xtb_gfn2", Structure.origin == "rss"))) == best
+        sid = min(best)
+        pseudo, xtb = trajectory(session, sid, "rm_pseudo"), trajectory(session, sid, "xtb_gfn2")
+        numbers = session.get(Structure, sid).numbers
+    from ase import Atoms
+    from xtb.ase.calculator import XTB
+
+    assert np.array_equal(xtb.steps, pseudo.steps) and np.array_equal(xtb.positions, pseudo.positions)
+    last = Atoms(numbers=numbers, positions=pseudo.positions[-1])
+    last.calc = XTB(method="GFN2-xTB")
+    assert xtb.energies[-1] == pytest.approx(last.get_potential_energy(), abs=1e-6)
+    assert main(["trajectory-energies", "mols", "--method", "xtb", "--top", "1", "--db", db]) == 0  # done already: nothing to do
 
 
 def _xtb_payload(parent_ids, structures, **extra):
@@ -153,3 +177,58 @@ def test_readme_validity_queries_answer_on_a_molecule_campaign(tmp_path):
         novel = conn.execute(text(novel_sql)).all()
     assert [(r.formula, r.origin, r.n, r.sanitization, r.passes_all, r.unique_smiles) for r in rates] == [("C2H6O", "rss", 2, 0.5, 0.5, 1)]
     assert [(r.structure_id, r.smiles) for r in novel] == [(ids[0], "CCO")]
+
+
+def test_molecules_in_a_box_and_the_kick_keeps_the_lower_minimum(trained_checkpoint, tmp_path):
+    """RSS of molecules (no periodicity, no cell) from the plan; a kick-and-re-relax round never ends higher, and
+    a re-run with the same seed gives the same molecules."""
+    from atomscreen.campaign import parse_campaign
+    from atomscreen.compute.plan import plan_tasks
+    from atomscreen.compute.tasks import ModelRef, rss_task
+
+    checkpoint = trained_checkpoint[0]
+    checkpoint.save(tmp_path / "rm.pt")
+    spec = {"name": "box", "seed": 2, "compositions": ["CH4O"], "model": {"checkpoint": str(tmp_path / "rm.pt")},
+            "generators": {"rss": {"samples_per_composition": 4, "volume_per_atom": 8.0, "batch_size": 4}},
+            "relaxation": {"fmax": 0.05, "max_steps": 300, "trajectory_every": 0}}
+    plain = parse_campaign(spec, source="test")
+    kicked = parse_campaign({**spec, "generators": {"rss": {**spec["generators"]["rss"], "kick": {"displacement": 0.4}}}}, source="test")
+    (p_plain,) = [t.payload for t in plan_tasks(plain, None, training_periodic=False)]
+    (p_kick,) = [t.payload for t in plan_tasks(kicked, None, training_periodic=False)]
+    assert p_plain["random"]["periodic"] is False and p_plain["relax"]["cell"] is False and p_kick["kick"]["rounds"] == 1
+    ref = ModelRef("kick-test", checkpoint.model, checkpoint.weights_bytes())
+    first, second = rss_task(p_plain, ref), rss_task(p_kick, ref)
+    assert all(not s["pbc"].any() for s in first["structures"])
+    for a, b in zip(first["structures"], second["structures"]):
+        assert b["energy"] <= a["energy"] + 1e-9
+    again = rss_task(p_kick, ref)
+    assert all(np.array_equal(a["positions"], b["positions"]) for a, b in zip(second["structures"], again["structures"]))
+
+
+def test_validity_tasks_are_planned_once_per_molecule(tmp_path, trained_checkpoint):
+    """A validity task that has not finished (pending, or failed and waiting for resume) keeps its molecules: planning
+    again adds none twice; once checked, a molecule is never planned again."""
+    from atomscreen.campaign import parse_campaign
+
+    trained_checkpoint[0].save(tmp_path / "rm.pt")
+    spec = parse_campaign({"name": "v", "compositions": ["C2H6O"], "model": {"checkpoint": str(tmp_path / "rm.pt")},
+                           "generators": {"rss": {"samples_per_composition": 2, "volume_per_atom": 8.0}},
+                           "validity": {"batch_size": 1}}, source="test")
+    engine = make_engine(f"sqlite:///{tmp_path / 'v.db'}")
+    migrate.upgrade(engine)
+    with transaction(engine) as session:
+        campaign = add_campaign(session, "v", "name: v\n")
+        cid = campaign.id
+        add_structures(session, [molecule("CH3CH2OH"), molecule("CH3OCH3")], origin="rss", campaign_id=cid)
+    assert runner.ensure_validity_tasks(engine, cid, spec) == 2
+    with transaction(engine) as session:
+        first = session.scalars(select(Task).order_by(Task.id)).first()
+        first.status = "failed"
+        first_id, payload = first.id, first.payload
+    assert runner.ensure_validity_tasks(engine, cid, spec) == 0
+    from atomscreen.compute.tasks import validity_task
+
+    runner.write_result(engine, first_id, validity_task(payload), None)
+    assert runner.ensure_validity_tasks(engine, cid, spec) == 0
+    with transaction(engine) as session:
+        assert session.scalar(select(func.count(MoleculeCheck.id))) == 1

@@ -22,7 +22,8 @@ def readme_sql_blocks() -> list[str]:
 
 
 def readme_queries() -> list[str]:
-    """The three queries about a finished campaign 'diamond' (the fourth block is about re-scoring: tests/test_funnel.py)."""
+    """The three queries about a finished campaign 'diamond' (the fourth block is about re-scoring: tests/test_funnel.py;
+    the fifth about molecule validity: tests/test_molecules.py)."""
     return readme_sql_blocks()[:3]
 
 
@@ -70,9 +71,10 @@ def _check_answers(results: list[list[tuple]], facts: dict) -> None:
     assert [bool(r[5]) for r in hull][:2] == [True, True] and not any(bool(r[5]) for r in hull[2:])
 
 
-def test_readme_has_three_campaign_queries_and_a_funnel_block():
+def test_readme_has_three_campaign_queries_a_funnel_block_and_a_validity_block():
     blocks = readme_sql_blocks()
-    assert len(blocks) == 4 and all("'diamond'" in q for q in blocks[:3]) and "rescored_pairs" in blocks[3]
+    assert len(blocks) == 5 and all("'diamond'" in q for q in blocks[:3]) and "rescored_pairs" in blocks[3]
+    assert "molecule_check" in blocks[4]  # run by tests/test_molecules.py
 
 
 def test_readme_queries_answer_on_both_databases(engine):

@@ -294,6 +294,14 @@ def _pair(key: str) -> str:
     return "-".join(sorted(parts))
 
 
+class KickSpec(Spec):
+    """After relaxing, displace every atom at random (uniform in ±displacement per component) and relax again; the
+    lower of the two minima is kept (a cheap way out of shallow minima)."""
+
+    displacement: PositiveFloat = Field(default=0.3, description="Å")
+    rounds: PositiveInt = 1
+
+
 class RSSSpec(Spec):
     """Random structure search: random cells of each composition, relaxed on the pseudo potential."""
 
@@ -304,6 +312,7 @@ class RSSSpec(Spec):
     batch_size: PositiveInt = 64
     periodic: bool | None = Field(default=None, description="crystals (true) or molecules in a box (false); default: like the "
                                                             "training set, else true")
+    kick: KickSpec | None = None
 
     @field_validator("volume_factor")
     @classmethod

@@ -444,6 +444,57 @@ def cmd_match(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_trajectory_energies(args: argparse.Namespace) -> int:
+    """Single points of a real method (xtb, chgnet, a factory) at every stored frame of chosen structures' trajectories,
+    stored as a trajectory of that method on the same structure."""
+    import numpy as np
+    from ase import Atoms
+    from sqlalchemy import select
+
+    from atomscreen.evaluate.calculators import CalculatorError, method_name, single_points
+    from atomscreen.store import get_campaign
+    from atomscreen.store.api import TrajectoryRecord, add_trajectory, trajectory
+    from atomscreen.store.models import Ranking, Structure, Trajectory
+
+    engine = _campaign_engine(args)
+    target = method_name(args.method)
+    with transaction(engine) as session:
+        campaign_id = get_campaign(session, args.name).id
+        if args.structure:
+            ids = list(args.structure)
+        else:
+            ids = list(session.scalars(select(Ranking.structure_id).where(
+                Ranking.campaign_id == campaign_id, Ranking.method == args.source, Ranking.scope == "composition",
+                Ranking.rank <= args.top).order_by(Ranking.structure_id)))
+        records = {}
+        for sid in ids:
+            rec = trajectory(session, sid, args.source)
+            if rec is None or session.scalar(select(Structure.campaign_id).where(Structure.id == sid)) != campaign_id:
+                raise CLIError(f"structure {sid} has no {args.source} trajectory (trajectory_every was 0, or the id is not in {args.name!r})")
+            done = session.scalar(select(Trajectory.id).where(Trajectory.structure_id == sid, Trajectory.method == target))
+            if done is None:
+                records[sid] = rec
+    if not records:
+        out.print(f"nothing to do: {len(ids)} structure(s) already have {target} trajectories" if ids else "no structures selected")
+        return 0
+    failures = 0
+    for n, (sid, rec) in enumerate(records.items(), start=1):
+        with transaction(engine) as session:
+            row = session.get(Structure, sid)
+            numbers, pbc = row.numbers, [c == "T" for c in row.pbc]
+        frames = [Atoms(numbers=numbers, positions=p, cell=c, pbc=pbc) for p, c in zip(rec.positions, rec.cells)]
+        try:
+            energies, fmax, errors = single_points(frames, args.method, timeout_s=args.timeout)
+        except CalculatorError as exc:
+            raise CLIError(str(exc)) from None
+        failures += sum(e is not None for e in errors)
+        with transaction(engine) as session:
+            add_trajectory(session, sid, TrajectoryRecord(target, rec.steps, np.asarray(energies), np.asarray(fmax), rec.positions, rec.cells))
+        out.print(f"[{n}/{len(records)}] structure {sid}: {len(frames)} frames, {target} energy {energies[0]:.4f} -> {energies[-1]:.4f} eV")
+    out.print(f"stored {len(records)} {target} trajectories (frames of the {args.source} relaxations); {failures} frame(s) failed (NaN)")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from atomscreen.store.api import export_structures
 
@@ -570,6 +621,16 @@ def build_parser() -> argparse.ArgumentParser:
     match.add_argument("--workers", type=int, default=1, help="compare on a local Dask cluster of this many processes (default 1: here)")
     match.add_argument("--db", help=db_help)
     match.set_defaults(func=cmd_match)
+
+    traj = commands.add_parser("trajectory-energies", help="single points of a real method along stored relaxation trajectories")
+    traj.add_argument("name")
+    traj.add_argument("--method", required=True, help="xtb, chgnet or 'module.path:function'")
+    traj.add_argument("--structure", type=int, nargs="*", help="structure ids (default: the best --top per composition)")
+    traj.add_argument("--top", type=int, default=3, help="without --structure: the best K unique structures per composition (default 3)")
+    traj.add_argument("--source", default="rm_pseudo", help="whose trajectories and ranking (default rm_pseudo)")
+    traj.add_argument("--timeout", type=float, default=None, help="seconds per frame; each frame then runs in a child process")
+    traj.add_argument("--db", help=db_help)
+    traj.set_defaults(func=cmd_trajectory_energies)
 
     export = commands.add_parser("export", help="write a campaign's unique structures to files")
     export.add_argument("name")

@@ -73,6 +73,7 @@ def plan_tasks(spec: CampaignSpec, element_volumes: Mapping[str, float] | None, 
                     "random": {"volume_per_atom": volume, "volume_factor": list(rss.volume_factor), "min_separation": separation,
                                "periodic": periodic},
                     "relax": relax,
+                    "kick": None if rss.kick is None else {"displacement": rss.kick.displacement, "rounds": rss.kick.rounds},
                 }
                 tasks.append(TaskPlan("rss", f"rss/{formula}/{start}", (spec.seed * 1_000_003 + composition_seed + start) % 2**62, payload))
     return tasks

@@ -238,10 +238,12 @@ def ensure_validity_tasks(engine: Engine, campaign_id: int, spec: CampaignSpec) 
 
     with transaction(engine) as session:
         checked = select(MoleculeCheck.structure_id).where(MoleculeCheck.campaign_id == campaign_id)
-        ids = session.scalars(select(Structure.id).where(
+        queued = {s["structure_id"] for payload in session.scalars(select(Task.payload).where(
+            Task.campaign_id == campaign_id, Task.kind == "validity", Task.status != "done")) for s in payload["structures"]}
+        ids = [i for i in session.scalars(select(Structure.id).where(
             Structure.campaign_id == campaign_id, Structure.origin.in_(("rss", "rescore")), Structure.id.not_in(checked))
-            .order_by(Structure.id)).all()
-        molecules = [a for a in load_structures(session, ids=list(ids)) if not a.pbc.any() and a.info.get("relax_status") != "exploded"]
+            .order_by(Structure.id)) if i not in queued]  # a failed task's molecules are retried by that task
+        molecules = [a for a in load_structures(session, ids=ids) if not a.pbc.any() and a.info.get("relax_status") != "exploded"]
         groups: dict[str, list[Atoms]] = {}
         for a in molecules:
             groups.setdefault(a.info["formula"], []).append(a)

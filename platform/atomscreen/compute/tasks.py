@@ -120,7 +120,18 @@ def rss_task(payload: dict[str, Any], model: ModelRef) -> dict[str, Any]:
                       min_separation=r["min_separation"], periodic=r.get("periodic", True))
     starts = [random_structure(payload["counts"], spec, structure_rng(payload, k)) for k in range(payload["count"])]
     device = _device()
-    results = relax(_model(model, device), starts, RelaxSettings(**payload["relax"]), device=device)
+    settings = RelaxSettings(**payload["relax"])
+    results = relax(_model(model, device), starts, settings, device=device)
+    kick = payload.get("kick")
+    for round_ in range(kick["rounds"] if kick else 0):
+        kicked = []
+        for k, r in enumerate(results):
+            rng = np.random.default_rng([payload["seed"], payload["composition_seed"], payload["start"] + k, 1 + round_])
+            atoms = r.atoms.copy()
+            atoms.positions += rng.uniform(-kick["displacement"], kick["displacement"], size=(len(atoms), 3))
+            kicked.append(atoms)
+        again = relax(_model(model, device), kicked, settings, device=device)
+        results = [b if b.status != "exploded" and (a.status == "exploded" or b.energy < a.energy) else a for a, b in zip(results, again)]
     return {"structures": _relaxed_records(starts, results, payload["symprec"]), "wall_time_s": time.perf_counter() - t0, "device": device}
 
 

@@ -105,3 +105,12 @@ def calculate_all(structures: Sequence[Atoms], method: str, settings: CalcSettin
             reason = f"timeout: {outcome.error}" if outcome.status == "timeout" else outcome.error
             out.append(CalcResult(atoms.copy(), "failed", None, None, 0, outcome.wall_time_s, error=reason))
     return out
+
+
+def single_points(frames: Sequence[Atoms], method: str, *, options: dict[str, Any] | None = None, timeout_s: float | None = None,
+                  device: str = "cpu") -> tuple[list[float], list[float], list[str | None]]:
+    """Energy (eV) and largest force (eV/Å) of ``method`` at each frame, NaN where it failed (with the reason)."""
+    results = calculate_all(frames, method, CalcSettings(relax=False, trajectory_every=0), options=options, timeout_s=timeout_s, device=device)
+    nan = float("nan")
+    return ([nan if r.energy is None else r.energy for r in results], [nan if r.fmax is None else r.fmax for r in results],
+            [r.error for r in results])

@@ -224,6 +224,19 @@ def add_energies(session: Session, structure_ids: Sequence[int], records: Sequen
     session.flush()
 
 
+def add_trajectory(session: Session, structure_id: int, record: TrajectoryRecord) -> None:
+    """Store a trajectory for an existing structure (e.g. single points of another method along its frames); a second
+    trajectory of the same method for the structure is refused."""
+    structure = session.get(Structure, structure_id)
+    if structure is None:
+        raise KeyError(f"no structure with id {structure_id}")
+    exists = session.scalar(select(Trajectory.id).where(Trajectory.structure_id == structure_id, Trajectory.method == record.method))
+    if exists is not None:
+        raise ValueError(f"structure {structure_id} already has a {record.method!r} trajectory")
+    session.add(_trajectory_row(structure, record))
+    session.flush()
+
+
 def to_atoms(row: Structure) -> Atoms:
     """The ASE Atoms of a structure row, with its ids, origin, formula and energies in ``info``."""
     atoms = Atoms(numbers=row.numbers, positions=row.positions, cell=row.cell, pbc=[c == "T" for c in row.pbc])
