@@ -23,7 +23,7 @@ from atomscreen.store.models import CalculationFailure, Composition, Energy, Mol
 def _campaign(folder, **changes):
     spec = {
         "name": "mols", "seed": 5, "cluster": {"n_workers": 2},
-        "compositions": ["C2H6O", "CH4O"],
+        "compositions": {"formulas": ["CH4O"], "from_training": 1},  # + the most common of the 60 training molecules
         "model": {"train": {"dataset": {"format": "qm9", "limit": 60},
                             "hyperparameters": {"cutoff": 4.5, "l_max": 1, "nu_max": 2, "n_embedding": 2, "max_displacement": 1.6,
                                                 "repulsion_cutoff": 0.7, "epochs": 2, "batch_size": 16}}},
@@ -57,6 +57,7 @@ def test_molecule_campaign_relaxes_rescores_with_xtb_and_stores_validity(tmp_pat
         xtb = session.scalars(select(Energy).where(Energy.method == "xtb_gfn2")).all()
         assert len(xtb) + session.scalar(select(func.count(CalculationFailure.id))) == 4
         report = campaign_report(session, "mols")
+    assert sorted(r.formula for r in report.rows) == ["C3H6O", "CH4O"]  # C3H6O: 5 of the first 60 QM9 molecules
     for c in checked.values():
         assert c.passes_all == (c.status == "ok" and c.bonds_determined is True and not any(getattr(c, k) is False for k in CHECKS))
     # novelty: against the canonical SMILES of the 60 training molecules, recomputed here
@@ -232,3 +233,24 @@ def test_validity_tasks_are_planned_once_per_molecule(tmp_path, trained_checkpoi
     assert runner.ensure_validity_tasks(engine, cid, spec) == 0
     with transaction(engine) as session:
         assert session.scalar(select(func.count(MoleculeCheck.id))) == 1
+
+
+def test_compositions_drawn_from_the_training_histogram():
+    """from_training: K appends the K most common training compositions (Hill formulas), skipping listed ones."""
+    from collections import Counter
+
+    from atomscreen.campaign import parse_campaign, with_training_compositions
+    from atomscreen.potentials.train import describe
+
+    molecules = read_qm9(skip=21500, limit=300)
+    histogram = describe(molecules)["compositions"]
+    expected = Counter(a.get_chemical_formula(mode="hill") for a in molecules).most_common()
+    assert list(histogram.items())[:5] == expected[:5]
+    top = [f for f, _ in sorted(expected, key=lambda x: (-x[1], x[0]))]
+    spec = parse_campaign({"name": "h", "compositions": {"formulas": [top[0]], "from_training": 3},
+                           "model": {"train": {"dataset": {"format": "qm9", "limit": 10}}},
+                           "generators": {"rss": {"samples_per_composition": 1, "volume_per_atom": 8.0}}}, source="test")
+    assert spec.compositions.expand() == [top[0]]
+    assert with_training_compositions(spec, histogram).compositions.expand() == top[:4]
+    with pytest.raises(ValueError, match="no composition histogram"):
+        with_training_compositions(spec, {})

@@ -172,6 +172,7 @@ class CompositionsSpec(Spec):
     max_atoms: PositiveInt = 64
     formulas: list[Annotated[str, AfterValidator(_formula_within_limit)]] = Field(default_factory=list)
     grid: GridSpec | None = None
+    from_training: NonNegativeInt = Field(default=0, description="also the K most common compositions of the model's training set")
 
     @model_validator(mode="before")
     @classmethod
@@ -189,8 +190,8 @@ class CompositionsSpec(Spec):
 
     @model_validator(mode="after")
     def _something(self) -> CompositionsSpec:
-        if not self.formulas and self.grid is None:
-            raise ValueError("give formulas (a list such as [C8, Li4S2]) and/or a grid (elements + max_atoms)")
+        if not self.formulas and self.grid is None and not self.from_training:
+            raise ValueError("give formulas (a list such as [C8, Li4S2]), a grid (elements + max_atoms) and/or from_training: K")
         if self.grid is not None:
             if self.grid.min_atoms > self.max_atoms:
                 raise ValueError(f"grid.min_atoms = {self.grid.min_atoms} is above max_atoms = {self.max_atoms}")
@@ -202,7 +203,8 @@ class CompositionsSpec(Spec):
         return self
 
     def expand(self) -> list[str]:
-        """All compositions as Hill formulas: explicit ones first (in order), then the grid's, without repeats."""
+        """All compositions as Hill formulas: explicit ones first (in order), then the grid's, without repeats (those
+        drawn from the training set are added by the runner, which knows it: :func:`with_training_compositions`)."""
         out = [hill_formula(parse_formula(f)) for f in self.formulas]
         if self.grid is not None:
             elements = self.grid.elements
@@ -210,6 +212,22 @@ class CompositionsSpec(Spec):
                 for counts in _partitions(total, len(elements)):
                     out.append(hill_formula({e: c for e, c in zip(elements, counts) if c > 0}))
         return list(dict.fromkeys(out))
+
+
+def with_training_compositions(spec: "CampaignSpec", histogram: dict[str, int]) -> "CampaignSpec":
+    """``spec`` with its ``from_training`` compositions (the K most common of the training set's ``histogram``, Hill
+    formulas most frequent first, at most ``max_atoms`` atoms) appended to ``formulas``."""
+    block = spec.compositions
+    if not block.from_training:
+        return spec
+    if not histogram:
+        raise ValueError("compositions.from_training: the model carries no composition histogram (a checkpoint trained "
+                         "outside this version); list formulas instead")
+    known = set(block.expand())
+    drawn = [f for f in sorted(histogram, key=lambda f: (-histogram[f], f))
+             if f not in known and sum(parse_formula(f).values()) <= block.max_atoms][:block.from_training]
+    resolved = block.model_copy(update={"formulas": list(block.formulas) + drawn, "from_training": 0})
+    return spec.model_copy(update={"compositions": resolved})
 
 
 def _partitions(total: int, k: int):

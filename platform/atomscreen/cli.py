@@ -58,6 +58,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
             continue
         formulas = spec.compositions.expand()
         shown = ", ".join(formulas[:8]) + (f", ... ({len(formulas)} in all)" if len(formulas) > 8 else "")
+        if spec.compositions.from_training:
+            shown += f"{'; ' if formulas else ''}and the {spec.compositions.from_training} most common of the training set"
         generators = ", ".join(name for name, block in spec.generators if block is not None)
         out.print(f"[green]✓[/green] {path}: campaign {spec.name!r}, {len(formulas)} composition(s) ({shown}); generators: {generators}")
     return 1 if bad else 0

@@ -117,6 +117,17 @@ def resume(name: str, engine: Engine, *, scheduler: str | None = None, reporter:
 
 def _prepare_and_run(engine, campaign_id, spec: CampaignSpec, scheduler, reporter, dashboard_address, client) -> Outcome:
     model_id, ref, training_data = ensure_model(engine, campaign_id, spec, reporter)
+    if spec.compositions.from_training:
+        from atomscreen.campaign import with_training_compositions
+
+        try:
+            spec = with_training_compositions(spec, training_data.get("compositions", {}))
+        except ValueError as exc:
+            with transaction(engine) as session:
+                campaign = session.get(Campaign, campaign_id)
+                campaign.status, campaign.error = "failed", str(exc)
+            raise RunnerError(str(exc)) from None
+        reporter.message(f"compositions: {', '.join(spec.compositions.expand())}")
     ensure_tasks(engine, campaign_id, spec, training_data)
     return run(engine, campaign_id, spec, ref, model_id, scheduler=scheduler, reporter=reporter,
                dashboard_address=dashboard_address, client=client)

@@ -8,6 +8,7 @@ exponential moving average (EMA) of the weights, seeded data order and noise.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 import io
 import logging
 import math
@@ -119,6 +120,8 @@ def describe(structures: Sequence[Atoms], source: str = "") -> dict[str, Any]:
         "n_atoms": int(sum(len(a) for a in structures)),
         "elements": sorted({int(z) for a in structures for z in a.numbers}),
         "periodic": int(sum(bool(a.pbc.all()) for a in structures)),
+        # the most common compositions (Hill formulas, most frequent first): campaigns can draw theirs from it
+        "compositions": dict(Counter(a.get_chemical_formula(mode="hill") for a in structures).most_common(200)),
         "sha256": digest.hexdigest(),
         # per-element volumes (Å^3) fitted on the periodic structures: random search's default density
         "element_volumes": fit_element_volumes(structures) if any(a.pbc.all() for a in structures) else {},
