@@ -7,6 +7,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
@@ -108,3 +109,50 @@ def trained_checkpoint():
         TrainConfig(epochs=60, batch_size=16, steps_per_epoch=2, seed=0),
         source="tests: C, Si, small molecules",
     ), reference
+
+
+def store_job(engine, campaign_id: int, key: str, job) -> int:
+    """Record ``job`` as a task of the campaign (as the runner does) and return the task's id."""
+    from atomscreen.compute.plan import PlannedTask
+    from atomscreen.store import add_tasks, transaction
+
+    with transaction(engine) as session:
+        (task_id,) = add_tasks(session, campaign_id, [PlannedTask(key, 0, job).new_task()])
+    return task_id
+
+
+def store_result(engine, task_id: int, result, method: str | None = None) -> int:
+    """Write a task's result as the runner does."""
+    from atomscreen.store import transaction, write_task_result
+
+    with transaction(engine) as session:
+        return write_task_result(session, task_id, result, method=method)
+
+
+@pytest.fixture(scope="module")
+def checkpoint_file(trained_checkpoint, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "rm.pt"
+    trained_checkpoint[0].save(path)
+    return path
+
+
+def write_campaign(folder: Path, checkpoint: Path, name: str = "carbon", **changes) -> Path:
+    spec = {
+        "name": name,
+        "seed": 3,
+        "cluster": {"n_workers": 2},
+        "compositions": ["C2", "C4"],
+        "model": {"checkpoint": str(checkpoint)},
+        "generators": {"rss": {"samples_per_composition": 6, "volume_per_atom": 5.7, "volume_factor": [0.9, 1.1],
+                               "min_separation": 1.2, "batch_size": 3}},
+        "relaxation": {"fmax": 0.05, "max_steps": 150, "trajectory_every": 20},
+    }
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split(".")
+        node = spec
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path

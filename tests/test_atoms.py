@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ from ase.neighborlist import neighbor_list as ase_neighbor_list
 from pymatgen.core import Lattice, Molecule, Structure
 
 from atomscreen.atoms import concatenate, from_ase, from_pymatgen, neighbor_list, select, to_ase, to_pymatgen
+from atomscreen.atoms.batch import concatenate_systems, per_atom, per_system, select_systems, system_index
 
 
 def random_systems(seed: int, n: int = 30) -> list[Atoms]:
@@ -21,7 +24,8 @@ def random_systems(seed: int, n: int = 30) -> list[Atoms]:
         n_atoms = int(rng.integers(1, 14))
         cell = rng.normal(size=(3, 3)) * 1.5 + np.eye(3) * rng.uniform(2.0, 6.0)
         pbc = [[True] * 3, [False] * 3, [True, False, True]][k % 3]
-        out.append(Atoms(numbers=rng.integers(1, 30, n_atoms), positions=rng.normal(size=(n_atoms, 3)) * 3, cell=cell, pbc=pbc))
+        numbers = rng.integers(1, 30, n_atoms)
+        out.append(Atoms(numbers=numbers, positions=rng.normal(size=(n_atoms, 3)) * 3, cell=cell, pbc=pbc))
     return out
 
 
@@ -67,7 +71,8 @@ def test_batch_round_trips_through_ase_and_pymatgen():
     batch = from_ase(systems)
     assert batch.n_atoms.tolist() == [2, 9, 2] and batch.system.tolist() == [0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2]
     for a, b in zip(systems, to_ase(batch)):
-        assert np.array_equal(a.numbers, b.numbers) and np.allclose(a.positions, b.positions) and np.allclose(a.cell, b.cell)
+        assert np.array_equal(a.numbers, b.numbers) and np.allclose(a.positions, b.positions)
+        assert np.allclose(a.cell, b.cell)
         assert a.pbc.tolist() == b.pbc.tolist()
     pmg = to_pymatgen(batch)
     assert isinstance(pmg[0], Structure) and isinstance(pmg[1], Molecule)
@@ -83,6 +88,40 @@ def test_select_and_concatenate_are_inverse():
     order = [0, 2, 4, 1, 3, 5]
     for k, atoms in enumerate(to_ase(joined)):
         assert np.allclose(atoms.positions, systems[order[k]].positions)
+
+
+@dataclass
+class Walkers:
+    x: torch.Tensor = per_atom()
+    system: torch.Tensor = system_index()
+    label: torch.Tensor = per_system()
+
+
+@dataclass
+class RowState:  # no index of its own: its rows follow an index held elsewhere
+    v: torch.Tensor = per_atom()
+    t: torch.Tensor = per_system()
+
+
+def test_select_and_concatenate_work_on_any_batched_dataclass():
+    w = Walkers(x=torch.arange(6.0), system=torch.tensor([0, 0, 1, 2, 2, 2]), label=torch.tensor([10, 11, 12]))
+    kept = select_systems(w, torch.tensor([True, False, True]))
+    assert kept.x.tolist() == [0, 1, 3, 4, 5] and kept.system.tolist() == [0, 0, 1, 1, 1]
+    assert kept.label.tolist() == [10, 12]
+    joined = concatenate_systems([kept, w])
+    assert joined.system.tolist() == [0, 0, 1, 1, 1, 2, 2, 3, 4, 4, 4] and joined.label.tolist() == [10, 12, 10, 11, 12]
+    rows = RowState(v=torch.arange(6.0), t=torch.tensor([1.0, 2.0, 3.0]))
+    assert select_systems(rows, torch.tensor([False, True, True]), w.system).v.tolist() == [2, 3, 4, 5]
+    assert concatenate_systems([rows, rows]).t.tolist() == [1, 2, 3, 1, 2, 3]
+
+
+def test_undeclared_fields_are_refused():
+    @dataclass
+    class Loose:
+        x: torch.Tensor
+
+    with pytest.raises(TypeError, match="not declared"):
+        select_systems(Loose(torch.zeros(2)), torch.tensor([True]), torch.tensor([0, 0]))
 
 
 def test_dtype_and_device_conversion():

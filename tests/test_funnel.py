@@ -9,13 +9,16 @@ from ase.build import bulk
 from ase.io import write
 from sqlalchemy import func, select, text
 
+from atomscreen.analysis.report import campaign_report
 from atomscreen.cli import main
 from atomscreen.compute import runner
-from atomscreen.compute.tasks import rescore_task, structure_payload
-from atomscreen.store import make_engine, migrate, transaction
-from atomscreen.store.api import add_campaign, add_structures, campaign_report
+from atomscreen.compute.finalize import analyse_campaign
+from atomscreen.compute.tasks import rescore_task
+from atomscreen.jobs import RescoreJob, StructureIn
+from atomscreen.relax.ase_relax import CalcSettings
+from atomscreen.store import EnergyRecord, add_campaign, add_structures, make_engine, migrate, report_rows, transaction
 from atomscreen.store.models import CalculationFailure, Energy, HullEntry, Ranking, Structure, StructureMatch, Task
-from test_runner import checkpoint_file, write_campaign  # noqa: F401  (module fixture)
+from conftest import store_job, store_result, write_campaign
 
 
 def _graphite():
@@ -35,7 +38,7 @@ def references(tmp_path_factory):
     return path
 
 
-def test_campaign_rescoring_hulls_matching_and_report(tmp_path, checkpoint_file, references, capsys):  # noqa: F811
+def test_campaign_rescoring_hulls_matching_and_report(tmp_path, checkpoint_file, references, capsys):
     path = write_campaign(tmp_path, checkpoint_file, name="funnel",
                           rescore={"method": "chgnet", "top_k": 2, "max_steps": 40, "fmax": 0.1, "batch_size": 2},
                           match={"references": {"path": str(references)}},
@@ -65,7 +68,7 @@ def test_campaign_rescoring_hulls_matching_and_report(tmp_path, checkpoint_file,
         e = dict(session.execute(select(Energy.structure_id, Energy.per_atom).where(Energy.method == "chgnet")).all())
         stable = session.scalars(select(HullEntry.structure_id).where(HullEntry.method == "chgnet", HullEntry.is_stable)).all()
         assert len(stable) == 1 and e[stable[0]] == pytest.approx(min(e.values()))
-        report = campaign_report(session, "funnel")
+        report = campaign_report(report_rows(session, "funnel"))
     assert report.rescore_method == "chgnet"
     assert report.n_pairs == 4 - len([f for f in report.failures])
     x, y = np.array([p[1] for p in report.pairs]), np.array([p[2] for p in report.pairs])
@@ -118,12 +121,12 @@ def test_match_marks_diamonds_and_records_the_reference(tmp_path, references):
     chain = bulk("C", "sc", a=1.6)  # simple cubic: no reference
     with transaction(engine) as session:
         campaign = add_campaign(session, "m", "name: m\n")
-        from atomscreen.store.api import EnergyRecord
+        from atomscreen.store import EnergyRecord
 
         atoms = [cubic, strained, _graphite(), chain]
         ids = add_structures(session, atoms, origin="rss", campaign_id=campaign.id,
                              energies=[[EnergyRecord("rm_pseudo", -1.0 * len(a) * (k + 1))] for k, a in enumerate(atoms)])
-    runner.finalize(engine, campaign.id)
+    analyse_campaign(engine, campaign.id)
     assert main(["match", "m", "--references", str(references), "--db", db]) == 0
     with transaction(engine) as session:
         found = dict(session.execute(select(StructureMatch.structure_id, StructureMatch.reference_name)).all())
@@ -142,16 +145,14 @@ def test_a_structure_that_breaks_the_calculator_is_recorded_and_the_rest_stored(
     with transaction(engine) as session:
         campaign = add_campaign(session, "x", "name: x\n")
         parents = add_structures(session, [bad, good], origin="rss", campaign_id=campaign.id)
-        payload = {"method": "chgnet", "energy_method": "chgnet", "symprec": 0.1, "formula": "C", "count": 2,
-                   "settings": {"relax": True, "cell": True, "fmax": 0.1, "max_steps": 30, "optimizer": "fire", "trajectory_every": 10},
-                   "structures": [structure_payload(bad, parent_id=parents[0]), structure_payload(good, parent_id=parents[1])]}
-        task = Task(campaign_id=campaign.id, kind="rescore", key="rescore/C/0", seed=0, payload=payload)
-        session.add(task)
-        session.flush()
-        task_id = task.id
-    result = rescore_task(payload)
-    assert [s["status"] for s in result["structures"]][0] == "failed"
-    runner.write_result(engine, task_id, result, None)
+        cid = campaign.id
+    settings = CalcSettings(relax=True, cell=True, fmax=0.1, max_steps=30, optimizer="fire", trajectory_every=10)
+    job = RescoreJob("chgnet", "chgnet", settings, 0.1, "C", 2, (StructureIn.from_atoms(bad, parent_id=parents[0]),
+                                                                StructureIn.from_atoms(good, parent_id=parents[1])))
+    task_id = store_job(engine, cid, "rescore/C/0", job)
+    result = rescore_task(job)
+    assert result.structures[0].status == "failed"
+    store_result(engine, task_id, result, method=job.energy_method)
     with transaction(engine) as session:
         failure = session.scalars(select(CalculationFailure)).one()
         assert failure.structure_id == parents[0] and failure.method == "chgnet" and "non-finite" in failure.error
@@ -161,7 +162,7 @@ def test_a_structure_that_breaks_the_calculator_is_recorded_and_the_rest_stored(
         assert session.get(Task, task_id).status == "done"
 
 
-def test_report_correlates_pseudo_and_rescored_energies_per_composition(tmp_path, checkpoint_file, capsys):  # noqa: F811
+def test_report_correlates_pseudo_and_rescored_energies_per_composition(tmp_path, checkpoint_file, capsys):
     """R per composition and overall, against scipy on the stored (parent pseudo, child EMT) energy pairs."""
     from scipy.stats import pearsonr
 
@@ -171,7 +172,7 @@ def test_report_correlates_pseudo_and_rescored_energies_per_composition(tmp_path
     assert main(["submit", str(path), "--db", db, "--quiet", "--dashboard-address", ":0"]) == 0
     engine = make_engine(db)
     with transaction(engine) as session:
-        report = campaign_report(session, "corr")
+        report = campaign_report(report_rows(session, "corr"))
         method = report.rescore_method
         parent_energy = dict(session.execute(select(Energy.structure_id, Energy.per_atom).where(Energy.method == "rm_pseudo")).all())
         children = session.execute(select(Structure.parent_id, Energy.per_atom, Structure.composition_id)

@@ -11,7 +11,7 @@ from sqlalchemy import inspect, text
 from atomscreen.store import make_engine, migrate
 from atomscreen.store.models import Base
 
-TABLES = {"campaign", "composition", "model", "task", "structure", "trajectory", "energy", "hull_entry", "ranking",
+TABLES = {"campaign", "campaign_model", "composition", "model", "task", "structure", "trajectory", "energy", "hull_entry", "ranking",
           "calculation_failure", "structure_match", "molecule_check"}
 VIEWS = {"structure_energies", "best_candidates", "hull", "ranked_candidates", "rescored_pairs"}
 

@@ -10,14 +10,17 @@ import yaml
 from ase.build import molecule
 from sqlalchemy import func, select
 
+from atomscreen.analysis.report import campaign_report
 from atomscreen.cli import main
 from atomscreen.compute import runner
-from atomscreen.compute.tasks import rescore_task, structure_payload
+from atomscreen.compute.tasks import rescore_task
 from atomscreen.data.qm9 import read_qm9
 from atomscreen.evaluate.validity import CHECKS, canonical_smiles
-from atomscreen.store import make_engine, migrate, transaction
-from atomscreen.store.api import add_campaign, add_structures, campaign_report
+from atomscreen.jobs import RescoreJob, StructureIn, ValidityJob
+from atomscreen.relax.ase_relax import CalcSettings
+from atomscreen.store import EnergyRecord, add_campaign, add_structures, make_engine, migrate, report_rows, transaction
 from atomscreen.store.models import CalculationFailure, Composition, Energy, MoleculeCheck, Structure, Task
+from conftest import store_job, store_result
 
 
 def _campaign(folder, **changes):
@@ -56,7 +59,7 @@ def test_molecule_campaign_relaxes_rescores_with_xtb_and_stores_validity(tmp_pat
         assert set(checked) == expected  # every molecule that did not explode, generated or re-scored, once
         xtb = session.scalars(select(Energy).where(Energy.method == "xtb_gfn2")).all()
         assert len(xtb) + session.scalar(select(func.count(CalculationFailure.id))) == 4
-        report = campaign_report(session, "mols")
+        report = campaign_report(report_rows(session, "mols"))
     assert sorted(r.formula for r in report.rows) == ["C3H6O", "CH4O"]  # C3H6O: 5 of the first 60 QM9 molecules
     for c in checked.values():
         assert c.passes_all == (c.status == "ok" and c.bonds_determined is True and not any(getattr(c, k) is False for k in CHECKS))
@@ -79,7 +82,7 @@ def test_molecule_campaign_relaxes_rescores_with_xtb_and_stores_validity(tmp_pat
     # xtb single points along the stored RM relaxation of the best molecule per composition
     assert main(["trajectory-energies", "mols", "--method", "xtb", "--top", "1", "--db", db]) == 0
     with transaction(engine) as session:
-        from atomscreen.store.api import trajectory
+        from atomscreen.store import trajectory
         from atomscreen.store.models import Ranking, Trajectory
 
         best = set(session.scalars(select(Ranking.structure_id).where(Ranking.method == "rm_pseudo", Ranking.scope == "composition",
@@ -100,10 +103,10 @@ def test_molecule_campaign_relaxes_rescores_with_xtb_and_stores_validity(tmp_pat
     assert main(["trajectory-energies", "mols", "--method", "xtb", "--top", "1", "--db", db]) == 0  # done already: nothing to do
 
 
-def _xtb_payload(parent_ids, structures, **extra):
-    return {"method": "xtb", "energy_method": "xtb_gfn2", "symprec": 0.1, "formula": "C2H6O", "count": len(structures),
-            "settings": {"relax": True, "cell": False, "fmax": 0.05, "max_steps": 50, "optimizer": "bfgs_linesearch", "trajectory_every": 10},
-            "structures": [structure_payload(a, parent_id=p) for p, a in zip(parent_ids, structures)], **extra}
+def _xtb_job(parent_ids, structures, **extra):
+    settings = CalcSettings(relax=True, cell=False, fmax=0.05, max_steps=50, optimizer="bfgs_linesearch", trajectory_every=10)
+    return RescoreJob("xtb", "xtb_gfn2", settings, 0.1, "C2H6O", len(structures),
+                      tuple(StructureIn.from_atoms(a, parent_id=p) for p, a in zip(parent_ids, structures)), **extra)
 
 
 @pytest.mark.parametrize("extra, reason", [
@@ -117,14 +120,12 @@ def test_xtb_failures_are_recorded_per_structure_and_the_task_completes(tmp_path
     with transaction(engine) as session:
         campaign = add_campaign(session, "x", "name: x\n")
         parents = add_structures(session, [ethanol, ether], origin="rss", campaign_id=campaign.id)
-        payload = _xtb_payload(parents, [ethanol, ether], **extra)
-        task = Task(campaign_id=campaign.id, kind="rescore", key="rescore/C2H6O/0", seed=0, payload=payload)
-        session.add(task)
-        session.flush()
-        task_id = task.id
-    result = rescore_task(payload)
-    assert [s["status"] for s in result["structures"]] == ["failed", "failed"]
-    runner.write_result(engine, task_id, result, None)
+        cid = campaign.id
+    job = _xtb_job(parents, [ethanol, ether], **extra)
+    task_id = store_job(engine, cid, "rescore/C2H6O/0", job)
+    result = rescore_task(job)
+    assert [s.status for s in result.structures] == ["failed", "failed"]
+    store_result(engine, task_id, result, method=job.energy_method)
     with transaction(engine) as session:
         failures = session.scalars(select(CalculationFailure).order_by(CalculationFailure.structure_id)).all()
         assert [f.structure_id for f in failures] == parents and all(reason in f.error for f in failures)
@@ -156,19 +157,14 @@ def test_readme_validity_queries_answer_on_a_molecule_campaign(tmp_path):
     broken.positions[0] = broken.positions[1] + [0.3, 0.0, 0.0]  # two heavy atoms 0.3 Å apart
     with transaction(engine) as session:
         campaign = add_campaign(session, "qm9", "name: qm9\n")
-        from atomscreen.store.api import EnergyRecord
-
         ids = add_structures(session, [good, broken], origin="rss", campaign_id=campaign.id,
                              energies=[[EnergyRecord("xtb_gfn2", -310.0)], [EnergyRecord("xtb_gfn2", -300.0)]])
-        payload = {"formula": "C2H6O", "count": 2, "timeout_s": 120,
-                   "structures": [structure_payload(a, structure_id=i) for a, i in zip([good, broken], ids)]}
-        task = Task(campaign_id=campaign.id, kind="validity", key="validity/C2H6O/0", seed=0, payload=payload)
-        session.add(task)
-        session.flush()
-        task_id = task.id
+        cid = campaign.id
+    job = ValidityJob("C2H6O", 2, 120, tuple(StructureIn.from_atoms(a, structure_id=i) for a, i in zip([good, broken], ids)))
+    task_id = store_job(engine, cid, "validity/C2H6O/0", job)
     from atomscreen.compute.tasks import validity_task
 
-    runner.write_result(engine, task_id, validity_task(payload), None)
+    store_result(engine, task_id, validity_task(job))
     with transaction(engine) as session:
         for row in session.scalars(select(MoleculeCheck)):  # as mark_novelty leaves them for a training set without ethanol
             row.novel = True
@@ -184,7 +180,7 @@ def test_molecules_in_a_box_and_the_kick_keeps_the_lower_minimum(trained_checkpo
     """RSS of molecules (no periodicity, no cell) from the plan; a kick-and-re-relax round never ends higher, and
     a re-run with the same seed gives the same molecules."""
     from atomscreen.campaign import parse_campaign
-    from atomscreen.compute.plan import plan_tasks
+    from atomscreen.compute.plan import rss_tasks
     from atomscreen.compute.tasks import ModelRef, rss_task
 
     checkpoint = trained_checkpoint[0]
@@ -194,16 +190,17 @@ def test_molecules_in_a_box_and_the_kick_keeps_the_lower_minimum(trained_checkpo
             "relaxation": {"fmax": 0.05, "max_steps": 300, "trajectory_every": 0}}
     plain = parse_campaign(spec, source="test")
     kicked = parse_campaign({**spec, "generators": {"rss": {**spec["generators"]["rss"], "kick": {"displacement": 0.4}}}}, source="test")
-    (p_plain,) = [t.payload for t in plan_tasks(plain, None, training_periodic=False)]
-    (p_kick,) = [t.payload for t in plan_tasks(kicked, None, training_periodic=False)]
-    assert p_plain["random"]["periodic"] is False and p_plain["relax"]["cell"] is False and p_kick["kick"]["rounds"] == 1
+    molecules = {"periodic": 0}  # the training-set description of a model trained on molecules only
+    (p_plain,) = [t.job for t in rss_tasks(plain, plain.generators.rss_blocks[0], molecules)]
+    (p_kick,) = [t.job for t in rss_tasks(kicked, kicked.generators.rss_blocks[0], molecules)]
+    assert p_plain.random.periodic is False and p_plain.relax.cell is False and p_kick.kick.rounds == 1
     ref = ModelRef("kick-test", checkpoint.model, checkpoint.weights_bytes())
     first, second = rss_task(p_plain, ref), rss_task(p_kick, ref)
-    assert all(not s["pbc"].any() for s in first["structures"])
-    for a, b in zip(first["structures"], second["structures"]):
-        assert b["energy"] <= a["energy"] + 1e-9
+    assert all(not s.pbc.any() for s in first.structures)
+    for a, b in zip(first.structures, second.structures):
+        assert b.energy <= a.energy + 1e-9
     again = rss_task(p_kick, ref)
-    assert all(np.array_equal(a["positions"], b["positions"]) for a, b in zip(second["structures"], again["structures"]))
+    assert all(np.array_equal(a.positions, b.positions) for a, b in zip(second.structures, again.structures))
 
 
 def test_validity_tasks_are_planned_once_per_molecule(tmp_path, trained_checkpoint):
@@ -221,16 +218,18 @@ def test_validity_tasks_are_planned_once_per_molecule(tmp_path, trained_checkpoi
         campaign = add_campaign(session, "v", "name: v\n")
         cid = campaign.id
         add_structures(session, [molecule("CH3CH2OH"), molecule("CH3OCH3")], origin="rss", campaign_id=cid)
-    assert runner.ensure_validity_tasks(engine, cid, spec) == 2
+    ctx, validity = runner.Context(engine, cid, spec, {}), runner.stage("validity")
+    assert runner.record_tasks(ctx, validity) == 2
     with transaction(engine) as session:
         first = session.scalars(select(Task).order_by(Task.id)).first()
         first.status = "failed"
-        first_id, payload = first.id, first.payload
-    assert runner.ensure_validity_tasks(engine, cid, spec) == 0
+        first_id, kind, payload = first.id, first.kind, first.payload
+    assert runner.record_tasks(ctx, validity) == 0
     from atomscreen.compute.tasks import validity_task
+    from atomscreen.jobs import from_json
 
-    runner.write_result(engine, first_id, validity_task(payload), None)
-    assert runner.ensure_validity_tasks(engine, cid, spec) == 0
+    store_result(engine, first_id, validity_task(from_json(kind, payload)))
+    assert runner.record_tasks(ctx, validity) == 0
     with transaction(engine) as session:
         assert session.scalar(select(func.count(MoleculeCheck.id))) == 1
 

@@ -13,7 +13,7 @@ from ase import Atoms
 from sqlalchemy import text
 
 from atomscreen import store
-from atomscreen.compute import runner
+from atomscreen.compute.finalize import analyse_campaign
 from conftest import REPO
 
 
@@ -51,7 +51,7 @@ def finished_campaign(engine) -> dict[str, list]:
         )
         per_atom = [r[0].total / len(a) for r, a in zip(records, atoms)]
         campaign_id = campaign.id
-    runner.finalize(engine, campaign_id)  # the runner's own dedupe, ranking and hull
+    analyse_campaign(engine, campaign_id)  # the runner's own dedupe, ranking and hull
     return {"ids": ids, "per_atom": per_atom, "other_id": other_id}
 
 

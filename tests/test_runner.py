@@ -21,35 +21,7 @@ from atomscreen.cli import main
 from atomscreen.compute import runner
 from atomscreen.store import make_engine, ranked, transaction
 from atomscreen.store.models import Campaign, Energy, HullEntry, Ranking, Structure, Task
-
-
-@pytest.fixture(scope="module")
-def checkpoint_file(trained_checkpoint, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "rm.pt"
-    trained_checkpoint[0].save(path)
-    return path
-
-
-def write_campaign(folder: Path, checkpoint: Path, name: str = "carbon", **changes) -> Path:
-    spec = {
-        "name": name,
-        "seed": 3,
-        "cluster": {"n_workers": 2},
-        "compositions": ["C2", "C4"],
-        "model": {"checkpoint": str(checkpoint)},
-        "generators": {"rss": {"samples_per_composition": 6, "volume_per_atom": 5.7, "volume_factor": [0.9, 1.1],
-                               "min_separation": 1.2, "batch_size": 3}},
-        "relaxation": {"fmax": 0.05, "max_steps": 150, "trajectory_every": 20},
-    }
-    for dotted, value in changes.items():
-        *parents, leaf = dotted.split(".")
-        node = spec
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
+from conftest import write_campaign
 
 
 def snapshot(engine, name: str) -> list[tuple]:

@@ -18,30 +18,32 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from ase.data import chemical_symbols
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    Tag,
     ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from atomscreen.chem import ELEMENTS, hill_formula, parse_formula
+from atomscreen.errors import AtomscreenError
+from atomscreen.names import pseudo_method
 from atomscreen.store.engine import DatabaseURLError, normalize_url
 
-ELEMENTS = frozenset(chemical_symbols[1:])
+__all__ = ["CampaignError", "CampaignSpec", "hill_formula", "load_campaign", "parse_campaign", "parse_formula"]
 MAX_GRID_COMPOSITIONS = 10_000
 RESCORING_METHODS = ("xtb", "chgnet")
 DATASET_FORMATS = ("auto", "extxyz", "ase", "cif", "cdvae-csv", "qm9", "ase-collection")
 ASE_COLLECTIONS = ("g2", "s22", "dcdft")
-_FORMULA = re.compile(r"(?:[A-Z][a-z]?\d*)+")
-_TOKEN = re.compile(r"([A-Z][a-z]?)(\d*)")
 _DOTTED = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 
 
@@ -61,7 +63,7 @@ class Problem:
 _MISSING = object()
 
 
-class CampaignError(ValueError):
+class CampaignError(AtomscreenError, ValueError):
     """A campaign file with problems; ``problems`` lists every one of them."""
 
     def __init__(self, source: str, problems: list[Problem]):
@@ -69,29 +71,6 @@ class CampaignError(ValueError):
         self.problems = problems
         lines = "\n".join(f"  {p}" for p in problems)
         super().__init__(f"{source}: {len(problems)} problem(s)\n{lines}")
-
-
-def parse_formula(text: str) -> dict[str, int]:
-    """Element counts of a formula such as ``Li4S2`` or ``C7H10O2`` (no brackets, positive integer counts)."""
-    if not isinstance(text, str) or not _FORMULA.fullmatch(text.strip()):
-        raise ValueError("not a formula: expected element symbols each followed by a positive count, e.g. Li4S2 or C7H10O2")
-    counts: dict[str, int] = {}
-    for symbol, count in _TOKEN.findall(text.strip()):
-        if symbol not in ELEMENTS:
-            raise ValueError(f"{symbol!r} is not an element symbol; allowed: H, He, Li, ... Og")
-        n = int(count) if count else 1
-        if n <= 0:
-            raise ValueError(f"count of {symbol} is {n}; counts must be positive integers")
-        counts[symbol] = counts.get(symbol, 0) + n
-    return counts
-
-
-def hill_formula(counts: dict[str, int]) -> str:
-    """Hill-order formula with explicit counts > 1, e.g. ``C7H10O2``, ``Li4S2``."""
-    order = sorted(counts)
-    if "C" in counts:
-        order = ["C"] + (["H"] if "H" in counts else []) + [s for s in order if s not in ("C", "H")]
-    return "".join(f"{s}{counts[s] if counts[s] != 1 else ''}" for s in order)
 
 
 def _element(symbol: str) -> str:
@@ -263,6 +242,17 @@ class DatasetSpec(Spec):
             raise ValueError(f"format {self.format} needs a path")
         return self
 
+    @property
+    def label(self) -> str:
+        """Where the structures come from: the file, or format:name."""
+        return self.path or f"{self.format}:{self.name or ''}"
+
+    def read(self) -> list:
+        """The data set's structures as ASE Atoms (the one place a campaign reads a data set)."""
+        from atomscreen.data import read_dataset
+
+        return read_dataset(self.format, self.path, name=self.name, limit=self.limit, skip=self.skip)
+
 
 def _hyperparameters(value: dict[str, Any]) -> dict[str, Any]:
     from atomscreen.potentials.train import split_hyperparameters
@@ -291,8 +281,9 @@ class TrainFileSpec(Spec):
 
 
 class ModelSpec(Spec):
-    """Exactly one of a checkpoint file or a training block."""
+    """A model of the campaign: exactly one of a checkpoint file or a training block."""
 
+    kind: Literal["rm_potential"] = Field(default="rm_potential", description="what the model is (RM pseudo potential)")
     checkpoint: Annotated[str, AfterValidator(_existing_file)] | None = None
     train: TrainSpec | None = None
 
@@ -301,6 +292,12 @@ class ModelSpec(Spec):
         if (self.checkpoint is None) == (self.train is None):
             raise ValueError("give exactly one of checkpoint (a file) or train (a dataset and hyperparameters)")
         return self
+
+
+def _block_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]{0,63}", value):
+        raise ValueError("a name starts with a letter and uses only letters, digits, '_', '.' and '-' (at most 64)")
+    return value
 
 
 def _pair(key: str) -> str:
@@ -321,8 +318,11 @@ class KickSpec(Spec):
 
 
 class RSSSpec(Spec):
-    """Random structure search: random cells of each composition, relaxed on the pseudo potential."""
+    """Random structure search: random cells of each composition, relaxed on the pseudo potential named ``model``."""
 
+    name: Annotated[str, AfterValidator(_block_name)] = Field(default="rss", description="names this block's tasks")
+    model: str = Field(default="default", description="the model (a name under models:, or default for model:)")
+    seed: int | None = Field(default=None, description="seed of the random starts (default: the campaign's seed)")
     samples_per_composition: PositiveInt
     volume_per_atom: PositiveFloat | None = Field(default=None, description="Å^3/atom; default: fitted on the training set")
     volume_factor: tuple[PositiveFloat, PositiveFloat] = (0.8, 1.2)
@@ -348,15 +348,27 @@ class RSSSpec(Spec):
 
 
 class GeneratorsSpec(Spec):
-    """Where candidates come from."""
+    """Where candidates come from: one RSS block, or a list of them (each with its own name and model)."""
 
-    rss: RSSSpec | None = None
+    rss: Annotated[Union[Annotated[RSSSpec, Tag("<one block>")], Annotated[list[RSSSpec], Tag("<blocks>")]],
+                   Discriminator(lambda v: "<blocks>" if isinstance(v, list) else "<one block>")] | None = None
 
     @model_validator(mode="after")
     def _some(self) -> GeneratorsSpec:
-        if self.rss is None:
+        if not self.rss_blocks:
             raise ValueError("give at least one generator (rss)")
+        names = [b.name for b in self.rss_blocks]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"rss blocks need distinct names; repeated: {', '.join(repeated)}")
         return self
+
+    @property
+    def rss_blocks(self) -> list[RSSSpec]:
+        """Every RSS block, in order."""
+        if self.rss is None:
+            return []
+        return list(self.rss) if isinstance(self.rss, list) else [self.rss]
 
 
 class RelaxationSpec(Spec):
@@ -470,7 +482,9 @@ class CampaignSpec(Spec):
     seed: int = 0
     cluster: ClusterSpec = Field(default_factory=ClusterSpec)
     compositions: CompositionsSpec
-    model: ModelSpec
+    model: ModelSpec | None = Field(default=None, description="the model named 'default'")
+    models: dict[Annotated[str, AfterValidator(_block_name)], ModelSpec] = Field(
+        default_factory=dict, description="named models (stages refer to them by name)")
     generators: GeneratorsSpec
     relaxation: RelaxationSpec = Field(default_factory=RelaxationSpec)
     rescore: RescoreSpec | None = None
@@ -495,23 +509,79 @@ class CampaignSpec(Spec):
                 raise ValueError(str(exc)) from None
         return value
 
+    @field_validator("models")
+    @classmethod
+    def _one_default(cls, value: dict[str, ModelSpec], info: ValidationInfo) -> dict[str, ModelSpec]:
+        if "default" in value and info.data.get("model") is not None:
+            raise ValueError("model: is the model named 'default': give it under model: or models.default, not both")
+        return value
+
+    @field_validator("generators")
+    @classmethod
+    def _generator_models(cls, value: GeneratorsSpec, info: ValidationInfo) -> GeneratorsSpec:
+        known = _model_specs(info.data)
+        for block in value.rss_blocks if known else ():
+            if block.model not in known:
+                raise ValueError(f"rss block {block.name!r} uses model {block.model!r}, which this campaign does not "
+                                 f"define; models here: {', '.join(known)}")
+        return value
+
     @field_validator("hull")
     @classmethod
     def _hull_energy(cls, value: HullSpec, info: ValidationInfo) -> HullSpec:
-        rescore = info.data.get("rescore")
-        allowed = ["rm_pseudo"] + ([rescore.energy_method] if rescore else [])
+        rescore, generators = info.data.get("rescore"), info.data.get("generators")
+        allowed = (_pseudo_methods(generators) if generators else ["rm_pseudo"]) + ([rescore.energy_method] if rescore else [])
         if value.energy not in allowed:
             raise ValueError(f"energy = {value.energy!r} is not computed by this campaign; allowed: {', '.join(allowed)}")
-        if value.references == "training" and info.data.get("model") is not None and info.data["model"].train is None:
-            raise ValueError("references: training needs a model trained by this campaign (model.train); give a data set instead")
+        if value.references == "training" and _model_specs(info.data) and _training_dataset(info.data) is None:
+            raise ValueError("references: training needs a model trained by this campaign (model.train); give a data set "
+                             "instead")
         return value
 
     @field_validator("match")
     @classmethod
     def _match_training(cls, value: MatchSpec | None, info: ValidationInfo) -> MatchSpec | None:
-        if value is not None and value.references == "training" and info.data.get("model") is not None and info.data["model"].train is None:
-            raise ValueError("references: training needs a model trained by this campaign (model.train); give a data set instead")
+        if value is not None and value.references == "training" and _model_specs(info.data) \
+                and _training_dataset(info.data) is None:
+            raise ValueError("references: training needs a model trained by this campaign (model.train); give a data set "
+                             "instead")
         return value
+
+    @model_validator(mode="after")
+    def _some_model(self) -> CampaignSpec:
+        if not self.model_specs():
+            raise ValueError("no model: give model: (a checkpoint or a train block) or models: {NAME: {...}, ...}")
+        return self
+
+    def model_specs(self) -> dict[str, ModelSpec]:
+        """Every model by name: ``model:`` is the one named 'default', listed first."""
+        return _model_specs({"model": self.model, "models": self.models})
+
+    @property
+    def model_names(self) -> list[str]:
+        return list(self.model_specs())
+
+    def training_dataset(self) -> DatasetSpec | None:
+        """The training set that `references: training` and novelty mean: the first model's that has a train block."""
+        return _training_dataset({"model": self.model, "models": self.models})
+
+    @property
+    def pseudo_methods(self) -> list[str]:
+        """Energy method names of the pseudo energies the RSS blocks produce (rm_pseudo, rm_pseudo:NAME)."""
+        return _pseudo_methods(self.generators)
+
+
+def _model_specs(data: dict[str, Any]) -> dict[str, ModelSpec]:
+    default = {"default": data["model"]} if data.get("model") is not None else {}
+    return {**default, **dict(data.get("models") or {})}
+
+
+def _training_dataset(data: dict[str, Any]) -> DatasetSpec | None:
+    return next((m.train.dataset for m in _model_specs(data).values() if m.train is not None), None)
+
+
+def _pseudo_methods(generators: GeneratorsSpec) -> list[str]:
+    return list(dict.fromkeys(pseudo_method(b.model) for b in generators.rss_blocks))
 
 
 def _model_at(loc: tuple, root: type[BaseModel]) -> type[BaseModel] | None:
@@ -543,7 +613,7 @@ def _field_path(loc: tuple) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part.startswith(("function-", "tagged-union", "union")) or part in ("str", "float", "dict[str,float]"):
+        elif part.startswith(("function-", "tagged-union", "union", "<")) or part in ("str", "float", "dict[str,float]"):
             continue  # pydantic's internal branch labels, not user fields
         else:
             out += f".{part}" if out else part

@@ -27,7 +27,8 @@ class MatchSettings:
     energy_tol: float = 0.01
 
     def matcher(self) -> StructureMatcher:
-        return StructureMatcher(ltol=self.ltol, stol=self.stol, angle_tol=self.angle_tol, primitive_cell=True, scale=True)
+        return StructureMatcher(ltol=self.ltol, stol=self.stol, angle_tol=self.angle_tol, primitive_cell=True,
+                                scale=True)
 
 
 def representatives(

@@ -41,8 +41,11 @@ class SkippedSystem:
                 "to serve as elemental reference")
 
 
-def pseudo_hulls(formulas: Sequence[str], energies_per_atom: Sequence[float], *, stable_tol: float = 1e-8) -> tuple[list[HullPoint], list[SkippedSystem]]:
-    """Hull points for every structure whose chemical system has all its elemental references; plus the skipped systems."""
+def pseudo_hulls(
+    formulas: Sequence[str], energies_per_atom: Sequence[float], *, stable_tol: float = 1e-8
+) -> tuple[list[HullPoint], list[SkippedSystem]]:
+    """Hull points for every structure whose chemical system has all its elemental references; plus the skipped
+    systems."""
     if len(formulas) != len(energies_per_atom):
         raise ValueError(f"{len(energies_per_atom)} energies for {len(formulas)} formulas")
     entries = []
@@ -50,7 +53,8 @@ def pseudo_hulls(formulas: Sequence[str], energies_per_atom: Sequence[float], *,
         composition = Composition(formula)
         entries.append(PDEntry(composition, e * composition.num_atoms))
     systems = [frozenset(str(el) for el in entry.composition.elements) for entry in entries]
-    maximal = sorted({s for s in systems if not any(s < other for other in systems)}, key=lambda s: (-len(s), sorted(s)))
+    maximal = sorted({s for s in systems if not any(s < other for other in systems)},
+                     key=lambda s: (-len(s), sorted(s)))
     points: dict[int, HullPoint] = {}
     skipped = []
     for system in maximal:
@@ -66,5 +70,6 @@ def pseudo_hulls(formulas: Sequence[str], energies_per_atom: Sequence[float], *,
             if i in points:
                 continue
             e_hull = max(0.0, float(diagram.get_e_above_hull(entries[i])))
-            points[i] = HullPoint(i, name, float(diagram.get_form_energy_per_atom(entries[i])), e_hull, e_hull <= stable_tol)
+            formation = float(diagram.get_form_energy_per_atom(entries[i]))
+            points[i] = HullPoint(i, name, formation, e_hull, e_hull <= stable_tol)
     return [points[i] for i in sorted(points)], skipped

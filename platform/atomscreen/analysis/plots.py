@@ -1,4 +1,5 @@
-"""Hull figures: formation energy versus composition (RM paper Fig. 4 style), energy versus volume for one element (Fig. 5).
+"""Hull figures: formation energy versus composition (RM paper Fig. 4 style), energy versus volume for one element
+(Fig. 5).
 
 Rows are dicts with chemsys, formula, reduced_formula, energy_per_atom,
 formation_energy_per_atom, e_above_hull, is_stable and volume_per_atom (eV/atom, Å^3/atom).
@@ -12,9 +13,11 @@ from typing import Any, Mapping, Sequence
 from pymatgen.core import Composition
 
 
-def hull_plot(rows: Sequence[dict[str, Any]] | Mapping[str, Sequence[dict[str, Any]]], path: str | Path, title: str = "") -> list[Path]:
-    """Write one figure per chemical system (``path``, or ``stem-CHEMSYS.suffix`` when there are several), with one panel
-    per energy method side by side when ``rows`` maps methods to rows; returns the files."""
+def hull_plot(
+    rows: Sequence[dict[str, Any]] | Mapping[str, Sequence[dict[str, Any]]], path: str | Path, title: str = ""
+) -> list[Path]:
+    """Write one figure per chemical system (``path``, or ``stem-CHEMSYS.suffix`` when there are several), with one
+    panel per energy method side by side when ``rows`` maps methods to rows; returns the files."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -60,7 +63,8 @@ def _energy_volume(fig, ax, rows, method) -> None:
         fig.colorbar(points, ax=ax, label="E above lowest (eV/atom)")
     for r in stable:
         ax.scatter(r["volume_per_atom"], r["energy_per_atom"], marker="*", s=120, c="tab:red", zorder=3)
-        ax.annotate(f"{r['formula']} #{r['structure_id']}", (r["volume_per_atom"], r["energy_per_atom"]), textcoords="offset points", xytext=(5, 5))
+        ax.annotate(f"{r['formula']} #{r['structure_id']}", (r["volume_per_atom"], r["energy_per_atom"]),
+                    textcoords="offset points", xytext=(5, 5))
     ax.set_xlabel("volume per atom (Å$^3$)")
     ax.set_ylabel("energy per atom (eV)")
     ax.set_title(method)
@@ -78,7 +82,8 @@ def _binary(fig, ax, rows, elements, method) -> None:
     stable = sorted((r for r in rows if r["is_stable"]), key=x)
     ax.plot([x(r) for r in stable], [r["formation_energy_per_atom"] for r in stable], "o-", c="tab:red", zorder=3)
     for r in stable:
-        ax.annotate(r["reduced_formula"], (x(r), r["formation_energy_per_atom"]), textcoords="offset points", xytext=(0, -12), ha="center")
+        ax.annotate(r["reduced_formula"], (x(r), r["formation_energy_per_atom"]), textcoords="offset points",
+                    xytext=(0, -12), ha="center")
     ax.set_xlabel(f"fraction of {elements[1]} in {elements[0]}$_{{1-x}}${elements[1]}$_x$")
     ax.set_ylabel("formation energy (eV/atom)")
     ax.set_title(method)

@@ -1,28 +1,100 @@
 """AtomsBatch: B structures with N atoms in total as flat tensors, on any device and dtype.
 
 Molecules and crystals share a batch: pbc is per system, and a non-periodic
-system's cell is carried along but never used for images.
+system's cell is carried along but never used for images. Any dataclass whose
+fields are declared per atom, per system or as the system index (TorchSim's
+SimState idea) can be subset and joined system-wise with select_systems and
+concatenate_systems; AtomsBatch is one, the relaxation loop's states are others.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Sequence, TypeVar
 
 import numpy as np
 import torch
 from ase import Atoms
+
+T = TypeVar("T")
+_KIND = "batched"  # field metadata key: "atom", "system" or "index"
+
+
+def per_atom() -> Any:
+    """A field with one entry per atom (or per row of a system's degrees of freedom), grouped system by system."""
+    return field(metadata={_KIND: "atom"})
+
+
+def per_system() -> Any:
+    """A field with one entry per system."""
+    return field(metadata={_KIND: "system"})
+
+
+def system_index() -> Any:
+    """The per-atom system index (0..B-1, non-decreasing): renumbered by select, offset by concatenate."""
+    return field(metadata={_KIND: "index"})
+
+
+def _kinds(obj) -> list[tuple[str, str]]:
+    kinds = [(f.name, f.metadata.get(_KIND)) for f in fields(obj)]
+    undeclared = [name for name, kind in kinds if kind is None]
+    if undeclared:
+        raise TypeError(
+            f"{type(obj).__name__} fields {undeclared} are not declared per_atom, per_system or system_index"
+        )
+    return kinds
+
+
+def n_systems_of(obj) -> int:
+    """Number of systems of a batched dataclass: the length of its first per-system field."""
+    for name, kind in _kinds(obj):
+        if kind == "system":
+            return getattr(obj, name).shape[0]
+    raise TypeError(f"{type(obj).__name__} has no per_system field")
+
+
+def select_systems(obj: T, keep: torch.Tensor, system: torch.Tensor | None = None) -> T:
+    """The systems where ``keep`` [B] is True, renumbered 0..kept-1.
+
+    Per-atom fields follow ``system`` [N], by default the object's own system_index field.
+    """
+    kinds = _kinds(obj)
+    if system is None:
+        system = next(getattr(obj, name) for name, kind in kinds if kind == "index")
+    atom_keep = keep[system]
+    renumber = torch.cumsum(keep.long(), 0) - 1
+    out = {}
+    for name, kind in kinds:
+        value = getattr(obj, name)
+        if kind == "index":
+            out[name] = renumber[value[atom_keep]]
+        else:
+            out[name] = value[atom_keep] if kind == "atom" else value[keep]
+    return type(obj)(**out)
+
+
+def concatenate_systems(parts: Sequence[T]) -> T:
+    """One object holding all systems of ``parts`` in order (system indices offset by the systems before)."""
+    kinds = _kinds(parts[0])
+    offsets = np.cumsum([0] + [n_systems_of(p) for p in parts[:-1]]) if any(k == "index" for _, k in kinds) else None
+    out = {}
+    for name, kind in kinds:
+        values = [getattr(p, name) for p in parts]
+        if kind == "index":
+            values = [v + int(o) for v, o in zip(values, offsets)]
+        out[name] = torch.cat(values)
+    return type(parts[0])(**out)
 
 
 @dataclass
 class AtomsBatch:
     """positions [N,3] Å, numbers [N], system [N] (0..B-1, non-decreasing), cell [B,3,3] Å (rows), pbc [B,3]."""
 
-    positions: torch.Tensor
-    numbers: torch.Tensor
-    system: torch.Tensor
-    cell: torch.Tensor
-    pbc: torch.Tensor
+    positions: torch.Tensor = per_atom()
+    numbers: torch.Tensor = per_atom()
+    system: torch.Tensor = system_index()
+    cell: torch.Tensor = per_system()
+    pbc: torch.Tensor = per_system()
 
     @property
     def n_systems(self) -> int:
@@ -55,9 +127,9 @@ class AtomsBatch:
             pbc=self.pbc.to(device=device),
         )
 
-    def with_(self, **fields) -> AtomsBatch:
+    def with_(self, **changes) -> AtomsBatch:
         """A shallow copy with some fields replaced."""
-        return replace(self, **fields)
+        return replace(self, **changes)
 
 
 def from_ase(
@@ -95,7 +167,9 @@ def to_ase(batch: AtomsBatch) -> list[Atoms]:
     ]
 
 
-def from_pymatgen(structures: Sequence, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64) -> AtomsBatch:
+def from_pymatgen(
+    structures: Sequence, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64
+) -> AtomsBatch:
     """Batch pymatgen Structure (periodic) and Molecule (non-periodic) objects."""
     from pymatgen.io.ase import AseAtomsAdaptor
 
@@ -119,14 +193,7 @@ def to_pymatgen(batch: AtomsBatch) -> list:
 
 def concatenate(batches: Sequence[AtomsBatch]) -> AtomsBatch:
     """One batch holding all systems of ``batches`` in order."""
-    offsets = np.cumsum([0] + [b.n_systems for b in batches[:-1]])
-    return AtomsBatch(
-        positions=torch.cat([b.positions for b in batches]),
-        numbers=torch.cat([b.numbers for b in batches]),
-        system=torch.cat([b.system + int(o) for b, o in zip(batches, offsets)]),
-        cell=torch.cat([b.cell for b in batches]),
-        pbc=torch.cat([b.pbc for b in batches]),
-    )
+    return concatenate_systems(batches)
 
 
 def select(batch: AtomsBatch, systems: torch.Tensor) -> AtomsBatch:
@@ -134,12 +201,4 @@ def select(batch: AtomsBatch, systems: torch.Tensor) -> AtomsBatch:
     systems = torch.as_tensor(systems, dtype=torch.long, device=batch.device)
     keep = torch.zeros(batch.n_systems, dtype=torch.bool, device=batch.device)
     keep[systems] = True
-    atom_mask = keep[batch.system]
-    new_index = torch.cumsum(keep.long(), 0) - 1
-    return AtomsBatch(
-        positions=batch.positions[atom_mask],
-        numbers=batch.numbers[atom_mask],
-        system=new_index[batch.system[atom_mask]],
-        cell=batch.cell[keep],
-        pbc=batch.pbc[keep],
-    )
+    return select_systems(batch, keep)

@@ -88,20 +88,38 @@ def _image_counts(batch: AtomsBatch, inverse_cell: torch.Tensor, cutoff: float) 
     return torch.where(batch.pbc, counts, torch.zeros_like(counts))
 
 
-def _pairs_torch(batch: AtomsBatch, cutoff: float):
-    """Batched search over all atom pairs and all needed images, chunked to bound memory."""
-    device, dtype = batch.device, batch.dtype
-    positions, cell = batch.positions.detach(), batch.cell.detach()
-    n_atoms = batch.n_atoms
-    first_atom = torch.cumsum(n_atoms, 0) - n_atoms
+def _wrapped(batch: AtomsBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(inverse cells [B,3,3], integer wraps [N,3], positions wrapped into [0, 1) along periodic directions [N,3]).
 
-    # wrap periodic directions into [0, 1) so the image count above suffices
-    eye = torch.eye(3, dtype=dtype, device=device).expand_as(cell)
+    Wrapped positions need no more images than _image_counts gives.
+    """
+    positions, cell = batch.positions.detach(), batch.cell.detach()
+    eye = torch.eye(3, dtype=batch.dtype, device=batch.device).expand_as(cell)
     inv = torch.linalg.inv(torch.where(batch.pbc.any(dim=1)[:, None, None], cell, eye))
     frac = torch.einsum("nk,nkl->nl", positions, inv[batch.system])
     wrap = torch.where(batch.pbc[batch.system], torch.floor(frac), torch.zeros_like(frac)).long()
-    wrapped = positions - torch.einsum("nk,nkl->nl", wrap.to(dtype), cell[batch.system])
+    return inv, wrap, positions - torch.einsum("nk,nkl->nl", wrap.to(batch.dtype), cell[batch.system])
 
+
+def _decode(flat: torch.Tensor, starts, first_atom, n_atoms, counts, widths, n_images):
+    """Candidates numbered system by system, pair by pair, image by image -> (system, i, j, image shift)."""
+    s = torch.searchsorted(starts, flat, right=True) - 1
+    local = flat - starts[s]
+    image = local % n_images[s]
+    pair = local // n_images[s]
+    i = first_atom[s] + pair // n_atoms[s]
+    j = first_atom[s] + pair % n_atoms[s]
+    w = widths[s]
+    digits = [image // (w[:, 1] * w[:, 2]), (image // w[:, 2]) % w[:, 1], image % w[:, 2]]
+    return s, i, j, torch.stack(digits, dim=1) - counts[s]
+
+
+def _pairs_torch(batch: AtomsBatch, cutoff: float):
+    """Batched search over all atom pairs and all needed images, chunked to bound memory."""
+    device, dtype, cell = batch.device, batch.dtype, batch.cell.detach()
+    n_atoms = batch.n_atoms
+    first_atom = torch.cumsum(n_atoms, 0) - n_atoms
+    inv, wrap, wrapped = _wrapped(batch)
     counts = _image_counts(batch, inv, cutoff)
     widths = 2 * counts + 1
     n_images = widths.prod(dim=1)
@@ -111,14 +129,7 @@ def _pairs_torch(batch: AtomsBatch, cutoff: float):
     out_i, out_j, out_s = [], [], []
     for chunk_start in range(0, total, MAX_CANDIDATES):
         flat = torch.arange(chunk_start, min(total, chunk_start + MAX_CANDIDATES), device=device)
-        s = torch.searchsorted(starts, flat, right=True) - 1
-        local = flat - starts[s]
-        image = local % n_images[s]
-        pair = local // n_images[s]
-        i = first_atom[s] + pair // n_atoms[s]
-        j = first_atom[s] + pair % n_atoms[s]
-        w = widths[s]
-        shift = torch.stack([image // (w[:, 1] * w[:, 2]), (image // w[:, 2]) % w[:, 1], image % w[:, 2]], dim=1) - counts[s]
+        s, i, j, shift = _decode(flat, starts, first_atom, n_atoms, counts, widths, n_images)
         vec = wrapped[j] - wrapped[i] + torch.einsum("ek,ekl->el", shift.to(dtype), cell[s])
         keep = (vec.square().sum(dim=1) < cutoff * cutoff) & ((i != j) | (shift != 0).any(dim=1))
         i, j, shift = i[keep], j[keep], shift[keep]

@@ -88,7 +88,8 @@ def _place(rng, symbols, cell, periodic, spec, sep_matrix, species_index) -> np.
             candidate = rng.random(3) @ cell
             if k == 0:
                 break
-            d = np.linalg.norm(candidate[None, None, :] - positions[:, None, :] - images[None, :, :], axis=2).min(axis=1)
+            offsets = candidate[None, None, :] - positions[:, None, :] - images[None, :, :]
+            d = np.linalg.norm(offsets, axis=2).min(axis=1)
             if (d >= need).all():
                 break
         else:
@@ -117,14 +118,16 @@ def random_structure(counts: Mapping[str, int], spec: RandomSpec, rng: np.random
         else:
             cell = np.eye(3) * volume ** (1 / 3)
         order = rng.permutation(len(symbols))
-        positions = _place(rng, [symbols[i] for i in order], cell, spec.periodic, spec, sep_matrix, species_index[order])
+        positions = _place(rng, [symbols[i] for i in order], cell, spec.periodic, spec, sep_matrix,
+                           species_index[order])
         if positions is not None:
             atoms = Atoms([symbols[i] for i in order], positions=positions, cell=cell, pbc=spec.periodic)
             return atoms[np.argsort(order, kind="stable")]
-    pairs = ", ".join(f"{a}-{b} {sep_matrix[i, j]:.2f} Å" for i, a in enumerate(species) for j, b in enumerate(species) if j >= i)
+    pairs = ", ".join(f"{a}-{b} {sep_matrix[i, j]:.2f} Å"
+                      for i, a in enumerate(species) for j, b in enumerate(species) if j >= i)
+    low, high = (spec.volume_per_atom * factor for factor in spec.volume_factor)
     raise RandomStructureError(
-        f"cannot build {formula}: minimum separations {pairs} do not fit in a volume of "
-        f"{spec.volume_per_atom * spec.volume_factor[0]:.2f}-{spec.volume_per_atom * spec.volume_factor[1]:.2f} Å^3/atom "
+        f"cannot build {formula}: minimum separations {pairs} do not fit in a volume of {low:.2f}-{high:.2f} Å^3/atom "
         f"(last tried {volume:.1f} Å^3 for {len(symbols)} atoms) after {spec.max_attempts} attempts; "
         "lower min_separation or raise volume_per_atom"
     )

@@ -1,12 +1,15 @@
-"""Expand a validated campaign into tasks: compositions x generators x samples, in batches of ``batch_size``.
+"""Planners: the spec and the store's state in, typed jobs out (one planner per stage).
 
-Each task's payload holds everything its function needs (no spec, no database),
-so `resume` can run it again from the task row alone. Seeds derive from the
-campaign seed and the composition, never from the batching.
+Each job holds everything its task function needs (no spec, no database), so
+`resume` can run it again from the task row alone. Seeds derive from the
+campaign seed and the composition, never from the batching. Campaign units
+become science units here, in :func:`relax_settings` and :func:`calc_settings`
+only: pressure GPa -> eV/Å^3, batch size -> systems relaxed together.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -14,117 +17,142 @@ from typing import Any, Mapping, Sequence
 from ase import Atoms
 from ase.units import GPa
 
-from atomscreen.atoms.random import volume_per_atom
-from atomscreen.campaign import CampaignSpec, parse_formula
+from atomscreen.atoms.random import RandomSpec, volume_per_atom
+from atomscreen.campaign import CampaignSpec, RSSSpec
+from atomscreen.chem import parse_formula
+from atomscreen.errors import AtomscreenError
+from atomscreen.jobs import (
+    Job,
+    KickSettings,
+    ReferenceJob,
+    RescoreJob,
+    RssJob,
+    StructureIn,
+    ValidityJob,
+    to_json,
+)
+from atomscreen.relax.ase_relax import CalcSettings
+from atomscreen.relax.loop import RelaxSettings
+from atomscreen.store.records import NewTask
 
 SYMPREC = 0.1  # Å, spglib tolerance for the stored space group of relaxed structures
+REFERENCE_BATCH = 64  # reference structures per task when the campaign has no RSS batch size
 
 
-@dataclass(frozen=True)
-class TaskPlan:
-    """A task row to create."""
-
-    kind: str
-    key: str
-    seed: int
-    payload: dict[str, Any]
-
-
-class PlanError(ValueError):
+class PlanError(AtomscreenError, ValueError):
     """A campaign that cannot be expanded into tasks (e.g. no volume for an element)."""
 
 
-def _relax_settings(spec: CampaignSpec, max_systems: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class PlannedTask:
+    """A job with the task key and seed it is stored under."""
+
+    key: str
+    seed: int
+    job: Job
+
+    def new_task(self) -> NewTask:
+        """The task row to create."""
+        return NewTask(str(self.job.kind), self.key, self.seed, to_json(self.job), getattr(self.job, "formula", None))
+
+
+def relax_settings(spec: CampaignSpec, *, periodic: bool, max_systems: int) -> RelaxSettings:
+    """The campaign's relaxation block in science units; molecules relax without a cell and without pressure."""
     r = spec.relaxation
-    return {"fmax": r.fmax, "max_steps": r.max_steps, "cell": r.cell, "constant_volume": r.constant_volume,
-            "pressure": r.pressure_gpa * GPa, "trajectory_every": r.trajectory_every, "max_systems": max_systems}
+    if not periodic:
+        return RelaxSettings(fmax=r.fmax, max_steps=r.max_steps, trajectory_every=r.trajectory_every,
+                             max_systems=max_systems)
+    return RelaxSettings(fmax=r.fmax, max_steps=r.max_steps, cell=r.cell, constant_volume=r.constant_volume,
+                         pressure=r.pressure_gpa * GPa, trajectory_every=r.trajectory_every, max_systems=max_systems)
 
 
-def plan_tasks(spec: CampaignSpec, element_volumes: Mapping[str, float] | None, *, training_periodic: bool = True) -> list[TaskPlan]:
-    """All tasks of a campaign, in a stable order; molecules (``rss.periodic`` false, or a molecular training set when
-    it is unset) are placed in a box without periodicity and relaxed without a cell."""
+def calc_settings(spec: CampaignSpec) -> CalcSettings:
+    """The re-scoring block in science units, at the campaign's pressure (cells of periodic structures only)."""
+    b = spec.rescore
+    return CalcSettings(relax=b.relax, cell=b.cell, pressure=spec.relaxation.pressure_gpa * GPa, fmax=b.fmax,
+                        max_steps=b.max_steps, optimizer=b.optimizer, trajectory_every=b.trajectory_every)
+
+
+def _volume(formula: str, rss: RSSSpec, element_volumes: Mapping[str, float] | None) -> float:
+    if rss.volume_per_atom is not None:
+        return rss.volume_per_atom
+    if not element_volumes:
+        raise PlanError("generators.rss.volume_per_atom is not set and the model carries no fitted element volumes "
+                        "(a checkpoint trained outside atomscreen, or on molecules only: for molecules it sets the box, "
+                        "e.g. 10 Å^3/atom): set it in the campaign")
+    try:
+        return volume_per_atom(parse_formula(formula), element_volumes)
+    except ValueError as exc:
+        raise PlanError(f"{formula}: {exc}; set generators.rss.volume_per_atom") from None
+
+
+def rss_tasks(spec: CampaignSpec, rss: RSSSpec, training: Mapping[str, Any]) -> list[PlannedTask]:
+    """The tasks of one RSS generator block over every composition; ``training`` is the training-set description of
+    its model (fitted element volumes; a training set with no periodic structure makes the search one for molecules
+    unless rss.periodic says otherwise)."""
+    periodic = bool(training.get("periodic", 1)) if rss.periodic is None else rss.periodic
+    relax = relax_settings(spec, periodic=periodic, max_systems=rss.batch_size)
+    kick = None if rss.kick is None else KickSettings(rss.kick.displacement, rss.kick.rounds)
+    seed = spec.seed if rss.seed is None else rss.seed
+    separation = rss.min_separation if isinstance(rss.min_separation, float) else dict(rss.min_separation)
     tasks = []
-    rss = spec.generators.rss
-    if rss is not None:
-        periodic = training_periodic if rss.periodic is None else rss.periodic
-        relax = _relax_settings(spec, rss.batch_size)
-        if not periodic:
-            relax.update(cell=False, constant_volume=False, pressure=0.0)
-        for formula in spec.compositions.expand():
-            counts = parse_formula(formula)
-            if rss.volume_per_atom is not None:
-                volume = rss.volume_per_atom
-            elif element_volumes:
-                try:
-                    volume = volume_per_atom(counts, element_volumes)
-                except ValueError as exc:
-                    raise PlanError(f"{formula}: {exc}; set generators.rss.volume_per_atom") from None
-            else:
-                raise PlanError("generators.rss.volume_per_atom is not set and the model carries no fitted element volumes "
-                                "(a checkpoint trained outside atomscreen, or on molecules only: for molecules it sets the box, "
-                                "e.g. 10 Å^3/atom): set it in the campaign")
-            composition_seed = zlib.crc32(formula.encode())
-            separation = rss.min_separation if isinstance(rss.min_separation, float) else dict(rss.min_separation)
-            for start in range(0, rss.samples_per_composition, rss.batch_size):
-                count = min(rss.batch_size, rss.samples_per_composition - start)
-                payload = {
-                    "formula": formula, "counts": counts, "start": start, "count": count,
-                    "seed": spec.seed, "composition_seed": composition_seed, "symprec": SYMPREC,
-                    "random": {"volume_per_atom": volume, "volume_factor": list(rss.volume_factor), "min_separation": separation,
-                               "periodic": periodic},
-                    "relax": relax,
-                    "kick": None if rss.kick is None else {"displacement": rss.kick.displacement, "rounds": rss.kick.rounds},
-                }
-                tasks.append(TaskPlan("rss", f"rss/{formula}/{start}", (spec.seed * 1_000_003 + composition_seed + start) % 2**62, payload))
+    for formula in spec.compositions.expand():
+        random = RandomSpec(volume_per_atom=_volume(formula, rss, training.get("element_volumes")),
+                            volume_factor=tuple(rss.volume_factor), min_separation=separation, periodic=periodic)
+        composition_seed = zlib.crc32(formula.encode())
+        for start in range(0, rss.samples_per_composition, rss.batch_size):
+            count = min(rss.batch_size, rss.samples_per_composition - start)
+            job = RssJob(formula, parse_formula(formula), start, count, seed, composition_seed, SYMPREC, random, relax,
+                         kick, rss.model)
+            tasks.append(PlannedTask(f"{rss.name}/{formula}/{start}", (seed * 1_000_003 + composition_seed + start) % 2**62,
+                                     job))
     return tasks
 
 
 def read_references(references: Any, spec: CampaignSpec) -> tuple[str, list[Atoms]]:
-    """The structures of a ``references`` block ('training' or a data set) and a label naming their source."""
-    from atomscreen.data import read_dataset
-
-    dataset = spec.model.train.dataset if references == "training" else references
-    label = "training" if references == "training" else (dataset.path or f"{dataset.format}:{dataset.name or ''}")
-    return label, read_dataset(dataset.format, dataset.path, name=dataset.name, limit=dataset.limit, skip=dataset.skip)
-
-
-def campaign_elements(spec: CampaignSpec) -> list[frozenset[str]]:
-    """The element sets of the campaign's compositions (its chemical systems)."""
-    return [frozenset(parse_formula(f)) for f in spec.compositions.expand()]
+    """The structures of a ``references`` block ('training': the default model's training set, or a data set) and a
+    label naming their source."""
+    dataset = spec.training_dataset() if references == "training" else references
+    return ("training" if references == "training" else dataset.label), dataset.read()
 
 
 def hull_references(spec: CampaignSpec) -> list[Atoms]:
     """Reference structures whose elements lie inside one of the campaign's chemical systems (they join every hull)."""
     if spec.hull.references is None:
         return []
-    label, structures = read_references(spec.hull.references, spec)
-    systems = campaign_elements(spec)
+    _, structures = read_references(spec.hull.references, spec)
+    systems = [frozenset(parse_formula(f)) for f in spec.compositions.expand()]
     return [a for a in structures if any(set(a.get_chemical_symbols()) <= s for s in systems)]
 
 
-def plan_reference_tasks(spec: CampaignSpec, references: Sequence[Atoms]) -> list[TaskPlan]:
-    """Tasks that relax the hull references on the pseudo potential (no cell constraint: they are equilibrium phases)."""
-    from atomscreen.compute.tasks import structure_payload
-
-    rss = spec.generators.rss
-    size = rss.batch_size if rss is not None else 64
-    relax = _relax_settings(spec, size)
+def reference_tasks(spec: CampaignSpec, references: Sequence[Atoms]) -> list[PlannedTask]:
+    """Tasks that relax the hull references on the first generator's model (no cell constraint: they are equilibrium
+    phases)."""
+    blocks = spec.generators.rss_blocks
+    size = blocks[0].batch_size if blocks else REFERENCE_BATCH
+    model = blocks[0].model if blocks else spec.model_names[0]
+    relax = dataclasses.replace(relax_settings(spec, periodic=True, max_systems=size), constant_volume=False)
     tasks = []
     for start in range(0, len(references), size):
         chunk = references[start:start + size]
-        structures = [structure_payload(a, info={k: v for k, v in a.info.items() if isinstance(v, (int, float, str))}) for a in chunk]
-        payload = {"structures": structures, "start": start, "count": len(chunk), "symprec": SYMPREC, "relax": relax}
-        tasks.append(TaskPlan("reference", f"reference/{start}", (spec.seed * 1_000_003 + start) % 2**62, payload))
+        structures = tuple(StructureIn.from_atoms(a, info={k: v for k, v in a.info.items() if isinstance(v, (int, float, str))})
+                           for a in chunk)
+        job = ReferenceJob(structures, start, len(chunk), SYMPREC, relax, model)
+        tasks.append(PlannedTask(f"reference/{start}", (spec.seed * 1_000_003 + start) % 2**62, job))
     return tasks
 
 
-def plan_rescore_tasks(spec: CampaignSpec, candidates: Sequence[tuple[str, int, Atoms]]) -> list[TaskPlan]:
-    """Re-scoring tasks: ``candidates`` are (group, parent structure id, structure), batched per group (a formula, or 'reference')."""
-    from atomscreen.compute.tasks import structure_payload
+def generation_tasks(spec: CampaignSpec, training: Mapping[str, Mapping[str, Any]]) -> list[PlannedTask]:
+    """Every RSS block's tasks, then the hull references'; ``training`` maps model names to their training data."""
+    tasks = [t for rss in spec.generators.rss_blocks for t in rss_tasks(spec, rss, training[rss.model])]
+    return tasks + reference_tasks(spec, hull_references(spec))
 
+
+def rescore_tasks(spec: CampaignSpec, candidates: Sequence[tuple[str, int, Atoms]]) -> list[PlannedTask]:
+    """Re-scoring tasks: ``candidates`` are (group, parent structure id, structure), batched per group (a formula, or
+    'reference')."""
     block = spec.rescore
-    settings = {"relax": block.relax, "cell": block.cell, "fmax": block.fmax, "max_steps": block.max_steps,
-                "optimizer": block.optimizer, "trajectory_every": block.trajectory_every}
+    settings = calc_settings(spec)
     groups: dict[str, list[tuple[int, Atoms]]] = {}
     for group, parent_id, atoms in candidates:
         groups.setdefault(group, []).append((parent_id, atoms))
@@ -132,9 +160,26 @@ def plan_rescore_tasks(spec: CampaignSpec, candidates: Sequence[tuple[str, int, 
     for group, members in groups.items():
         for start in range(0, len(members), block.batch_size):
             chunk = members[start:start + block.batch_size]
-            payload = {"method": block.method or block.calculator, "energy_method": block.energy_method, "settings": settings,
-                       "symprec": SYMPREC, "formula": group, "count": len(chunk),
-                       "structures": [structure_payload(a, parent_id=pid) for pid, a in chunk]}
+            structures = tuple(StructureIn.from_atoms(a, parent_id=pid) for pid, a in chunk)
+            job = RescoreJob(block.method or block.calculator, block.energy_method, settings, SYMPREC, group, len(chunk),
+                             structures, block.timeout_s, dict(block.options))
             key = f"rescore/{group}/{start}"
-            tasks.append(TaskPlan("rescore", key, (spec.seed * 1_000_003 + zlib.crc32(key.encode())) % 2**62, payload))
+            tasks.append(PlannedTask(key, (spec.seed * 1_000_003 + zlib.crc32(key.encode())) % 2**62, job))
+    return tasks
+
+
+def validity_tasks(spec: CampaignSpec, molecules: Sequence[Atoms], first_index: int) -> list[PlannedTask]:
+    """Validity tasks for ``molecules`` (stored, with ids in info), batched per formula; keys count on from
+    ``first_index`` (the number of validity tasks the campaign already has)."""
+    groups: dict[str, list[Atoms]] = {}
+    for a in molecules:
+        groups.setdefault(a.info["formula"], []).append(a)
+    tasks = []
+    size = spec.validity.batch_size
+    for formula, members in sorted(groups.items()):
+        for start in range(0, len(members), size):
+            chunk = members[start:start + size]
+            structures = tuple(StructureIn.from_atoms(a, structure_id=a.info["structure_id"]) for a in chunk)
+            key = f"validity/{formula}/{first_index + len(tasks)}"
+            tasks.append(PlannedTask(key, spec.seed, ValidityJob(formula, len(chunk), spec.validity.timeout_s, structures)))
     return tasks

@@ -1,22 +1,33 @@
-"""Pure task functions run on Dask workers: same payload and model, same result; they never open the database.
+"""Pure task functions run on Dask workers: a typed job (and a model) in, a :class:`TaskResult` out.
 
-A task returns plain Python/numpy data; the driver writes it. Models arrive as
-:class:`ModelRef` (scattered to every worker once) and are built once per
+Same job and model, same result; they never open the database. Models arrive
+as :class:`ModelRef` (scattered to every worker once) and are built once per
 worker process, cached by the sha256 of their weights.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import spglib
-from ase import Atoms
 
-from atomscreen.atoms.random import RandomSpec, random_structure
+from atomscreen.atoms.random import random_structure
+from atomscreen.jobs import (
+    CheckOut,
+    ReferenceJob,
+    RescoreJob,
+    RssJob,
+    StructureOut,
+    TaskKind,
+    TaskResult,
+    ValidityJob,
+)
+from atomscreen.relax.trajectory import RelaxStatus
 
 _MODELS: dict[tuple[str, str], Any] = {}
 
@@ -47,8 +58,8 @@ def _model(ref: ModelRef, device: str):
     return _MODELS[key]
 
 
-def _nthreads() -> int:
-    """The Dask worker's thread count (1 off a worker)."""
+def worker_threads() -> int:
+    """The Dask worker's thread count (1 off a worker); torch uses as many (one process per worker)."""
     try:
         from distributed import get_worker
 
@@ -57,8 +68,8 @@ def _nthreads() -> int:
         return 1
 
 
-def _threads() -> None:
-    """Use the worker's thread count for torch (one process per worker, no oversubscription)."""
+def _use_worker_threads() -> None:
+    """On a Dask worker, torch gets the worker's thread count (no oversubscription); elsewhere it is left alone."""
     import torch
 
     try:
@@ -69,9 +80,11 @@ def _threads() -> None:
         pass
 
 
-def structure_rng(payload: dict[str, Any], k: int) -> np.random.Generator:
-    """The generator of structure ``start + k`` of a composition: independent of how samples are split into tasks."""
-    return np.random.default_rng([payload["seed"], payload["composition_seed"], payload["start"] + k])
+def structure_rng(job: RssJob, k: int, round_: int | None = None) -> np.random.Generator:
+    """The generator of structure ``start + k`` of a composition (and of its kick ``round_``): independent of how
+    samples are split into tasks."""
+    key = [job.seed, job.composition_seed, job.start + k] + ([] if round_ is None else [1 + round_])
+    return np.random.default_rng(key)
 
 
 def spacegroup_number(numbers: np.ndarray, positions: np.ndarray, cell: np.ndarray, symprec: float) -> int | None:
@@ -81,124 +94,98 @@ def spacegroup_number(numbers: np.ndarray, positions: np.ndarray, cell: np.ndarr
     return None if dataset is None else int(dataset.number)
 
 
-def _relaxed_records(starts, results, symprec: float) -> list[dict[str, Any]]:
-    out = []
-    for start, result in zip(starts, results):
-        atoms = result.atoms
-        periodic = bool(atoms.pbc.all())
-        sg = spacegroup_number(atoms.numbers, atoms.positions, atoms.cell.array, symprec) if periodic and result.status != "exploded" else None
-        traj = result.trajectory
-        out.append({
-            "numbers": np.asarray(atoms.numbers), "positions": np.asarray(atoms.positions), "cell": np.asarray(atoms.cell.array),
-            "pbc": np.asarray(atoms.pbc), "energy": result.energy, "fmax": result.fmax, "n_steps": result.n_steps,
-            "status": result.status, "spacegroup": sg, "start_volume_per_atom": float(start.get_volume() / len(start)) if periodic else None,
-            "trajectory": None if traj is None else {"steps": traj.steps, "energies": traj.energies, "fmax": traj.fmax,
-                                                    "positions": traj.positions, "cells": traj.cells},
-        })
-    return out
+def _out(result, symprec: float, **extra: Any) -> StructureOut:
+    """A relaxation outcome (batched FIRE or an ASE calculator) as a StructureOut, with its space group."""
+    atoms = result.atoms
+    periodic = bool(atoms.pbc.all())
+    ok = result.status not in (RelaxStatus.EXPLODED, RelaxStatus.FAILED)
+    group = spacegroup_number(atoms.numbers, atoms.positions, atoms.cell.array, symprec) if periodic and ok else None
+    return StructureOut(np.asarray(atoms.numbers), np.asarray(atoms.positions), np.asarray(atoms.cell.array),
+                        np.asarray(atoms.pbc), result.energy, result.fmax, result.n_steps, RelaxStatus(result.status),
+                        group, result.trajectory, **extra)
 
 
-def payload_atoms(records: list[dict[str, Any]]) -> list[Atoms]:
-    """ASE Atoms of the structures a task payload carries (numbers, positions, cell, pbc as lists)."""
-    return [Atoms(numbers=r["numbers"], positions=r["positions"], cell=r["cell"], pbc=r["pbc"]) for r in records]
+def _start_volume(atoms) -> float | None:
+    return float(atoms.get_volume() / len(atoms)) if atoms.pbc.all() else None
 
 
-def structure_payload(atoms: Atoms, **extra: Any) -> dict[str, Any]:
-    """A structure as JSON-safe lists for a task payload."""
-    return {"numbers": [int(z) for z in atoms.numbers], "positions": np.asarray(atoms.positions).tolist(),
-            "cell": np.asarray(atoms.cell.array).tolist(), "pbc": [bool(p) for p in atoms.pbc], **extra}
+def _kicked(job: RssJob, results, model, device):
+    """The kick rounds of an RSS job: displace, relax again, keep the lower of the two minima."""
+    from atomscreen.relax import relax
 
-
-def rss_task(payload: dict[str, Any], model: ModelRef) -> dict[str, Any]:
-    """Random structures of one composition relaxed on the pseudo potential (atoms and, if asked, cell)."""
-    from atomscreen.relax import RelaxSettings, relax
-
-    t0 = time.perf_counter()
-    _threads()
-    r = payload["random"]
-    spec = RandomSpec(volume_per_atom=r["volume_per_atom"], volume_factor=tuple(r["volume_factor"]),
-                      min_separation=r["min_separation"], periodic=r.get("periodic", True))
-    starts = [random_structure(payload["counts"], spec, structure_rng(payload, k)) for k in range(payload["count"])]
-    device = _device()
-    settings = RelaxSettings(**payload["relax"])
-    results = relax(_model(model, device), starts, settings, device=device)
-    kick = payload.get("kick")
-    for round_ in range(kick["rounds"] if kick else 0):
+    for round_ in range(job.kick.rounds if job.kick else 0):
         kicked = []
         for k, r in enumerate(results):
-            rng = np.random.default_rng([payload["seed"], payload["composition_seed"], payload["start"] + k, 1 + round_])
             atoms = r.atoms.copy()
-            atoms.positions += rng.uniform(-kick["displacement"], kick["displacement"], size=(len(atoms), 3))
+            d = job.kick.displacement
+            atoms.positions += structure_rng(job, k, round_).uniform(-d, d, size=(len(atoms), 3))
             kicked.append(atoms)
-        again = relax(_model(model, device), kicked, settings, device=device)
-        results = [b if b.status != "exploded" and (a.status == "exploded" or b.energy < a.energy) else a for a, b in zip(results, again)]
-    return {"structures": _relaxed_records(starts, results, payload["symprec"]), "wall_time_s": time.perf_counter() - t0, "device": device}
+        again = relax(model, kicked, job.relax, device=device)
+        results = [b if b.status != RelaxStatus.EXPLODED and (a.status == RelaxStatus.EXPLODED or b.energy < a.energy)
+                   else a for a, b in zip(results, again)]
+    return results
 
 
-def reference_task(payload: dict[str, Any], model: ModelRef) -> dict[str, Any]:
-    """Known structures (hull references) relaxed on the pseudo potential, so they join the pseudo hull."""
-    from atomscreen.relax import RelaxSettings, relax
+def rss_task(job: RssJob, model: ModelRef) -> TaskResult:
+    """Random structures of one composition relaxed on the pseudo potential (atoms and, if asked, cell)."""
+    from atomscreen.relax import relax
 
     t0 = time.perf_counter()
-    _threads()
-    starts = payload_atoms(payload["structures"])
+    _use_worker_threads()
+    starts = [random_structure(job.counts, job.random, structure_rng(job, k)) for k in range(job.count)]
     device = _device()
-    settings = RelaxSettings(**{**payload["relax"], "constant_volume": False})
+    potential = _model(model, device)
+    results = _kicked(job, relax(potential, starts, job.relax, device=device), potential, device)
+    out = [_out(r, job.symprec, start_volume_per_atom=_start_volume(s)) for s, r in zip(starts, results)]
+    return TaskResult(time.perf_counter() - t0, out, device=device)
+
+
+def reference_task(job: ReferenceJob, model: ModelRef) -> TaskResult:
+    """Known structures (hull references) relaxed on the pseudo potential, so they join the pseudo hull."""
+    from atomscreen.relax import relax
+
+    t0 = time.perf_counter()
+    _use_worker_threads()
+    starts = [s.to_atoms() for s in job.structures]
+    device = _device()
+    # references are equilibrium phases: never at constant volume (jobs stored before the contract said so too)
+    settings = dataclasses.replace(job.relax, constant_volume=False)
     results = relax(_model(model, device), starts, settings, device=device)
-    records = _relaxed_records(starts, results, payload["symprec"])
-    for record, source in zip(records, payload["structures"]):
-        record["info"] = source.get("info", {})
-    return {"structures": records, "wall_time_s": time.perf_counter() - t0, "device": device}
+    out = [_out(r, job.symprec, start_volume_per_atom=_start_volume(a), info=dict(s.info))
+           for a, s, r in zip(starts, job.structures, results)]
+    return TaskResult(time.perf_counter() - t0, out, device=device)
 
 
-def rescore_task(payload: dict[str, Any], model: ModelRef | None = None) -> dict[str, Any]:
+def rescore_task(job: RescoreJob, model: ModelRef | None = None) -> TaskResult:
     """Candidates relaxed (or single-pointed) with a real calculator; a structure that fails is reported, not raised."""
     from atomscreen.evaluate.calculators import calculate_all, make_calculator
-    from atomscreen.relax.ase_relax import CalcSettings
 
     t0 = time.perf_counter()
-    _threads()
+    _use_worker_threads()
     device = _device()
     # chgnet converts a tensor that requires grad to a float on every call: a harmless warning per structure
     warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar", category=UserWarning)
-    settings = CalcSettings(**payload["settings"])
-    atoms_list = payload_atoms(payload["structures"])
-    if payload.get("timeout_s") is None:  # a calculator that cannot be made fails the whole task
-        make_calculator(payload["method"], device=device, options=payload.get("options"))
-    results = calculate_all(atoms_list, payload["method"], settings, options=payload.get("options"), timeout_s=payload.get("timeout_s"),
-                            device=device, threads=_nthreads())
-    out = []
-    for source, result in zip(payload["structures"], results):
-        relaxed = result.atoms
-        periodic = bool(relaxed.pbc.all())
-        sg = None
-        if periodic and result.status != "failed":
-            sg = spacegroup_number(relaxed.numbers, relaxed.positions, relaxed.cell.array, payload["symprec"])
-        traj = result.trajectory
-        out.append({
-            "parent_id": source["parent_id"], "status": result.status, "error": result.error, "energy": result.energy,
-            "fmax": result.fmax, "n_steps": result.n_steps, "wall_time_s": result.wall_time_s, "spacegroup": sg,
-            "numbers": np.asarray(relaxed.numbers), "positions": np.asarray(relaxed.positions), "cell": np.asarray(relaxed.cell.array),
-            "pbc": np.asarray(relaxed.pbc),
-            "trajectory": None if traj is None else {"steps": traj.steps, "energies": traj.energies, "fmax": traj.fmax,
-                                                    "positions": traj.positions, "cells": traj.cells},
-        })
-    return {"structures": out, "wall_time_s": time.perf_counter() - t0, "device": device}
+    if job.timeout_s is None:  # a calculator that cannot be made fails the whole task
+        make_calculator(job.method, device=device, options=job.options)
+    results = calculate_all([s.to_atoms() for s in job.structures], job.method, job.settings, options=job.options,
+                            timeout_s=job.timeout_s, device=device, threads=worker_threads())
+    out = [_out(r, job.symprec, parent_id=s.parent_id, error=r.error, wall_time_s=r.wall_time_s)
+           for s, r in zip(job.structures, results)]
+    return TaskResult(time.perf_counter() - t0, out, device=device)
 
 
-TASKS = {"rss": rss_task, "reference": reference_task, "rescore": rescore_task}
-
-
-def validity_task(payload: dict[str, Any], model: ModelRef | None = None) -> dict[str, Any]:
+def validity_task(job: ValidityJob, model: ModelRef | None = None) -> TaskResult:
     """Chemical validity checks of molecules (each in a child process with a time limit); never raises per molecule."""
     from atomscreen.evaluate.validity import check_molecules
 
     t0 = time.perf_counter()
-    results = check_molecules(payload_atoms(payload["structures"]), timeout_s=payload["timeout_s"])
-    checks = [{"structure_id": s["structure_id"], "status": r.status, "error": r.error, "checks": r.checks, "passes_all": r.passes_all,
-               "smiles": r.smiles, "atoms_stable": r.atoms_stable, "molecule_stable": r.molecule_stable, "wall_time_s": r.wall_time_s}
-              for s, r in zip(payload["structures"], results)]
-    return {"checks": checks, "wall_time_s": time.perf_counter() - t0}
+    results = check_molecules([s.to_atoms() for s in job.structures], timeout_s=job.timeout_s)
+    checks = [CheckOut(s.structure_id, r.status, r.error, r.checks, r.passes_all, r.smiles, r.atoms_stable,
+                       r.molecule_stable, r.wall_time_s) for s, r in zip(job.structures, results)]
+    return TaskResult(time.perf_counter() - t0, checks=checks)
 
 
-TASKS["validity"] = validity_task
+TASKS: dict[TaskKind, Callable[..., TaskResult]] = {
+    TaskKind.RSS: rss_task, TaskKind.REFERENCE: reference_task, TaskKind.RESCORE: rescore_task,
+    TaskKind.VALIDITY: validity_task,
+}

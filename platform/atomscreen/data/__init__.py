@@ -32,7 +32,8 @@ def read_dataset(
     if format == "qm9":
         return read_qm9(limit=limit, skip=skip, on_error=on_error)
     if skip:
-        return read_dataset(format, path, name=name, limit=None if limit is None else skip + limit, on_error=on_error)[skip:]
+        upto = None if limit is None else skip + limit
+        return read_dataset(format, path, name=name, limit=upto, on_error=on_error)[skip:]
     if format == "ase-collection":
         return read_collection(name or "", limit=limit)
     if path is None:

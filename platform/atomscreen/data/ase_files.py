@@ -31,7 +31,8 @@ def _xyz_frames(text: str, source: str):
         try:
             n = int(lines[i].split()[0])
         except ValueError:
-            raise DataError(source, row, f"line {i + 1}: expected an atom count, got {lines[i].strip()[:60]!r}") from None
+            got = lines[i].strip()[:60]
+            raise DataError(source, row, f"line {i + 1}: expected an atom count, got {got!r}") from None
         yield row, i + 1, "".join(lines[i : i + n + 2]), n
         i += n + 2
 
@@ -55,7 +56,9 @@ def read_xyz(path: str | Path, *, limit: int | None = None, on_error: OnError = 
     return out
 
 
-def read_file(path: str | Path, *, format: str | None = None, limit: int | None = None, on_error: OnError = "raise") -> list[Atoms]:
+def read_file(
+    path: str | Path, *, format: str | None = None, limit: int | None = None, on_error: OnError = "raise"
+) -> list[Atoms]:
     """All structures in a file ASE can read; xyz/extxyz are read frame by frame."""
     check_on_error(on_error)
     path = Path(path)
@@ -67,7 +70,8 @@ def read_file(path: str | Path, *, format: str | None = None, limit: int | None 
         frames = read(path, index=":" if limit is None else f":{limit}", format=format)
     except Exception as exc:
         raise DataError(str(path), None, f"ASE cannot read it{f' as {format}' if format else ''}: {exc}") from exc
-    return [_tag(atoms, str(path), i + 1, keep_info=format != "cif" and path.suffix != ".cif") for i, atoms in enumerate(frames)]
+    keep_info = format != "cif" and path.suffix != ".cif"
+    return [_tag(atoms, str(path), i + 1, keep_info=keep_info) for i, atoms in enumerate(frames)]
 
 
 def read_cif(path: str | Path, *, limit: int | None = None) -> list[Atoms]:

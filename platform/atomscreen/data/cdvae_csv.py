@@ -50,7 +50,8 @@ def read_cdvae_csv(path: str | Path, *, limit: int | None = None, on_error: OnEr
     with open(path, newline="") as handle_:
         reader = csv.DictReader(handle_)
         if reader.fieldnames is None or "cif" not in reader.fieldnames:
-            raise DataError(source, None, f"no 'cif' column (columns: {reader.fieldnames}); a CDVAE CSV has one CIF text per row")
+            raise DataError(source, None,
+                            f"no 'cif' column (columns: {reader.fieldnames}); a CDVAE CSV has one CIF text per row")
         for row, record in enumerate(reader, start=1):
             if limit is not None and len(out) >= limit:
                 break

@@ -13,15 +13,17 @@ from typing import Any, Sequence
 
 from ase import Atoms
 
+from atomscreen.errors import AtomscreenError
 from atomscreen.evaluate.isolated import map_isolated
 from atomscreen.relax.ase_relax import CalcResult, CalcSettings, calculate
+from atomscreen.relax.trajectory import RelaxStatus
 
 BUILTIN_NAMES = {"chgnet": "chgnet", "xtb": "xtb_gfn2"}
 XTB_OPTIONS = ("accuracy", "electronic_temperature", "max_iterations", "solvent")
 _CACHE: dict[tuple[str, str, str], Any] = {}
 
 
-class CalculatorError(RuntimeError):
+class CalculatorError(AtomscreenError, RuntimeError):
     """A calculator that cannot be made (package missing, factory not found or returning something else)."""
 
 
@@ -103,7 +105,7 @@ def calculate_all(structures: Sequence[Atoms], method: str, settings: CalcSettin
             out.append(outcome.value)
         else:
             reason = f"timeout: {outcome.error}" if outcome.status == "timeout" else outcome.error
-            out.append(CalcResult(atoms.copy(), "failed", None, None, 0, outcome.wall_time_s, error=reason))
+            out.append(CalcResult(atoms.copy(), RelaxStatus.FAILED, None, None, 0, outcome.wall_time_s, error=reason))
     return out
 
 

@@ -10,6 +10,8 @@ pickles on stdin. An item that runs past ``timeout_s`` is recorded as
 
 from __future__ import annotations
 
+from atomscreen.errors import error_text
+
 import importlib
 import os
 import pickle
@@ -18,7 +20,6 @@ import struct
 import subprocess
 import sys
 import time
-import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -134,7 +135,7 @@ def _serve(func_path: str) -> None:
         try:
             result = ("ok", func(item))
         except Exception as exc:  # the item's failure, reported to the parent
-            result = ("error", "".join(traceback.format_exception_only(type(exc), exc)).strip()[:2000])
+            result = ("error", error_text(exc, 2000))
         _write(stdout, result)
 
 

@@ -41,7 +41,10 @@ POSEBUSTERS_CHECKS = {
     "double_bond_flatness": "double_bond_flatness",
     "internal_energy": "internal_energy",
 }
-CHECKS = ("bonds_determined", *POSEBUSTERS_CHECKS.values())
+CHECKS = ("bonds_determined", *POSEBUSTERS_CHECKS.values())  # the molecule_check columns, in table order
+# short column headers for tables (`platform report`)
+CHECK_LABELS = dict(zip(CHECKS, ("bonds", "sanit.", "InChI", "conn.", "no rad.", "lengths", "angles", "clash", "arom. flat",
+                                 "ring pucker", "C=C flat", "energy")))
 ENSEMBLE_ENERGY_FLOOR = 0.01  # kcal/mol: below it PoseBusters' energy ratio is not defined
 
 

@@ -43,8 +43,7 @@ def three_body_patterns(l_max: int) -> list[tuple[int, int, int]]:
         pair = {(0, 1): k12, (0, 2): k13, (1, 2): k23}
         forms = []
         for perm in itertools.permutations(range(3)):
-            k = lambda a, b: pair[tuple(sorted((perm[a], perm[b])))]
-            forms.append((k(0, 1), k(0, 2), k(1, 2)))
+            forms.append(tuple(pair[tuple(sorted((perm[a], perm[b])))] for a, b in ((0, 1), (0, 2), (1, 2))))
         key = min(forms)
         if key not in seen:
             seen.add(key)

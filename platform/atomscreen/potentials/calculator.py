@@ -21,7 +21,8 @@ class RMCalculator(Calculator):
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
-        response = compute(self.model, from_ase([self.atoms], device=self.device, dtype=self.dtype), stress=bool(self.atoms.pbc.all()))
+        batch = from_ase([self.atoms], device=self.device, dtype=self.dtype)
+        response = compute(self.model, batch, stress=bool(self.atoms.pbc.all()))
         energy = float(response.energy[0])
         self.results = {
             "energy": energy,

@@ -99,7 +99,8 @@ def repulsion(atoms: Atoms, config: ResponseConfig) -> tuple[np.ndarray, np.ndar
     if rc <= 0 or m == 0 or len(atoms) < 2 and not atoms.pbc.any():
         return forces, virial
     box = atoms.cell.array if atoms.pbc.any() else np.zeros((3, 3))
-    i, D, d = NeighborList(cutoff=rc, full_list=True).compute(atoms.positions, box, atoms.pbc.tolist(), quantities="iDd")
+    pairs = NeighborList(cutoff=rc, full_list=True)
+    i, D, d = pairs.compute(atoms.positions, box, atoms.pbc.tolist(), quantities="iDd")
     # dg/dr = -2 m n r / rc^2 (1 - r^2/rc^2)^(n-1); D = r_j - r_i, so dr/dr_i = -D / r
     dg_dr = -2.0 * m * n * d / rc**2 * (1.0 - d**2 / rc**2) ** (n - 1)
     weight = dg_dr / np.maximum(d, 1e-12)

@@ -103,19 +103,20 @@ class RMPotential(nn.Module):
         nb = neighbor_list(batch, cfg.cutoff)
         theta = self.embedding(batch.numbers)
         edge_type = (theta[nb.i][:, :, None] * theta[nb.j][:, None, :]).flatten(1)  # [E, C]
-        radial = bessel(nb.distances, cfg.n_bessel or cfg.n_radial, cfg.cutoff) * polynomial_cutoff(nb.distances, cfg.cutoff)[:, None]
+        radial = bessel(nb.distances, cfg.n_bessel or cfg.n_radial, cfg.cutoff)
+        radial = radial * polynomial_cutoff(nb.distances, cfg.cutoff)[:, None]
         if self.radial_mixing is not None:
             radial = self.radial_mixing(radial)
         type_radial = (edge_type[:, :, None] * radial[:, None, :]).flatten(1)  # [E, C*n]
         angular = torch.cat(cartesian_angular(nb.vectors / nb.distances[:, None], cfg.l_max), dim=1)  # [E, sum 3^l]
         A_flat = _sum_outer_over_neighbours(nb.i, type_radial, angular, batch.positions.shape[0]) / cfg.avg_neighbors
         A, start = [], 0
-        for l in range(cfg.l_max + 1):
-            A.append(A_flat[:, :, start : start + 3**l].reshape(A_flat.shape[:2] + (3,) * l))
-            start += 3**l
+        for ell in range(cfg.l_max + 1):
+            A.append(A_flat[:, :, start : start + 3**ell].reshape(A_flat.shape[:2] + (3,) * ell))
+            start += 3**ell
         features = [A[0]]
         if cfg.nu_max >= 2:
-            features += [A[l].flatten(2).square().sum(dim=2) for l in range(1, cfg.l_max + 1)]
+            features += [A[ell].flatten(2).square().sum(dim=2) for ell in range(1, cfg.l_max + 1)]
         for equation, (l1, l2, l3) in self.patterns:
             features.append(torch.einsum(equation, A[l1], A[l2], A[l3]))
         return torch.cat(features, dim=1)
@@ -127,7 +128,8 @@ class RMPotential(nn.Module):
     def forward(self, batch: AtomsBatch) -> torch.Tensor:
         """Total pseudo energy per system [B] (eV)."""
         e_atoms = self.atomic_energies(batch)
-        return torch.zeros(batch.n_systems, dtype=e_atoms.dtype, device=e_atoms.device).index_add_(0, batch.system, e_atoms)
+        total = torch.zeros(batch.n_systems, dtype=e_atoms.dtype, device=e_atoms.device)
+        return total.index_add_(0, batch.system, e_atoms)
 
 
 def _sum_outer_over_neighbours(i: torch.Tensor, left: torch.Tensor, right: torch.Tensor, n_atoms: int) -> torch.Tensor:

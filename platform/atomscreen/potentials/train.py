@@ -8,11 +8,11 @@ exponential moving average (EMA) of the weights, seeded data order and noise.
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
 import io
 import logging
 import math
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -83,11 +83,9 @@ class Checkpoint:
         return load_model(self.model, self.state_dict, dtype=dtype, device=device)
 
     def save(self, path) -> None:
-        torch.save(
-            {"kind": self.kind, **{k: getattr(self, k) for k in ("model", "responses", "training", "training_data", "metrics")},
-             "state_dict": {k: v.detach().cpu() for k, v in self.state_dict.items()}},
-            path,
-        )
+        described = {k: getattr(self, k) for k in ("model", "responses", "training", "training_data", "metrics")}
+        weights = {k: v.detach().cpu() for k, v in self.state_dict.items()}
+        torch.save({"kind": self.kind, **described, "state_dict": weights}, path)
 
     @classmethod
     def load(cls, path) -> Checkpoint:
@@ -97,7 +95,9 @@ class Checkpoint:
         return cls(**{k: data[k] for k in ("model", "responses", "training", "training_data", "metrics", "state_dict")})
 
 
-def load_model(model_config: dict, weights: dict[str, torch.Tensor] | bytes, *, dtype=torch.float64, device="cpu") -> RMPotential:
+def load_model(
+    model_config: dict, weights: dict[str, torch.Tensor] | bytes, *, dtype=torch.float64, device="cpu"
+) -> RMPotential:
     """Rebuild an RMPotential from its config dict and weights (a state dict or torch-saved bytes)."""
     if isinstance(weights, (bytes, bytearray)):
         weights = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
@@ -159,8 +159,43 @@ def train(
     """Train on equilibrium ``structures``; returns the EMA weights as a Checkpoint."""
     if len(structures) == 0:
         raise ValueError("training needs at least one equilibrium structure")
-    dtype = getattr(torch, config.dtype)
-    device = config.device
+    dtype, device = getattr(torch, config.dtype), config.device
+    model_config, run = _start(structures, model_config, config, device, dtype)
+    order_rng = np.random.default_rng([config.seed, 1])
+    held_out = [structures[i % len(structures)] for i in range(config.validation_size)]
+    validation = noise_many(held_out, responses, [config.seed, 2])
+    history, start = [], time.perf_counter()
+    for epoch in range(config.epochs):
+        samples = _epoch_samples(structures, responses, config, run.steps_per_epoch, order_rng, epoch)
+        train_loss = _train_epoch(run, samples, responses, config.batch_size, device, dtype)
+        if epoch == 0 or epoch == config.epochs - 1 or (epoch + 1) % config.validate_every == 0:
+            run.ema.module.eval()
+            val, val_f, val_s = (float(x) for x in _loss(run.ema.module, validation, responses, device, dtype))
+        record = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val, "val_force_mse": val_f,
+                  "val_stress_mse": val_s, "lr": run.scheduler.get_last_lr()[0],
+                  "elapsed_s": time.perf_counter() - start}
+        history.append(record)
+        if progress is not None:
+            progress(epoch + 1, record)
+        log.info("epoch %d/%d train %.4g val %.4g", epoch + 1, config.epochs, train_loss, val)
+    return Checkpoint(model=model_config.to_dict(), responses=responses.to_dict(), training=asdict(config),
+                      training_data=describe(structures, source), metrics=_metrics(history, config, run.model),
+                      state_dict={k: v.detach().cpu() for k, v in run.ema.module.state_dict().items()})
+
+
+@dataclass
+class _Run:
+    """The moving parts of one training run."""
+
+    model: RMPotential
+    ema: AveragedModel
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    steps_per_epoch: int
+
+
+def _start(structures: Sequence[Atoms], model_config: RMConfig, config: TrainConfig, device, dtype):
+    """The model (seeded; its elements and average neighbour count from the data), its EMA, Adam, cosine decay."""
     torch.manual_seed(config.seed)
     elements = tuple(sorted({int(z) for a in structures for z in a.numbers}))
     model_config = RMConfig.from_dict({**model_config.to_dict(), "elements": list(elements),
@@ -170,41 +205,42 @@ def train(
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     steps_per_epoch = config.steps_per_epoch or max(1, math.ceil(len(structures) / config.batch_size))
     total_steps = config.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps), eta_min=config.lr * config.lr_final_fraction)
-    order_rng = np.random.default_rng([config.seed, 1])
-    validation = noise_many([structures[i % len(structures)] for i in range(config.validation_size)], responses, [config.seed, 2])
-    history, start = [], time.perf_counter()
-    for epoch in range(config.epochs):
-        model.train()
-        n_needed = steps_per_epoch * config.batch_size
-        order = np.concatenate([order_rng.permutation(len(structures)) for _ in range(math.ceil(n_needed / len(structures)))])[:n_needed]
-        samples = noise_many([structures[i] for i in order], responses, [config.seed, 3, epoch])  # fresh noise every epoch
-        train_loss = 0.0
-        for step in range(steps_per_epoch):
-            chunk = samples[step * config.batch_size : (step + 1) * config.batch_size]
-            loss, _, _ = _loss(model, chunk, responses, device, dtype)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            ema.update_parameters(model)
-            train_loss += float(loss.detach()) / steps_per_epoch
-        if epoch == 0 or epoch == config.epochs - 1 or (epoch + 1) % config.validate_every == 0:
-            ema.module.eval()
-            val, val_f, val_s = (float(x) for x in _loss(ema.module, validation, responses, device, dtype))
-        record = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val, "val_force_mse": val_f,
-                  "val_stress_mse": val_s, "lr": scheduler.get_last_lr()[0], "elapsed_s": time.perf_counter() - start}
-        history.append(record)
-        if progress is not None:
-            progress(epoch + 1, record)
-        log.info("epoch %d/%d train %.4g val %.4g", epoch + 1, config.epochs, train_loss, val)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps),
+                                                           eta_min=config.lr * config.lr_final_fraction)
+    return model_config, _Run(model, ema, optimizer, scheduler, steps_per_epoch)
+
+
+def _epoch_samples(structures, responses: ResponseConfig, config: TrainConfig, steps_per_epoch: int,
+                   order_rng: np.random.Generator, epoch: int) -> list[NoisedSample]:
+    """This epoch's structures (shuffled passes over the data) with fresh noise."""
+    n_needed = steps_per_epoch * config.batch_size
+    passes = math.ceil(n_needed / len(structures))
+    order = np.concatenate([order_rng.permutation(len(structures)) for _ in range(passes)])[:n_needed]
+    return noise_many([structures[i] for i in order], responses, [config.seed, 3, epoch])
+
+
+def _train_epoch(run: _Run, samples: list[NoisedSample], responses: ResponseConfig, batch_size: int,
+                 device, dtype) -> float:
+    """One pass of optimizer steps over ``samples``; returns the mean training loss."""
+    run.model.train()
+    train_loss = 0.0
+    for step in range(run.steps_per_epoch):
+        chunk = samples[step * batch_size : (step + 1) * batch_size]
+        loss, _, _ = _loss(run.model, chunk, responses, device, dtype)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        run.scheduler.step()
+        run.ema.update_parameters(run.model)
+        train_loss += float(loss.detach()) / run.steps_per_epoch
+    return train_loss
+
+
+def _metrics(history: list[dict], config: TrainConfig, model: RMPotential) -> dict[str, Any]:
     final = history[-1]
-    metrics = {**{k: final[k] for k in ("val_loss", "val_force_mse", "val_stress_mse")}, "epochs": config.epochs,
-               "train_time_s": final["elapsed_s"], "n_parameters": count_parameters(model),
-               "history": [{k: h[k] for k in ("epoch", "train_loss", "val_loss")} for h in history]}
-    return Checkpoint(model=model_config.to_dict(), responses=responses.to_dict(), training=asdict(config),
-                      training_data=describe(structures, source), metrics=metrics,
-                      state_dict={k: v.detach().cpu() for k, v in ema.module.state_dict().items()})
+    return {**{k: final[k] for k in ("val_loss", "val_force_mse", "val_stress_mse")}, "epochs": config.epochs,
+            "train_time_s": final["elapsed_s"], "n_parameters": count_parameters(model),
+            "history": [{k: h[k] for k in ("epoch", "train_loss", "val_loss")} for h in history]}
 
 
 def split_hyperparameters(flat: dict[str, Any]) -> tuple[RMConfig, ResponseConfig, TrainConfig]:

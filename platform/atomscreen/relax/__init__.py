@@ -6,8 +6,21 @@ load torch.
 
 from importlib import import_module
 
-_NAMES = {"FireParams": "fire", "fire_step": "fire", "RelaxResult": "loop", "RelaxSettings": "loop", "relax": "loop",
-          "Trajectory": "trajectory"}
+_NAMES = {
+    "FIRE": "loop",
+    "FireParams": "fire",
+    "FireState": "fire",
+    "OPTIMIZERS": "loop",
+    "Optimizer": "loop",
+    "RelaxResult": "loop",
+    "RelaxSettings": "loop",
+    "RelaxStatus": "trajectory",
+    "Trajectory": "trajectory",
+    "fire_init": "fire",
+    "fire_step": "fire",
+    "relax": "loop",
+    "relax_with": "loop",
+}
 
 __all__ = sorted(_NAMES)
 

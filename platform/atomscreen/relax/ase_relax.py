@@ -11,23 +11,25 @@ from __future__ import annotations
 
 import math
 import time
-import traceback
 from dataclasses import dataclass
 
 import numpy as np
 from ase import Atoms
 
-from atomscreen.relax.trajectory import Trajectory
+from atomscreen.errors import error_text
+from atomscreen.relax.trajectory import RelaxStatus, Trajectory
 
 OPTIMIZERS = ("fire", "bfgs", "lbfgs", "bfgs_linesearch", "lbfgs_linesearch")
 
 
 @dataclass(frozen=True)
 class CalcSettings:
-    """fmax in eV/Å (on atoms and, through the cell filter, on the cell); ``relax=False`` means a single point."""
+    """fmax in eV/Å (on atoms and, through the cell filter, on the cell); pressure in eV/Å^3 (cell relaxation
+    minimises the enthalpy E + pV; the energy stored is E); ``relax=False`` means a single point."""
 
     relax: bool = True
     cell: bool = True
+    pressure: float = 0.0
     fmax: float = 0.05
     max_steps: int = 300
     optimizer: str = "fire"
@@ -42,10 +44,10 @@ class CalcSettings:
 
 @dataclass
 class CalcResult:
-    """The relaxed structure (or the input, on failure), energy in eV, fmax in eV/Å."""
+    """The relaxed structure (or the input, on failure), energy in eV, fmax in eV/Å; status one of RelaxStatus."""
 
     atoms: Atoms
-    status: str
+    status: RelaxStatus
     energy: float | None
     fmax: float | None
     n_steps: int
@@ -85,7 +87,7 @@ def calculate(atoms: Atoms, calc, settings: CalcSettings = CalcSettings()) -> Ca
         if settings.relax and settings.max_steps > 0:
             from ase.filters import FrechetCellFilter
 
-            target = FrechetCellFilter(work) if settings.cell and work.pbc.all() else work
+            target = FrechetCellFilter(work, scalar_pressure=settings.pressure) if settings.cell and work.pbc.all() else work
             opt = _optimizer(settings.optimizer)(target, logfile=None)
             if settings.trajectory_every:
                 opt.attach(lambda: record(opt.nsteps), interval=settings.trajectory_every)
@@ -95,9 +97,9 @@ def calculate(atoms: Atoms, calc, settings: CalcSettings = CalcSettings()) -> Ca
         if settings.trajectory_every and (not frames or frames[-1][0] != steps):
             frames.append((steps, energy, fmax, work.positions.copy(), work.cell.array.copy()))
     except Exception as exc:  # any calculator or optimizer error belongs to this structure only
-        error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        return CalcResult(atoms.copy(), "failed", None, None, steps, time.perf_counter() - t0, error=error[:2000])
-    status = "single_point" if converged is None else ("converged" if converged else "not_converged")
+        return CalcResult(atoms.copy(), RelaxStatus.FAILED, None, None, steps, time.perf_counter() - t0,
+                          error=error_text(exc, 2000))
+    status = RelaxStatus.SINGLE_POINT if converged is None else (RelaxStatus.CONVERGED if converged else RelaxStatus.NOT_CONVERGED)
     out = Atoms(numbers=work.numbers, positions=work.positions, cell=work.cell.array, pbc=work.pbc)
     trajectory = None
     if frames:

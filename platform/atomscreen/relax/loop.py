@@ -5,28 +5,53 @@ batch when it converges (largest force row, atoms and cell rows, below fmax;
 ASE's criterion), reaches max_steps, or explodes (non-finite or huge forces);
 a waiting structure then takes its place, so a batch of mixed difficulty keeps
 the device busy. Step counting follows ASE's Optimizer.run: the structure is
-checked before each step, and n_steps is the number of FIRE steps taken.
+checked before each step, and n_steps is the number of optimizer steps taken.
+
+The optimizer is a pair of pure functions (see Optimizer) over rows: a
+system's atom coordinates, then its three cell rows (cell_filter.py), system
+by system. Its state is a batched dataclass (atoms/batch.py), so the loop drops
+and admits systems without knowing what the state holds.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from functools import partial
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from ase import Atoms
 
-from atomscreen.atoms.batch import AtomsBatch
+from atomscreen.atoms.batch import AtomsBatch, concatenate_systems, per_atom, per_system, select_systems, system_index
 from atomscreen.potentials.forces import EnergyModel, compute
 from atomscreen.relax.cell_filter import cell_forces, deformation
-from atomscreen.relax.fire import FireParams, fire_step
-from atomscreen.relax.trajectory import Trajectory
+from atomscreen.relax.fire import FireParams, fire_init, fire_step
+from atomscreen.relax.trajectory import RelaxStatus, Trajectory
+
+
+@dataclass(frozen=True)
+class Optimizer:
+    """A batched optimizer as two pure functions over rows x [R,3] with their systems rows_system [R].
+
+    init(x, rows_system, n_systems, params) -> state; step(state, x, f, rows_system, params) -> (new x, new state).
+    The state's fields are declared per_atom (one entry per row) or per_system.
+    """
+
+    init: Callable[[torch.Tensor, torch.Tensor, int, Any], Any]
+    step: Callable[[Any, torch.Tensor, torch.Tensor, torch.Tensor, Any], tuple[torch.Tensor, Any]]
+
+
+FIRE = Optimizer(fire_init, fire_step)
+OPTIMIZERS: dict[str, Optimizer] = {"fire": FIRE}
 
 
 @dataclass(frozen=True)
 class RelaxSettings:
-    """fmax eV/Å; pressure eV/Å^3; cell relaxation applies to fully periodic structures only."""
+    """fmax eV/Å; pressure eV/Å^3; cell relaxation applies to fully periodic structures only.
+
+    ``optimizer`` is a key of OPTIMIZERS; that optimizer's parameters are the field of the same name.
+    """
 
     fmax: float = 0.05
     max_steps: int = 500
@@ -36,101 +61,124 @@ class RelaxSettings:
     trajectory_every: int = 10  # record every k-th step and the last one; 0 records nothing
     max_systems: int = 256
     explode_fmax: float = 1e6
+    optimizer: str = "fire"
     fire: FireParams = field(default_factory=FireParams)
 
 
 @dataclass
 class RelaxResult:
-    """Outcome for input structure ``index``; status is 'converged', 'max_steps' or 'exploded'."""
+    """Outcome for input structure ``index``; status is converged, not_converged (max_steps reached) or exploded."""
 
     index: int
     atoms: Atoms
     energy: float
     fmax: float
     n_steps: int
-    status: str
+    status: RelaxStatus
     trajectory: Trajectory | None
 
     @property
     def converged(self) -> bool:
-        return self.status == "converged"
+        return self.status == RelaxStatus.CONVERGED
 
 
 @dataclass
-class _State:
-    """Systems in flight. Per-atom fields first; the rest are per system."""
+class _Systems:
+    """Structures in flight: atom coordinates u in the reference cell and the cell variable X (cell_filter.py)."""
 
-    u: torch.Tensor  # atom coordinates in the reference cell [N,3]
-    v: torch.Tensor
-    numbers: torch.Tensor
-    system: torch.Tensor
-    cell_x: torch.Tensor  # c log F [B,3,3]
-    cell_v: torch.Tensor
-    orig_cell: torch.Tensor
-    pbc: torch.Tensor
-    relax_cell: torch.Tensor
-    cell_factor: torch.Tensor
-    dt: torch.Tensor
-    a: torch.Tensor
-    n_downhill: torch.Tensor
-    started: torch.Tensor
-    steps: torch.Tensor
-    index: torch.Tensor
+    u: torch.Tensor = per_atom()  # [N,3]
+    numbers: torch.Tensor = per_atom()
+    system: torch.Tensor = system_index()
+    cell_x: torch.Tensor = per_system()  # c log F [B,3,3]
+    orig_cell: torch.Tensor = per_system()
+    pbc: torch.Tensor = per_system()
+    relax_cell: torch.Tensor = per_system()
+    cell_factor: torch.Tensor = per_system()
+    steps: torch.Tensor = per_system()
+    index: torch.Tensor = per_system()  # position in the input list
 
 
-_ATOM_FIELDS = ("u", "v", "numbers", "system")
-
-
-def _new_state(structures: Sequence[Atoms], indices: Sequence[int], settings: RelaxSettings, device, dtype) -> _State:
+def _new_systems(
+    structures: Sequence[Atoms], indices: Sequence[int], settings: RelaxSettings, device, dtype
+) -> _Systems:
     n = [len(a) for a in structures]
     B = len(structures)
     pbc = torch.as_tensor(np.stack([a.pbc for a in structures]), device=device)
-    fire = settings.fire
-    full = lambda value, dt=dtype: torch.full((B,), value, dtype=dt, device=device)
-    return _State(
+    return _Systems(
         u=torch.as_tensor(np.concatenate([a.positions for a in structures]), dtype=dtype, device=device),
-        v=torch.zeros(sum(n), 3, dtype=dtype, device=device),
         numbers=torch.as_tensor(np.concatenate([a.numbers for a in structures]), dtype=torch.long, device=device),
         system=torch.as_tensor(np.repeat(np.arange(B), n), dtype=torch.long, device=device),
         cell_x=torch.zeros(B, 3, 3, dtype=dtype, device=device),
-        cell_v=torch.zeros(B, 3, 3, dtype=dtype, device=device),
         orig_cell=torch.as_tensor(np.stack([a.cell.array for a in structures]), dtype=dtype, device=device),
         pbc=pbc,
         relax_cell=pbc.all(dim=1) & settings.cell,
         cell_factor=torch.as_tensor(n, dtype=dtype, device=device),
-        dt=full(fire.dt),
-        a=full(fire.a),
-        n_downhill=full(0, torch.long),
-        started=full(False, torch.bool),
-        steps=full(0, torch.long),
+        steps=torch.zeros(B, dtype=torch.long, device=device),
         index=torch.as_tensor(list(indices), dtype=torch.long, device=device),
     )
 
 
-def _select(state: _State, keep: torch.Tensor) -> _State:
-    atom_keep = keep[state.system]
-    renumber = torch.cumsum(keep.long(), 0) - 1
-    out = {}
-    for f in fields(state):
-        value = getattr(state, f.name)
-        if f.name == "system":
-            out[f.name] = renumber[value[atom_keep]]
-        else:
-            out[f.name] = value[atom_keep] if f.name in _ATOM_FIELDS else value[keep]
-    return _State(**out)
+@dataclass(frozen=True)
+class _Rows:
+    """The degrees of freedom as rows, system by system: a system's atoms, then its three cell rows."""
+
+    system: torch.Tensor  # [R] system of each row
+    order: torch.Tensor  # [R] row r holds entry order[r] of cat([atom rows, cell rows])
+    atoms: torch.Tensor  # [N] row of each atom
+    cells: torch.Tensor  # [3B] rows of the cells, system by system
+
+    @classmethod
+    def of(cls, systems: _Systems) -> _Rows:
+        system, B, N = systems.system, systems.cell_x.shape[0], systems.u.shape[0]
+        arange = partial(torch.arange, device=system.device)
+        n_atoms = torch.zeros(B, dtype=torch.long, device=system.device).index_add_(0, system, torch.ones_like(system))
+        atoms = arange(N) + 3 * system
+        cells = ((torch.cumsum(n_atoms, 0) + 3 * arange(B))[:, None] + arange(3)).reshape(-1)
+        order = torch.empty(N + 3 * B, dtype=torch.long, device=system.device)
+        order[atoms], order[cells] = arange(N), arange(N, N + 3 * B)
+        rows_system = torch.empty_like(order)
+        rows_system[atoms], rows_system[cells] = system, arange(B).repeat_interleave(3)
+        return cls(system=rows_system, order=order, atoms=atoms, cells=cells)
+
+    def pack(self, atoms: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+        """Rows [R,3] from per-atom [N,3] and per-cell [B,3,3] values."""
+        return torch.cat([atoms, cells.reshape(-1, 3)])[self.order]
+
+    def unpack(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-atom [N,3] and per-cell [B,3,3] values from rows [R,3]."""
+        return rows[self.atoms], rows[self.cells].reshape(-1, 3, 3)
 
 
-def _concat(a: _State, b: _State) -> _State:
-    joined = {f.name: torch.cat([getattr(a, f.name), getattr(b, f.name)]) for f in fields(a)}
-    joined["system"] = torch.cat([a.system, b.system + a.cell_x.shape[0]])
-    return _State(**joined)
+@dataclass(frozen=True)
+class _Flight:
+    """What the loop carries between steps; rows and the stress flag change only when systems leave or join."""
+
+    systems: _Systems
+    state: Any  # the optimizer's
+    rows: _Rows
+    stress: bool  # some system relaxes its cell
+
+    @classmethod
+    def of(cls, systems: _Systems, state: Any) -> _Flight:
+        return cls(systems, state, _Rows.of(systems), bool(systems.relax_cell.any()))
+
+    @property
+    def n_systems(self) -> int:
+        return self.systems.cell_x.shape[0]
 
 
-def _geometry(state: _State):
-    F = deformation(state.cell_x, state.cell_factor)
-    cell = state.orig_cell @ F.transpose(1, 2)
-    positions = torch.einsum("nj,nkj->nk", state.u, F[state.system])  # u F^T
-    return F, positions, cell
+@dataclass
+class _Evaluation:
+    """Energies and fmax [B], forces as rows [R,3], the geometry [N,3] and [B,3,3], and each system's outcome [B]."""
+
+    energy: torch.Tensor
+    fmax: torch.Tensor
+    forces: torch.Tensor
+    positions: torch.Tensor
+    cell: torch.Tensor
+    converged: torch.Tensor
+    exploded: torch.Tensor
+    done: torch.Tensor
 
 
 def relax(
@@ -142,7 +190,25 @@ def relax(
     dtype: torch.dtype = torch.float64,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[RelaxResult]:
-    """Relax every structure (positions, and the cell if settings.cell); results in input order."""
+    """Relax every structure (positions, and the cell if settings.cell) with settings.optimizer; input order."""
+    if settings.optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer = {settings.optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
+    optimizer, params = OPTIMIZERS[settings.optimizer], getattr(settings, settings.optimizer)
+    return relax_with(optimizer, params, model, structures, settings, device=device, dtype=dtype, progress=progress)
+
+
+def relax_with(
+    optimizer: Optimizer,
+    params: Any,
+    model: EnergyModel,
+    structures: Sequence[Atoms],
+    settings: RelaxSettings = RelaxSettings(),
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float64,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[RelaxResult]:
+    """The relaxation loop with any batched optimizer and its parameters (settings.optimizer is not consulted)."""
     if len(structures) == 0:
         return []
     if settings.fmax <= 0 or settings.max_steps < 0 or settings.max_systems < 1:
@@ -150,106 +216,144 @@ def relax(
     queue = list(range(len(structures)))
     results: dict[int, RelaxResult] = {}
     frames: dict[int, list] = {}
-    state = None
 
-    def admit(state):
-        room = settings.max_systems - (0 if state is None else state.cell_x.shape[0])
-        take, queue[:] = queue[:room], queue[room:]
-        if not take:
-            return state
-        new = _new_state([structures[i] for i in take], take, settings, device, dtype)
-        return new if state is None else _concat(state, new)
+    def admit(flight: _Flight | None) -> _Flight:
+        take = queue[: settings.max_systems - (0 if flight is None else flight.n_systems)]
+        del queue[: len(take)]
+        new = _new_systems([structures[i] for i in take], take, settings, device, dtype) if take else None
+        return _join(flight, new, optimizer, params)
 
-    state = admit(state)
-    while state is not None and state.cell_x.shape[0] > 0:
-        B = state.cell_x.shape[0]
-        F, positions, cell = _geometry(state)
-        batch = AtomsBatch(positions=positions, numbers=state.numbers, system=state.system, cell=cell, pbc=state.pbc)
-        response = compute(model, batch, stress=bool(state.relax_cell.any()))
-        f_atoms = torch.einsum("nj,njk->nk", response.forces, F[state.system])  # f F
-        f_cell = cell_forces(response.stress, batch.volume(), F, state.cell_x, state.cell_factor, settings.pressure, settings.constant_volume)
-        f_cell = torch.where(state.relax_cell[:, None, None], f_cell, torch.zeros_like(f_cell))
-        row_norm = torch.linalg.norm(f_atoms, dim=1)
-        fmax = torch.zeros(B, dtype=dtype, device=row_norm.device).scatter_reduce(0, state.system, row_norm, "amax", include_self=True)
-        fmax = torch.maximum(fmax, torch.linalg.norm(f_cell, dim=2).amax(dim=1))
-        exploded = ~torch.isfinite(response.energy) | ~torch.isfinite(fmax) | (fmax > settings.explode_fmax)
-        converged = (fmax < settings.fmax) & ~exploded
-        done = converged | exploded | (state.steps >= settings.max_steps)
-
-        if settings.trajectory_every:
-            record = done | (state.steps % settings.trajectory_every == 0)
-            _record(frames, state, record, response.energy, fmax, positions, cell)
-        if bool(done.any()):
-            status = torch.where(converged, 0, torch.where(exploded, 2, 1))
-            _finish(results, frames, state, done, status, response.energy, fmax, positions, cell, settings)
+    flight = admit(None)
+    while flight.n_systems > 0:
+        evaluation = _evaluate(model, flight, settings)
+        if _record_and_finish(results, frames, flight.systems, evaluation, settings):
             if progress is not None:
                 progress(len(results), len(structures))
-            keep = ~done
-            f_atoms, f_cell = f_atoms[keep[state.system]], f_cell[keep]
-            state = _select(state, keep)
-        if state.cell_x.shape[0] > 0:
-            state = _step(state, f_atoms, f_cell, settings.fire)
-        state = admit(state)
+            flight, evaluation.forces = _drop(flight, ~evaluation.done, evaluation.forces)
+        if flight.n_systems > 0:
+            flight = _step(flight, evaluation.forces, optimizer, params)
+        flight = admit(flight)
     return [results[i] for i in range(len(structures))]
 
 
-def _step(state: _State, f_atoms: torch.Tensor, f_cell: torch.Tensor, params: FireParams) -> _State:
-    B, N = state.cell_x.shape[0], state.u.shape[0]
-    rows_system = torch.cat([state.system, torch.arange(B, device=state.system.device).repeat_interleave(3)])
-    x = torch.cat([state.u, state.cell_x.reshape(-1, 3)])
-    v = torch.cat([state.v, state.cell_v.reshape(-1, 3)])
-    f = torch.cat([f_atoms, f_cell.reshape(-1, 3)])
-    x, v, dt, a, n_downhill = fire_step(x, v, f, rows_system, state.dt, state.a, state.n_downhill, state.started, params)
-    return _State(
-        **{
-            **{f.name: getattr(state, f.name) for f in fields(state)},
-            "u": x[:N],
-            "v": v[:N],
-            "cell_x": x[N:].reshape(B, 3, 3),
-            "cell_v": v[N:].reshape(B, 3, 3),
-            "dt": dt,
-            "a": a,
-            "n_downhill": n_downhill,
-            "started": torch.ones_like(state.started),
-            "steps": state.steps + 1,
-        }
-    )
+def _join(flight: _Flight | None, new: _Systems | None, optimizer: Optimizer, params: Any) -> _Flight:
+    """``flight`` with the systems ``new`` admitted, their optimizer state freshly initialised."""
+    if new is None:
+        return flight
+    rows = _Rows.of(new)
+    state = optimizer.init(rows.pack(new.u, new.cell_x), rows.system, new.cell_x.shape[0], params)
+    if flight is None:
+        return _Flight.of(new, state)
+    return _Flight.of(concatenate_systems([flight.systems, new]), concatenate_systems([flight.state, state]))
 
 
-def _split(system: torch.Tensor, values: torch.Tensor, B: int) -> list[np.ndarray]:
-    counts = torch.bincount(system, minlength=B).tolist()
-    return [p.numpy() for p in torch.split(values.detach().cpu().double(), counts)]
+def _drop(flight: _Flight, keep: torch.Tensor, forces: torch.Tensor) -> tuple[_Flight, torch.Tensor]:
+    """The systems where ``keep`` [B], with their force rows."""
+    systems = select_systems(flight.systems, keep)
+    state = select_systems(flight.state, keep, flight.rows.system)
+    return _Flight.of(systems, state), forces[keep[flight.rows.system]]
 
 
-def _record(frames, state, mask, energy, fmax, positions, cell) -> None:
-    if not bool(mask.any()):
-        return
-    B = state.cell_x.shape[0]
-    pos = _split(state.system, positions, B)
-    idx, steps = state.index.tolist(), state.steps.tolist()
-    e, fm, c = energy.detach().cpu().double().numpy(), fmax.detach().cpu().double().numpy(), cell.detach().cpu().double().numpy()
-    for b in torch.nonzero(mask).flatten().tolist():
-        frames.setdefault(idx[b], []).append((steps[b], e[b], fm[b], pos[b], c[b]))
+def _step(flight: _Flight, forces: torch.Tensor, optimizer: Optimizer, params: Any) -> _Flight:
+    """One optimizer step for every system in flight."""
+    systems, rows = flight.systems, flight.rows
+    x, state = optimizer.step(flight.state, rows.pack(systems.u, systems.cell_x), forces, rows.system, params)
+    u, cell_x = flight.rows.unpack(x)
+    return replace(flight, systems=replace(systems, u=u, cell_x=cell_x, steps=systems.steps + 1), state=state)
 
 
-def _finish(results, frames, state, done, status, energy, fmax, positions, cell, settings) -> None:
-    B = state.cell_x.shape[0]
-    pos = _split(state.system, positions, B)
-    numbers = _split(state.system, state.numbers, B)
-    names = ("converged", "max_steps", "exploded")
-    for b in torch.nonzero(done).flatten().tolist():
-        i = int(state.index[b])
-        atoms = Atoms(numbers=numbers[b].astype(int), positions=pos[b], cell=cell[b].detach().cpu().double().numpy(), pbc=state.pbc[b].cpu().numpy())
-        trajectory = None
-        if settings.trajectory_every:
-            steps, es, fms, ps, cs = zip(*frames.pop(i))
-            trajectory = Trajectory(np.array(steps), np.array(es), np.array(fms), np.stack(ps), np.stack(cs))
-        results[i] = RelaxResult(
-            index=i,
-            atoms=atoms,
-            energy=float(energy[b]),
-            fmax=float(fmax[b]),
-            n_steps=int(state.steps[b]),
-            status=names[int(status[b])],
-            trajectory=trajectory,
-        )
+def _evaluate(model: EnergyModel, flight: _Flight, settings: RelaxSettings) -> _Evaluation:
+    """Energy, forces on atoms and cell variables (FrechetCellFilter's), fmax and the outcome of every system."""
+    s = flight.systems
+    F = deformation(s.cell_x, s.cell_factor)
+    cell = s.orig_cell @ F.transpose(1, 2)
+    positions = torch.einsum("nj,nkj->nk", s.u, F[s.system])  # u F^T
+    batch = AtomsBatch(positions=positions, numbers=s.numbers, system=s.system, cell=cell, pbc=s.pbc)
+    response = compute(model, batch, stress=flight.stress)
+    f_atoms = torch.einsum("nj,njk->nk", response.forces, F[s.system])  # f F
+    f_cell = cell_forces(response.stress, batch.volume(), F, s.cell_x, s.cell_factor, settings.pressure,
+                         settings.constant_volume)
+    f_cell = torch.where(s.relax_cell[:, None, None], f_cell, torch.zeros_like(f_cell))
+    row_norm = torch.linalg.norm(f_atoms, dim=1)
+    fmax = torch.zeros(flight.n_systems, dtype=row_norm.dtype, device=row_norm.device)
+    fmax = fmax.scatter_reduce(0, s.system, row_norm, "amax", include_self=True)
+    fmax = torch.maximum(fmax, torch.linalg.norm(f_cell, dim=2).amax(dim=1))
+    exploded = ~torch.isfinite(response.energy) | ~torch.isfinite(fmax) | (fmax > settings.explode_fmax)
+    converged = (fmax < settings.fmax) & ~exploded
+    done = converged | exploded | (s.steps >= settings.max_steps)
+    return _Evaluation(energy=response.energy, fmax=fmax, forces=flight.rows.pack(f_atoms, f_cell), positions=positions,
+                       cell=cell, converged=converged, exploded=exploded, done=done)
+
+
+@dataclass(frozen=True)
+class _Host:
+    """Host copies of one evaluation, taken once when some system records a frame or finishes."""
+
+    index: list[int]
+    steps: list[int]
+    bounds: np.ndarray  # where each system's atoms end, but the last
+    energy: np.ndarray
+    fmax: np.ndarray
+    positions: list[np.ndarray]
+    cell: np.ndarray
+
+    @classmethod
+    def of(cls, systems: _Systems, evaluation: _Evaluation) -> _Host:
+        counts = torch.bincount(systems.system, minlength=systems.cell_x.shape[0]).tolist()
+        bounds = np.cumsum(counts)[:-1]
+        return cls(index=systems.index.tolist(), steps=systems.steps.tolist(), bounds=bounds,
+                   energy=_numpy(evaluation.energy), fmax=_numpy(evaluation.fmax),
+                   positions=np.split(_numpy(evaluation.positions), bounds), cell=_numpy(evaluation.cell))
+
+    def frame(self, b: int) -> tuple:
+        return self.steps[b], self.energy[b], self.fmax[b], self.positions[b], self.cell[b]
+
+
+def _numpy(values: torch.Tensor) -> np.ndarray:
+    return values.detach().cpu().double().numpy()
+
+
+def _record_and_finish(results: dict, frames: dict, systems: _Systems, evaluation: _Evaluation,
+                       settings: RelaxSettings) -> bool:
+    """Record trajectory frames (every k-th step and the last) and finish the systems that are done; True if any are.
+
+    Both questions go to the device in one sync per step.
+    """
+    done = evaluation.done
+    if settings.trajectory_every:
+        record = done | (systems.steps % settings.trajectory_every == 0)
+        any_done, any_record = torch.stack([done.any(), record.any()]).tolist()
+    else:
+        record, any_done, any_record = None, bool(done.any()), False
+    if not (any_done or any_record):
+        return False
+    host = _Host.of(systems, evaluation)
+    if any_record:
+        for b in torch.nonzero(record).flatten().tolist():
+            frames.setdefault(host.index[b], []).append(host.frame(b))
+    if any_done:
+        _finish(results, frames, systems, evaluation, host, settings)
+    return any_done
+
+
+def _finish(results: dict, frames: dict, systems: _Systems, evaluation: _Evaluation, host: _Host,
+            settings: RelaxSettings) -> None:
+    """A RelaxResult (with its trajectory) for every system that is done."""
+    numbers = np.split(systems.numbers.cpu().numpy(), host.bounds)
+    pbc = systems.pbc.cpu().numpy()
+    converged, exploded = evaluation.converged.tolist(), evaluation.exploded.tolist()
+    for b in torch.nonzero(evaluation.done).flatten().tolist():
+        i = host.index[b]
+        if converged[b]:
+            status = RelaxStatus.CONVERGED
+        else:
+            status = RelaxStatus.EXPLODED if exploded[b] else RelaxStatus.NOT_CONVERGED
+        atoms = Atoms(numbers=numbers[b].astype(int), positions=host.positions[b], cell=host.cell[b], pbc=pbc[b])
+        results[i] = RelaxResult(index=i, atoms=atoms, energy=float(host.energy[b]), fmax=float(host.fmax[b]),
+                                 n_steps=host.steps[b], status=status,
+                                 trajectory=_trajectory(frames.pop(i)) if settings.trajectory_every else None)
+
+
+def _trajectory(frames: list[tuple]) -> Trajectory:
+    steps, energies, fmax, positions, cells = zip(*frames)
+    return Trajectory(np.array(steps), np.array(energies), np.array(fmax), np.stack(positions), np.stack(cells))

@@ -1,47 +1,63 @@
-"""The SQL store: ORM models, engines and sessions, migrations, and the read/write API."""
+"""The SQL store: ORM models (models.py), engines and sessions (engine.py), migrations (migrate.py), and the only
+code that speaks SQL: every write in write.py and write_tasks.py, every read in read.py and results.py; the plain
+records they take and give in records.py."""
 
-from atomscreen.store.api import (
+from atomscreen.chem import composition_fields
+from atomscreen.store.engine import DEFAULT_URL, make_engine, normalize_url, resolve_url, transaction
+from atomscreen.store.read import (
+    campaign_models,
+    campaign_names,
+    campaign_summaries,
+    count_tasks,
+    get_campaign,
+    model_by_recipe,
+    open_payloads,
+    structure_campaign,
+    structure_ids,
+    structures,
+    task_states,
+    to_atoms,
+    top_candidates,
+    trajectory,
+)
+from atomscreen.store.records import (
     CampaignSummary,
+    ClaimedTask,
     EnergyRecord,
+    MatchRow,
+    MethodAnalysis,
+    NewTask,
     RankedRow,
+    ReportRows,
+    StoredModel,
     TrajectoryRecord,
+)
+from atomscreen.store.results import export_structures, hull_methods, hull_rows, ranked, ranked_methods, report_rows
+from atomscreen.store.write import (
+    add_analysis,
     add_campaign,
     add_energies,
     add_model,
     add_structures,
-    campaign_summaries,
-    composition_fields,
-    get_campaign,
+    add_trajectory,
+    clear_analysis,
     get_or_create_composition,
-    ranked,
+    link_model,
+    replace_matches,
+    set_campaign_status,
+    set_novelty,
     spec_hash,
-    structures,
-    to_atoms,
-    trajectory,
 )
-from atomscreen.store.engine import DEFAULT_URL, make_engine, normalize_url, resolve_url, transaction
+from atomscreen.store.write_tasks import add_tasks, claim_tasks, record_task_failure, reset_running, write_task_result
 
 __all__ = [
-    "DEFAULT_URL",
-    "CampaignSummary",
-    "EnergyRecord",
-    "RankedRow",
-    "TrajectoryRecord",
-    "add_campaign",
-    "add_energies",
-    "add_model",
-    "add_structures",
-    "campaign_summaries",
-    "composition_fields",
-    "get_campaign",
-    "get_or_create_composition",
-    "make_engine",
-    "normalize_url",
-    "ranked",
-    "resolve_url",
-    "spec_hash",
-    "structures",
-    "to_atoms",
-    "trajectory",
-    "transaction",
+    "DEFAULT_URL", "CampaignSummary", "ClaimedTask", "EnergyRecord", "MatchRow", "MethodAnalysis", "NewTask",
+    "RankedRow", "ReportRows", "StoredModel", "TrajectoryRecord", "add_analysis", "add_campaign", "add_energies",
+    "add_model", "add_structures", "add_tasks", "add_trajectory", "campaign_models", "campaign_names",
+    "campaign_summaries", "claim_tasks", "clear_analysis", "composition_fields", "count_tasks", "export_structures",
+    "get_campaign", "get_or_create_composition", "hull_methods", "hull_rows", "link_model", "make_engine",
+    "model_by_recipe", "normalize_url", "open_payloads", "ranked", "ranked_methods", "record_task_failure", "replace_matches",
+    "report_rows", "reset_running", "resolve_url", "set_campaign_status", "set_novelty", "spec_hash",
+    "structure_campaign", "structure_ids", "structures", "task_states", "to_atoms", "top_candidates", "trajectory",
+    "transaction", "write_task_result",
 ]

@@ -18,11 +18,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
+from atomscreen.errors import AtomscreenError
+
 DEFAULT_URL = "sqlite:///atomscreen.db"
 ENV_VAR = "ATOMSCREEN_DB"
 
 
-class DatabaseURLError(ValueError):
+class DatabaseURLError(AtomscreenError, ValueError):
     """A database URL that cannot be used, with the reason and the allowed forms."""
 
 

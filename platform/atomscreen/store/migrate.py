@@ -12,6 +12,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
 import atomscreen
+from atomscreen.errors import AtomscreenError
 
 
 def migrations_dir() -> Path:
@@ -60,7 +61,7 @@ def downgrade(engine: Engine, revision: str) -> None:
     _run(engine, command.downgrade, revision)
 
 
-class SchemaError(RuntimeError):
+class SchemaError(AtomscreenError, RuntimeError):
     """The database is not at the schema this atomscreen needs."""
 
 

@@ -9,6 +9,7 @@ sorts on is a column. Every change here needs an Alembic revision in
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from enum import StrEnum
 from typing import Any, Optional
 
 import numpy as np
@@ -40,8 +41,24 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-TASK_STATES = ("pending", "running", "done", "failed")
-CAMPAIGN_STATES = ("pending", "running", "done", "failed")
+
+
+class TaskState(StrEnum):
+    """task.status"""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class CampaignState(StrEnum):
+    """campaign.status"""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
 
 
 def utcnow() -> datetime:
@@ -69,10 +86,22 @@ class Campaign(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
     finished_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
-    # the pseudo potential the campaign relaxes with (set once trained or loaded, reused on resume)
+    # the campaign's default model (the first of campaign_model), kept for SQL written against revision 0002
     model_id: Mapped[Optional[int]] = mapped_column(ForeignKey("model.id"))
 
     tasks: Mapped[list["Task"]] = relationship(back_populates="campaign")
+
+
+class CampaignModel(Base):
+    """A model a campaign uses, under the name its stages refer to it by ('default' for the plain `model:` key)."""
+
+    __tablename__ = "campaign_model"
+    __table_args__ = (UniqueConstraint("campaign_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaign.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    model_id: Mapped[int] = mapped_column(ForeignKey("model.id"))
 
 
 class Composition(Base):
@@ -118,6 +147,7 @@ class Task(Base):
     kind: Mapped[str] = mapped_column(String(64))
     key: Mapped[str] = mapped_column(String(200))
     seed: Mapped[int] = mapped_column(BigInteger)
+    formula: Mapped[Optional[str]] = mapped_column(String)  # the composition (or group) the task works on
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     status: Mapped[str] = mapped_column(String(16), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -146,6 +176,7 @@ class Structure(Base):
     # dedupe: NULL for a unique structure, else the lowest-energy structure it matches
     representative_id: Mapped[Optional[int]] = mapped_column(ForeignKey("structure.id", ondelete="SET NULL"), index=True)
     origin: Mapped[str] = mapped_column(String(32), index=True)
+    model_id: Mapped[Optional[int]] = mapped_column(ForeignKey("model.id"), index=True)  # the model that made it
     n_atoms: Mapped[int] = mapped_column(Integer)
     # pbc along the three cell vectors as 'T'/'F' characters, e.g. 'TTT' or 'FFF'
     pbc: Mapped[str] = mapped_column(String(3))

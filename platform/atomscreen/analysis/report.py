@@ -1,0 +1,161 @@
+"""Campaign statistics for `platform report`, computed from the store's plain report rows (no SQL here).
+
+Per composition: structures generated, converged, unique, matched to a reference, best pseudo energy, re-scored,
+calculator failures, best re-scored energy, task time, and the Pearson R of pseudo vs re-scored energy per atom;
+whether the lowest structure by each method is the lowest-energy reference; for molecules, validity rates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from atomscreen.names import PSEUDO
+
+
+@dataclass
+class CompositionStats:
+    """One line of `platform report` (energies in eV/atom, time in s summed over the composition's tasks)."""
+
+    formula: str
+    generated: int
+    converged: int
+    unique: int
+    matched: int
+    best_pseudo: float | None
+    rescored: int
+    rescore_failed: int
+    best_rescored: float | None
+    time_s: float
+    pearson_r: float | None = None  # pseudo vs re-scored energy per atom within this composition (None below 3 pairs)
+
+
+@dataclass
+class LowestCheck:
+    """Whether the lowest unique candidate of a reduced composition by ``method`` matches the lowest-energy reference."""
+
+    reduced_formula: str
+    method: str
+    structure_id: int
+    formula: str
+    energy_per_atom: float
+    reference_name: str | None
+    reference_energy_rank: int | None
+
+
+@dataclass
+class ValidityStats:
+    """Validity of the molecules of one composition and origin (rss: as generated; rescore: after re-scoring):
+    how many were checked, how many pass each check (by column name), all checks, and the SMILES counts."""
+
+    formula: str
+    origin: str
+    checked: int
+    passed: dict[str, int]
+    assessed: dict[str, int]  # molecules on which the check could run
+    passes_all: int
+    timeouts: int
+    unique_smiles: int
+    novel_smiles: int | None
+    edm_molecule_stable: int
+    edm_atoms_stable: float | None
+
+
+@dataclass
+class CampaignReport:
+    """Per-composition statistics and the funnel's comparison of pseudo and re-scored energies."""
+
+    rows: list[CompositionStats]
+    rescore_method: str | None
+    pearson_r: float | None
+    n_pairs: int
+    pairs: list[tuple[int, float, float]]  # (re-scored structure id, pseudo eV/atom of its parent, re-scored eV/atom)
+    matched_unique: int
+    lowest: list[LowestCheck]
+    failures: list[tuple[int, str, str]]  # (structure id, method, error)
+    validity: list[ValidityStats] = field(default_factory=list)
+
+
+def pearson(pairs: list[tuple[int, float, float]]) -> float | None:
+    """Pearson R of the (pseudo, re-scored) energies of ``pairs``; None for fewer than 3 pairs or a constant side."""
+    if len(pairs) < 3:
+        return None
+    x, y = np.array([p[1] for p in pairs]), np.array([p[2] for p in pairs])
+    if x.std() == 0 or y.std() == 0:
+        return None
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def campaign_report(rows: Any) -> CampaignReport:
+    """The report of a campaign from its :class:`atomscreen.store.ReportRows`."""
+    info, energy, rankings = rows.structures, rows.energies, rows.rankings
+    methods = sorted({m for _, m, _ in rankings if not m.startswith(PSEUDO)})
+    rescore_method = methods[0] if methods else None
+    pairs = _pairs(info, energy, rescore_method)
+    stats = [_composition(formula, rows, rescore_method, pairs)
+             for formula in sorted({f for o, _, f, _ in info.values() if o == "rss"}, key=lambda f: (len(f), f))]
+    matched_unique = sum(1 for s, m, _ in rankings if m == PSEUDO and s in rows.matches)
+    return CampaignReport(stats, rescore_method, pearson(pairs), len(pairs), pairs, matched_unique,
+                          _lowest(rows, [PSEUDO] + methods), list(rows.failures), _validity(rows))
+
+
+def _pairs(info, energy, method: str | None) -> list[tuple[int, float, float]]:
+    """(re-scored id, pseudo energy of its parent, re-scored energy) of every re-scored generated structure."""
+    if method is None:
+        return []
+    return [(sid, energy[(parent, PSEUDO)][0], energy[(sid, method)][0]) for sid, (origin, parent, _, _) in info.items()
+            if origin == "rescore" and parent in info and info[parent][0] != "reference" and (sid, method) in energy
+            and (parent, PSEUDO) in energy]
+
+
+def _composition(formula: str, rows: Any, method: str | None, pairs) -> CompositionStats:
+    info, energy, rankings = rows.structures, rows.energies, rows.rankings
+    generated = [s for s, (o, _, f, _) in info.items() if o == "rss" and f == formula]
+    unique = [s for s, m, _ in rankings if m == PSEUDO and info[s][2] == formula]
+    pseudo = [score for s, m, score in rankings if m == PSEUDO and info[s][2] == formula]
+    rescored = [s for s, (o, p, f, _) in info.items() if o == "rescore" and f == formula and p in info
+                and info[p][0] != "reference"]
+    best = [score for s, m, score in rankings if m == method and info[s][2] == formula]
+    converged = sum(bool(energy.get((s, PSEUDO), (None, False))[1]) for s in generated)
+    failed = sum(1 for s, _, _ in rows.failures if info.get(s, ("", None, ""))[2] == formula)
+    return CompositionStats(formula, len(generated), converged, len(unique), sum(s in rows.matches for s in unique),
+                            min(pseudo) if pseudo else None, len(rescored), failed, min(best) if best else None,
+                            rows.task_times.get(formula, 0.0), pearson([p for p in pairs if info[p[0]][2] == formula]))
+
+
+def _lowest(rows: Any, methods: list[str]) -> list[LowestCheck]:
+    out = []
+    for method in methods:
+        best: dict[str, tuple[float, int]] = {}
+        for s, m, score in rows.rankings:
+            reduced = rows.structures[s][3]
+            if m == method and (reduced not in best or (score, s) < best[reduced]):
+                best[reduced] = (score, s)
+        for reduced, (score, s) in sorted(best.items()):
+            name, rank = rows.matches.get(s, (None, None))
+            out.append(LowestCheck(reduced, method, s, rows.structures[s][2], score, name, rank))
+    return out
+
+
+def _validity(rows: Any) -> list[ValidityStats]:
+    from atomscreen.evaluate.validity import CHECKS
+
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for check in rows.checks:
+        origin, _, formula, _ = rows.structures[check["structure_id"]]
+        groups.setdefault((formula, origin), []).append(check)
+    out = []
+    for (formula, origin), members in sorted(groups.items(), key=lambda g: (g[0][1] != "rss", len(g[0][0]), g[0][0])):
+        smiles = {m["smiles"] for m in members if m["smiles"]}
+        novel = [m["novel"] for m in members if m["smiles"]]
+        novel_smiles = None if not novel or any(n is None for n in novel) else len({m["smiles"] for m in members
+                                                                                    if m["novel"]})
+        stable = [m["atoms_stable"] for m in members if m["atoms_stable"] is not None]
+        out.append(ValidityStats(
+            formula, origin, len(members), {c: sum(m[c] is True for m in members) for c in CHECKS},
+            {c: sum(m[c] is not None for m in members) for c in CHECKS}, sum(bool(m["passes_all"]) for m in members),
+            sum(m["status"] == "timeout" for m in members), len(smiles), novel_smiles,
+            sum(bool(m["molecule_stable"]) for m in members), float(np.mean(stable)) if stable else None))
+    return out

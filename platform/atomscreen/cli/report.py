@@ -1,0 +1,95 @@
+"""`platform report`: per-composition statistics, pseudo vs re-scored energies, reference matches, validity."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.table import Table
+
+from atomscreen.cli.common import add_db_option, campaign_engine, out, wide
+from atomscreen.store.engine import transaction
+
+
+def add_commands(commands) -> None:
+    report = commands.add_parser("report", help="per-composition statistics, pseudo vs re-scored energies, reference "
+                                                "matches")
+    report.add_argument("name")
+    report.add_argument("--format", choices=["table", "json"], default="table")
+    add_db_option(report)
+    report.set_defaults(func=cmd_report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from atomscreen.analysis.report import campaign_report
+    from atomscreen.store import report_rows
+
+    engine = campaign_engine(args)
+    with transaction(engine) as session:
+        report = campaign_report(report_rows(session, args.name))
+    if args.format == "json":
+        import dataclasses
+        import json
+
+        print(json.dumps(dataclasses.asdict(report), indent=1))
+        return 0
+    _composition_table(args.name, report)
+    _funnel_lines(report)
+    if report.validity:
+        _validity_table(args.name, report.validity)
+    return 0
+
+
+def _composition_table(name: str, report) -> None:
+    method = report.rescore_method
+    table = Table("formula", "gen.", "conv.", "uniq.", "match", "best RM", "resc.", "fail", f"best {method or 're-scored'}",
+                  "R", "s", title=f"{name}: per composition (generated, converged, unique, matching a reference, best "
+                                  "pseudo energy, re-scored, calculator failures, best re-scored energy in eV/atom, "
+                                  "Pearson R of pseudo vs re-scored energy, task time)")
+    for r in report.rows:
+        table.add_row(r.formula, str(r.generated), str(r.converged), str(r.unique), str(r.matched), _num(r.best_pseudo, 4),
+                      str(r.rescored), str(r.rescore_failed), _num(r.best_rescored, 4), _num(r.pearson_r, 2),
+                      f"{r.time_s:.0f}")
+    wide(120).print(table)
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def _funnel_lines(report) -> None:
+    out.print(f"unique candidates matching a reference structure: {report.matched_unique}")
+    if report.rescore_method:
+        r = "n/a (fewer than 3 pairs)" if report.pearson_r is None else f"{report.pearson_r:.3f}"
+        across = len({c.reduced_formula for c in report.lowest}) > 1
+        out.print(f"Pearson R between rm_pseudo and {report.rescore_method} energy per atom over {report.n_pairs} "
+                  f"re-scored structures: {r}" + (" (across compositions: composition trends dominate it; R per "
+                                                  "composition in the table)" if across else ""))
+    for check in report.lowest:
+        if check.reference_name is None:
+            verdict = "matches no reference structure"
+        else:
+            rank = check.reference_energy_rank
+            lowest = "the lowest-energy reference" if rank == 1 else f"reference energy rank {rank}"
+            verdict = f"matches {check.reference_name} ({lowest})"
+        out.print(f"lowest {check.reduced_formula} by {check.method}: #{check.structure_id} {check.formula} "
+                  f"{check.energy_per_atom:.4f} eV/atom, {verdict}", markup=False)
+    for sid, m, error in report.failures:
+        out.print(f"[red]{m} failed[/red] on structure {sid}: {error.splitlines()[-1] if error else ''}")
+
+
+def _validity_table(name: str, rows) -> None:
+    """The validity table: % passing each check (of the molecules it could run on), all checks, SMILES, EDM."""
+    from atomscreen.evaluate.validity import CHECK_LABELS
+
+    table = Table("formula", "from", "n", *CHECK_LABELS.values(), "all", "unique", "novel", "EDM stable", "timeout",
+                  title=f"{name}: chemical validity, % of molecules passing (RDKit bond perception, PoseBusters 'mol' "
+                        "checks); from: generated (gen.) or after re-scoring (resc.); unique / novel: distinct canonical "
+                        "SMILES, and those not in the training set; EDM: valence stability")
+    table.columns[0].no_wrap = True
+    for r in rows:
+        rates = [("" if r.assessed[c] == 0 else f"{100 * r.passed[c] / r.assessed[c]:.0f}") for c in CHECK_LABELS]
+        table.add_row(r.formula, "gen." if r.origin == "rss" else "resc.", str(r.checked), *rates,
+                      f"{100 * r.passes_all / r.checked:.0f}", str(r.unique_smiles),
+                      "" if r.novel_smiles is None else str(r.novel_smiles), f"{100 * r.edm_molecule_stable / r.checked:.0f}",
+                      str(r.timeouts))
+    wide(200).print(table)

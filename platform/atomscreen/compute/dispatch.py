@@ -1,0 +1,103 @@
+"""The only Dask code: the cluster of a run (a LocalCluster by default, or an existing scheduler), sending jobs with
+their models to the workers, collecting results as they complete, and chunked maps (reference matching)."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from atomscreen.campaign import ClusterSpec
+from atomscreen.compute.tasks import TASKS, ModelRef
+from atomscreen.jobs import Job
+
+
+@dataclass
+class Cluster:
+    """The Dask client of a run: ``client`` if given, else opened on first use (and closed by :meth:`close`)."""
+
+    spec: ClusterSpec = field(default_factory=ClusterSpec)
+    scheduler: str | None = None
+    dashboard_address: str = ":8787"
+    client: Any = None
+    on_open: Callable[[str], None] = lambda dashboard: None
+    _local: Any = None
+    _opened: bool = False
+
+    def get(self):
+        """The connected client (a LocalCluster of worker processes unless a scheduler address is given)."""
+        if self.client is None:
+            from distributed import Client, LocalCluster
+
+            address = self.scheduler or self.spec.scheduler
+            if address:
+                self.client = Client(address, timeout="30s")
+            else:
+                self._local = LocalCluster(**_local_options(self.spec, self.dashboard_address))
+                self.client = Client(self._local)
+            self._opened = True
+        if not getattr(self, "_announced", False):
+            self._announced = True
+            self.on_open(self.client.dashboard_link)
+        return self.client
+
+    @property
+    def dashboard(self) -> str | None:
+        return self.client.dashboard_link if self.client is not None else None
+
+    def has_gpu_workers(self) -> bool:
+        workers = self.get().scheduler_info(n_workers=-1).get("workers", {})
+        return any(w.get("resources", {}).get("GPU", 0) > 0 for w in workers.values())
+
+    def close(self) -> None:
+        """Close what this object opened (a client handed in stays open)."""
+        if self._opened:
+            self.client.close()
+            if self._local is not None:
+                self._local.close()
+
+
+def _local_options(spec: ClusterSpec, dashboard_address: str) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"threads_per_worker": spec.threads_per_worker, "processes": True,
+                              "dashboard_address": dashboard_address, "silence_logs": logging.ERROR}
+    if spec.gpus:
+        kwargs.update(n_workers=spec.gpus, resources={"GPU": 1})
+    elif spec.n_workers:
+        kwargs["n_workers"] = spec.n_workers
+    return kwargs
+
+
+def run_jobs(cluster: Cluster, jobs: Sequence[tuple[Any, str, Job]], models: dict[str, ModelRef],
+             on_result: Callable[[Any, Any], None], on_error: Callable[[Any, BaseException], None], tag: str = "") -> None:
+    """Run ``jobs`` ((handle, key, job) triples) on the cluster; each job's model (by name) is scattered to every
+    worker once. ``on_result(handle, result)`` or ``on_error(handle, exception)`` is called as each one completes."""
+    from distributed import as_completed
+
+    client = cluster.get()
+    gpu = {"GPU": 1} if cluster.has_gpu_workers() else None
+    used = sorted({job.model for _, _, job in jobs if job.model is not None})
+    shared = {name: client.scatter(models[name], broadcast=True, hash=False) for name in used}
+    futures = {}
+    for handle, key, job in jobs:
+        dask_key = f"{key.replace('/', '-')}{tag}-{uuid.uuid4().hex[:8]}"
+        model = shared[job.model] if job.model is not None else None
+        futures[client.submit(TASKS[job.kind], job, model, key=dask_key, resources=gpu)] = handle
+    for future in as_completed(futures):
+        handle = futures[future]
+        try:
+            result = future.result()
+        except Exception as exc:  # the task raised on its worker, or its workers died
+            on_error(handle, exc)
+        else:
+            on_result(handle, result)
+        future.release()
+
+
+def map_chunks(client, func: Callable, items: Sequence, shared: Any, *args: Any, chunk: int = 8, tag: str = "map") -> list:
+    """``func(items[i:i+chunk], shared, *args)`` for every chunk on the client's workers (``shared`` sent once to
+    each); the chunks' results concatenated in order."""
+    handle = client.scatter(shared, broadcast=True, hash=False)
+    futures = [client.submit(func, items[start:start + chunk], handle, *args, key=f"{tag}-{start}-{uuid.uuid4().hex[:6]}")
+               for start in range(0, len(items), chunk)]
+    return [x for future in futures for x in future.result()]

@@ -1,0 +1,223 @@
+"""After the stages: dedupe, rank and hull every energy method; novelty of molecules; reference matching; the final
+status. Also single points of a real method along stored trajectories (`platform trajectory-energies`)."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+from ase import Atoms
+from sqlalchemy.engine import Engine
+
+from atomscreen.campaign import CampaignSpec
+from atomscreen.compute.dispatch import Cluster, map_chunks
+from atomscreen.compute.plan import read_references
+from atomscreen.errors import AtomscreenError
+from atomscreen.jobs import PSEUDO, Origin
+from atomscreen.store import (
+    MatchRow,
+    MethodAnalysis,
+    TrajectoryRecord,
+    add_analysis,
+    add_trajectory,
+    clear_analysis,
+    get_campaign,
+    replace_matches,
+    set_campaign_status,
+    set_novelty,
+    structure_campaign,
+    structures,
+    task_states,
+    top_candidates,
+    trajectory,
+    transaction,
+)
+
+
+def analyse_method(method: str, atoms: Sequence[Atoms], is_reference: Sequence[bool]) -> tuple[MethodAnalysis, list[str]]:
+    """Dedupe and rank the candidates of one energy method, and hull them together with the references (pure)."""
+    from atomscreen.analysis import pseudo_hulls, rank, representatives
+
+    per_atom = [a.info["energies"][method] / len(a) for a in atoms]
+    ids = [a.info["structure_id"] for a in atoms]
+    candidates = [i for i in range(len(atoms)) if not is_reference[i]]
+    reps = representatives([atoms[i] for i in candidates], [per_atom[i] for i in candidates])
+    duplicates = {ids[candidates[k]]: ids[candidates[r]] for k, r in enumerate(reps) if r != k}
+    unique = [candidates[k] for k, r in enumerate(reps) if r == k]
+    within, overall = rank([atoms[i].info["formula"] for i in unique], [per_atom[i] for i in unique])
+    rankings = []
+    for j, i in enumerate(unique):
+        rankings += [(ids[i], "composition", within[j], per_atom[i]), (ids[i], "overall", overall[j], per_atom[i])]
+    on_hull = unique + [i for i in range(len(atoms)) if is_reference[i]]
+    points, skipped = pseudo_hulls([atoms[i].info["formula"] for i in on_hull], [per_atom[i] for i in on_hull])
+    hull = [(ids[on_hull[p.index]], p.formation_energy_per_atom, p.e_above_hull, p.is_stable) for p in points]
+    notes = [f"{method}: {s}" for s in skipped]
+    if len(candidates) > len(unique):
+        notes.append(f"{method}: {len(candidates) - len(unique)} of {len(candidates)} structures are duplicates of "
+                     "lower-energy ones")
+    return MethodAnalysis(method, duplicates, rankings, hull), notes
+
+
+def analyse_campaign(engine: Engine, campaign_id: int) -> tuple[list[str], bool]:
+    """Replace the campaign's rankings and hulls for every energy method: pseudo energies of generated structures
+    (hull references join the hulls), then each re-scoring method. Returns notes and whether any pseudo energy exists."""
+    notes: list[str] = []
+    with transaction(engine) as session:
+        clear_analysis(session, campaign_id)
+        everything = structures(session, campaign_id=campaign_id)
+        origin = {a.info["structure_id"]: a.info["origin"] for a in everything}
+        generated = [a for a in everything if a.info["origin"] != Origin.RESCORE]
+        rescored = [a for a in everything if a.info["origin"] == Origin.RESCORE]
+        pseudo = sorted({m for a in generated for m in a.info["energies"]}, key=lambda m: (m != PSEUDO, m))
+        for method in pseudo:
+            members = [a for a in generated if method in a.info["energies"]]
+            analysis, more = analyse_method(method, members, [a.info["origin"] == Origin.REFERENCE for a in members])
+            add_analysis(session, campaign_id, analysis)
+            notes += more
+        for method in sorted({m for a in rescored for m in a.info["energies"]}):
+            members = [a for a in rescored if method in a.info["energies"]]
+            reference = [origin.get(a.info["parent_id"]) == Origin.REFERENCE for a in members]
+            analysis, more = analyse_method(method, members, reference)
+            add_analysis(session, campaign_id, analysis)
+            notes += more
+    return notes, bool(pseudo)
+
+
+def mark_novelty(engine: Engine, campaign_id: int, spec: CampaignSpec) -> list[str]:
+    """Set molecule_check.novel: the molecule's canonical SMILES is not among the training set's (QM9 carries SMILES;
+    training sets without them leave it NULL)."""
+    from atomscreen.evaluate.validity import canonical_smiles
+
+    dataset = spec.training_dataset()
+    if dataset is None:
+        return ["novelty not assessed: the model was not trained by this campaign (no training set to compare with)"]
+    given = [a.info.get("smiles") for a in dataset.read()]
+    if not any(given):
+        return ["novelty not assessed: the training set carries no SMILES"]
+    with transaction(engine) as session:
+        n, n_smiles = set_novelty(session, campaign_id, {canonical_smiles(x) for x in given if x})
+    return [f"{n} of {n_smiles} sanitisable molecules are not in the training set (canonical SMILES)"]
+
+
+def _energy_ranks(references: Sequence[Atoms], energy_column: str) -> tuple[list[float], dict[int, int], list[int]]:
+    """Reference energies per atom (inf where unknown), each reference's energy rank within its reduced composition,
+    and the references in energy order."""
+    from pymatgen.core import Composition
+
+    energies = [a.info.get(energy_column) for a in references]
+    known = [e if isinstance(e, (int, float)) and math.isfinite(e) else math.inf for e in energies]
+    order = sorted(range(len(references)), key=lambda j: (known[j], j))
+    ranks: dict[int, int] = {}
+    seen: dict[str, int] = {}
+    for j in order:
+        if math.isfinite(known[j]):
+            formula = Composition(references[j].get_chemical_formula()).reduced_formula
+            seen[formula] = seen.get(formula, 0) + 1
+            ranks[j] = seen[formula]
+    return known, ranks, order
+
+
+def match_campaign(engine: Engine, campaign_id: int, references: list[Atoms], label: str, settings=None, *,
+                   top_k: int | None = None, client=None, chunk: int = 8, energy_column: str = "energy_per_atom") -> int:
+    """Record which unique structures (of every method; the best ``top_k`` per composition and method if given) match a
+    reference; replaces earlier matches against ``label``. With a Dask ``client`` the comparisons run on its workers."""
+    from atomscreen.evaluate.match import MatchSettings, match_prepared, prepare_references, reduced_formulas
+
+    settings = settings or MatchSettings()
+    known, energy_rank, order = _energy_ranks(references, energy_column)
+    with transaction(engine) as session:
+        unique = structures(session, ids=top_candidates(session, campaign_id, top_k=top_k, order="id"))
+    prepared = prepare_references(references, reduced_formulas(unique), order)
+    if client is not None and len(unique) > chunk:
+        found = map_chunks(client, _match_chunk, list(enumerate(unique)), prepared, settings, chunk=chunk,
+                           tag=f"match-{campaign_id}")
+    else:
+        found = [(m.index, m.reference) for m in match_prepared(unique, prepared, settings)]
+    rows = []
+    for index, j in found:
+        name = references[j].info.get("material_id", references[j].info.get("name"))
+        rows.append(MatchRow(unique[index].info["structure_id"], j, None if name is None else str(name),
+                             None if not math.isfinite(known[j]) else float(known[j]), energy_rank.get(j)))
+    with transaction(engine) as session:
+        replace_matches(session, campaign_id, label, rows)
+    return len(rows)
+
+
+def _match_chunk(items, prepared, settings) -> list[tuple[int, int]]:
+    """Matches of (index, structure) pairs on a worker, as (index, reference) pairs."""
+    from atomscreen.evaluate.match import match_prepared
+
+    found = match_prepared([a for _, a in items], prepared, settings)
+    return [(items[m.index][0], m.reference) for m in found]
+
+
+def finish(engine: Engine, campaign_id: int, spec: CampaignSpec, cluster: Cluster) -> list[str]:
+    """The final analysis: every method's ranks and hulls, novelty, reference matching, then the campaign's status
+    (last: 'done' means everything, matching included, is stored)."""
+    notes, any_energy = analyse_campaign(engine, campaign_id)
+    if spec.validity is not None:
+        notes += mark_novelty(engine, campaign_id, spec)
+    if spec.match is not None and any_energy:
+        from atomscreen.evaluate.match import MatchSettings
+
+        label, references = read_references(spec.match.references, spec)
+        settings = MatchSettings(spec.match.ltol, spec.match.stol, spec.match.angle_tol)
+        n = match_campaign(engine, campaign_id, references, label, settings, top_k=spec.match.top_k,
+                           client=cluster.client, energy_column=spec.match.energy_column)
+        notes.append(f"{n} unique structures, generated and re-scored together, match a structure of {label}")
+    with transaction(engine) as session:
+        status, error = final_status(task_states(session, campaign_id), any_energy, spec.name)
+        set_campaign_status(session, campaign_id, status, error, finished=True)
+    return notes
+
+
+def final_status(states: dict[str, int], any_energy: bool, name: str) -> tuple[str | None, str | None]:
+    """The campaign's status and error from its task counts per state."""
+    n_tasks, failed = sum(states.values()), states.get("failed", 0)
+    if failed:
+        return "failed", f"{failed} of {n_tasks} tasks failed (errors: platform status {name}; retry: platform resume {name})"
+    if states.get("done", 0) == n_tasks and not any_energy:
+        return "failed", "no structure has a finite energy: every relaxation exploded"
+    if states.get("done", 0) == n_tasks:
+        return "done", None
+    return "pending", f"unfinished tasks: continue with `platform resume {name}`"
+
+
+def trajectory_energies(engine: Engine, campaign: str, method: str, *, structure_ids: Sequence[int] | None = None,
+                        top: int = 3, source: str = PSEUDO, timeout_s: float | None = None,
+                        progress: Callable[[int, int, int, int, list[float]], None] = lambda *a: None) -> tuple[int, int, int]:
+    """Single points of ``method`` at every stored frame of the ``source`` trajectories of the chosen structures (the
+    best ``top`` per composition by default), stored as a trajectory of that method on the same structure; a frame the
+    method fails on gets NaN. Returns (selected, stored, failed frames)."""
+    from atomscreen.evaluate.calculators import method_name, single_points
+
+    target = method_name(method)
+    todo = _trajectories_to_score(engine, campaign, target, structure_ids, top, source)
+    failures = 0
+    for n, (sid, numbers, pbc, rec) in enumerate(todo[1], start=1):
+        frames = [Atoms(numbers=numbers, positions=p, cell=c, pbc=pbc) for p, c in zip(rec.positions, rec.cells)]
+        energies, fmax, errors = single_points(frames, method, timeout_s=timeout_s)
+        failures += sum(e is not None for e in errors)
+        with transaction(engine) as session:
+            add_trajectory(session, sid, TrajectoryRecord(target, rec.steps, np.asarray(energies), np.asarray(fmax),
+                                                          rec.positions, rec.cells))
+        progress(n, len(todo[1]), sid, len(frames), energies)
+    return todo[0], len(todo[1]), failures
+
+
+def _trajectories_to_score(engine, campaign, target, structure_ids, top, source):
+    with transaction(engine) as session:
+        campaign_id = get_campaign(session, campaign).id
+        ids = list(structure_ids) if structure_ids else top_candidates(session, campaign_id, method=source, top_k=top,
+                                                                        order="id")
+        todo = []
+        for sid in ids:
+            rec = trajectory(session, sid, source)
+            if rec is None or structure_campaign(session, sid) != campaign_id:
+                raise AtomscreenError(f"structure {sid} has no {source} trajectory (trajectory_every was 0, or the id is "
+                                      f"not in {campaign!r})")
+            if trajectory(session, sid, target) is None:
+                atoms = structures(session, ids=[sid])[0]
+                todo.append((sid, atoms.numbers, atoms.pbc, rec))
+    return len(ids), todo
