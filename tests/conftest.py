@@ -11,8 +11,7 @@ import yaml
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from atomscreen.store import make_engine
-from atomscreen.store import migrate
+from atomscreen.store import make_engine, migrate
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

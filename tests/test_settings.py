@@ -1,0 +1,161 @@
+"""Every campaign setting reaches the task that uses it (or is listed as used by the driver only), and re-scoring
+happens at the campaign's pressure."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.units import GPa
+
+from atomscreen.campaign import KickSpec, RelaxationSpec, RescoreSpec, RSSSpec, ValiditySpec, parse_campaign
+from atomscreen.compute import plan
+from atomscreen.jobs import KickSettings, from_json, to_json
+
+BASE = {
+    "name": "s", "seed": 1, "compositions": ["C4"],
+    "model": {"train": {"dataset": {"format": "ase-collection", "name": "g2"}}},
+    "generators": {"rss": {"samples_per_composition": 4, "volume_per_atom": 6.0, "batch_size": 2}},
+    "rescore": {"method": "chgnet"},
+    "validity": {},
+}
+
+# spec path -> (value to set, the value in the job, read from the job as its task reads it)
+RSS_FIELDS = {
+    "relaxation.fmax": (0.013, 0.013, lambda j: j.relax.fmax),
+    "relaxation.max_steps": (123, 123, lambda j: j.relax.max_steps),
+    "relaxation.cell": (False, False, lambda j: j.relax.cell),
+    "relaxation.constant_volume": (True, True, lambda j: j.relax.constant_volume),
+    "relaxation.pressure_gpa": (4.0, 4.0 * GPa, lambda j: j.relax.pressure),
+    "relaxation.trajectory_every": (7, 7, lambda j: j.relax.trajectory_every),
+    "generators.rss.samples_per_composition": (3, 3, lambda j: j.start + j.count),
+    "generators.rss.volume_per_atom": (7.5, 7.5, lambda j: j.random.volume_per_atom),
+    "generators.rss.volume_factor": ([0.9, 1.3], (0.9, 1.3), lambda j: j.random.volume_factor),
+    "generators.rss.min_separation": ({"C-C": 1.3}, {"C-C": 1.3}, lambda j: j.random.min_separation),
+    "generators.rss.batch_size": (3, 3, lambda j: j.relax.max_systems),
+    "generators.rss.periodic": (False, False, lambda j: j.random.periodic),
+    "generators.rss.kick": ({"displacement": 0.25, "rounds": 2}, KickSettings(0.25, 2), lambda j: j.kick),
+    "generators.rss.kick.displacement": (0.35, 0.35, lambda j: j.kick.displacement),
+    "generators.rss.kick.rounds": (3, 3, lambda j: j.kick.rounds),
+    "generators.rss.seed": (99, 99, lambda j: j.seed),
+    "generators.rss.model": ("other", "other", lambda j: j.model),
+}
+RESCORE_FIELDS = {
+    "relaxation.pressure_gpa": (5.0, 5.0 * GPa, lambda j: j.settings.pressure),
+    "rescore.method": ("xtb", "xtb", lambda j: j.method),
+    "rescore.calculator": ("ase.calculators.emt:EMT", "ase.calculators.emt:EMT", lambda j: j.method),
+    "rescore.relax": (False, False, lambda j: j.settings.relax),
+    "rescore.cell": (False, False, lambda j: j.settings.cell),
+    "rescore.fmax": (0.031, 0.031, lambda j: j.settings.fmax),
+    "rescore.max_steps": (17, 17, lambda j: j.settings.max_steps),
+    "rescore.optimizer": ("bfgs_linesearch", "bfgs_linesearch", lambda j: j.settings.optimizer),
+    "rescore.trajectory_every": (3, 3, lambda j: j.settings.trajectory_every),
+    "rescore.timeout_s": (0.5, 0.5, lambda j: j.timeout_s),
+    "rescore.options": ({"accuracy": 0.3}, {"accuracy": 0.3}, lambda j: j.options),
+}
+VALIDITY_FIELDS = {"validity.timeout_s": (4.5, 4.5, lambda j: j.timeout_s)}
+DRIVER_ONLY = {  # used where the driver plans, not inside a task
+    "generators.rss.name": "names the block's task keys",
+    "rescore.top_k": "chooses the candidates to re-score",
+    "rescore.batch_size": "structures per re-scoring task",
+    "validity.batch_size": "molecules per validity task",
+}
+BLOCKS = {"relaxation": RelaxationSpec, "generators.rss": RSSSpec, "generators.rss.kick": KickSpec,
+          "rescore": RescoreSpec, "validity": ValiditySpec}
+
+
+def test_every_task_setting_is_mapped_to_its_job_or_listed_as_driver_only():
+    known = set(RSS_FIELDS) | set(RESCORE_FIELDS) | set(VALIDITY_FIELDS) | set(DRIVER_ONLY)
+    fields = {f"{path}.{name}" for path, block in BLOCKS.items() for name in block.model_fields}
+    assert fields - known == set(), "a new campaign setting must reach its job (or be listed as driver-only)"
+
+
+def _spec(path: str, value):
+    data = json.loads(json.dumps(BASE))
+    if path == "generators.rss.model":
+        data["models"] = {"other": data.pop("model")}
+    if path.startswith("generators.rss.kick."):
+        data["generators"]["rss"]["kick"] = {}
+    if path == "rescore.calculator":
+        del data["rescore"]["method"]
+    if path == "rescore.options":
+        data["rescore"]["method"] = "xtb"
+    *parents, leaf = path.split(".")
+    node = data
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+    return parse_campaign(data, source=path)
+
+
+def _as_stored(job):
+    return from_json(job.kind, json.loads(json.dumps(to_json(job))))
+
+
+@pytest.mark.parametrize("path", sorted(RSS_FIELDS))
+def test_generation_settings_reach_the_rss_jobs(path):
+    value, expected, read = RSS_FIELDS[path]
+    spec = _spec(path, value)
+    jobs = [_as_stored(t.job) for rss in spec.generators.rss_blocks
+            for t in plan.rss_tasks(spec, rss, {"periodic": 1})]
+    assert jobs and read(jobs[-1]) == pytest.approx(expected) if isinstance(expected, float) else read(jobs[-1]) == expected
+
+
+@pytest.mark.parametrize("path", sorted(RESCORE_FIELDS))
+def test_rescoring_settings_reach_the_rescore_jobs(path):
+    value, expected, read = RESCORE_FIELDS[path]
+    spec = _spec(path, value)
+    (task,) = plan.rescore_tasks(spec, [("C2", 1, bulk("C", "diamond", a=3.57))])
+    job = _as_stored(task.job)
+    assert read(job) == pytest.approx(expected) if isinstance(expected, float) else read(job) == expected
+
+
+def test_validity_settings_reach_the_validity_jobs():
+    from ase.build import molecule
+
+    water = molecule("H2O")
+    water.info.update(structure_id=1, formula="H2O")
+    value, expected, read = VALIDITY_FIELDS["validity.timeout_s"]
+    (task,) = plan.validity_tasks(_spec("validity.timeout_s", value), [water], 0)
+    assert read(_as_stored(task.job)) == expected
+
+
+def _rescored_volume(spec_data: dict, atoms, pressure_gpa: float) -> float:
+    from atomscreen.compute.tasks import rescore_task
+
+    spec = parse_campaign({**spec_data, "relaxation": {"pressure_gpa": pressure_gpa}}, source="pressure")
+    (task,) = plan.rescore_tasks(spec, [(atoms.get_chemical_formula(), 1, atoms)])
+    (out,) = rescore_task(_as_stored(task.job)).structures
+    assert out.status == "converged", out.error
+    return abs(np.linalg.det(out.cell)) / len(out.numbers)
+
+
+def test_chgnet_rescoring_at_5_gpa_gives_a_smaller_cell_than_at_0():
+    data = {**BASE, "rescore": {"method": "chgnet", "fmax": 0.02, "max_steps": 200, "optimizer": "bfgs"}}
+    diamond = bulk("C", "diamond", a=3.60)
+    v0, v5 = _rescored_volume(data, diamond, 0.0), _rescored_volume(data, diamond, 5.0)
+    assert v5 < v0 - 0.01  # diamond's bulk modulus ~440 GPa: about 1% smaller, 0.06 Å^3/atom
+
+
+def test_rescoring_at_pressure_reaches_the_volume_where_minus_dE_dV_is_that_pressure():
+    """EMT copper at 5 GPa: the relaxed volume against ASE's Birch-Murnaghan fit of E(V), -dE/dV = P."""
+    from ase.calculators.emt import EMT
+    from ase.eos import EquationOfState
+
+    data = {**BASE, "rescore": {"calculator": "ase.calculators.emt:EMT", "fmax": 1e-4, "max_steps": 500,
+                                "optimizer": "bfgs"}}
+    volume = _rescored_volume(data, bulk("Cu", "fcc", a=3.6), 5.0)
+    volumes, energies = [], []
+    for a in np.linspace(3.50, 3.65, 13):
+        cu = bulk("Cu", "fcc", a=a)
+        cu.calc = EMT()
+        volumes.append(cu.get_volume())
+        energies.append(cu.get_potential_energy())
+    eos = EquationOfState(volumes, energies, eos="birchmurnaghan")
+    eos.fit()
+    grid = np.linspace(min(volumes), max(volumes), 20001)
+    pressure = -np.gradient(eos.func(grid, *eos.eos_parameters), grid)  # eV/Å^3
+    expected = grid[np.argmin(abs(pressure - 5.0 * GPa))]
+    assert volume == pytest.approx(expected, rel=2e-3)
