@@ -19,7 +19,6 @@ perov_5's heat_ref is the heat of formation (eV/atom, Castelli et al.).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -29,26 +28,22 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 
 from atomscreen.campaign import load_campaign
+from atomscreen.compute.models import configs, train_from_spec
 from atomscreen.data import read_dataset
-from atomscreen.potentials.train import Checkpoint, split_hyperparameters, train
+from atomscreen.potentials.train import Checkpoint
 from atomscreen.relax import RelaxSettings, RelaxStatus, relax
 
 
 def _stored_model(url: str, spec, training):
     """The model a run of this campaign stored (matched by training recipe), or None."""
-    from sqlalchemy import select
-
-    from atomscreen.compute.runner import training_recipe
+    from atomscreen.compute.models import training_recipe
     from atomscreen.potentials.train import describe, load_model
-    from atomscreen.store import make_engine, transaction
-    from atomscreen.store.models import Model
+    from atomscreen.store import make_engine, model_by_recipe, transaction
 
-    recipe = training_recipe(spec, describe(training)["sha256"])
+    recipe = training_recipe(spec.model.train, describe(training)["sha256"])
     with transaction(make_engine(url)) as session:
-        for row in session.scalars(select(Model).where(Model.kind == "rm_potential")):
-            if (row.training_data or {}).get("recipe") == recipe:
-                return row.id, load_model(row.hyperparameters["model"], row.weights)
-    return None
+        row = model_by_recipe(session, "rm_potential", recipe)
+    return None if row is None else (row.id, load_model(row.hyperparameters["model"], row.weights))
 
 
 def _elements(structures) -> list[str]:
@@ -134,15 +129,13 @@ def _model(args, spec, block, training):
         return model, True
     if args.checkpoint and Path(args.checkpoint).exists():
         return Checkpoint.load(args.checkpoint).build(), False
-    model_cfg, response_cfg, train_cfg = split_hyperparameters(block.hyperparameters)
-    if "seed" not in block.hyperparameters:
-        train_cfg = dataclasses.replace(train_cfg, seed=block.seed)
+    epochs = configs(block)[2].epochs
 
     def progress(epoch: int, record: dict) -> None:
-        if epoch % max(1, train_cfg.epochs // 10) == 0:
-            print(f"epoch {epoch}/{train_cfg.epochs} val loss {record['val_loss']:.4g}", flush=True)
+        if epoch % max(1, epochs // 10) == 0:
+            print(f"epoch {epoch}/{epochs} val loss {record['val_loss']:.4g}", flush=True)
 
-    checkpoint = train(training, model_cfg, response_cfg, train_cfg, source=str(block.dataset.path), progress=progress)
+    checkpoint = train_from_spec(block, training, progress=progress)
     if args.checkpoint:
         checkpoint.save(args.checkpoint)
     return checkpoint.build(), False

@@ -42,7 +42,8 @@ def postgres_url():
     """A fresh, empty PostgreSQL database on the server named by $ATOMSCREEN_TEST_POSTGRES_URL, dropped afterwards."""
     admin_url = os.environ.get(PG_ENV)
     if not admin_url:
-        pytest.skip(f"no PostgreSQL: set {PG_ENV}=postgresql+psycopg://USER:PASSWORD@HOST/DB to run the PostgreSQL tests")
+        pytest.skip(f"no PostgreSQL: set {PG_ENV}=postgresql+psycopg://USER:PASSWORD@HOST/DB "
+                    "to run the PostgreSQL tests")
     name = f"atomscreen_test_{uuid.uuid4().hex[:12]}"
     admin = make_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:

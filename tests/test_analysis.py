@@ -15,8 +15,8 @@ E_LI, E_S = -1.9, -4.1  # eV/atom of the elemental ground states
 # formula -> formation energy per atom (eV/atom) of a hand-made Li-S-like set.
 # Hull: Li (x_S=0) -> Li2S (1/3, -1.5) -> LiS (1/2, -1.2) -> S (1, 0).
 FORMATION = {"Li": 0.0, "S": 0.0, "Li2S": -1.5, "LiS": -1.2, "Li3S": -1.0, "LiS2": -0.6, "Li2S3": -0.9}
-# e_above_hull by hand: Li3S (x=1/4) on Li-Li2S: -1.5*(1/4)/(1/3) = -1.125;  LiS2 (x=2/3) on LiS-S: -1.2*(1/3)/(1/2) = -0.8;
-# Li2S3 (x=3/5) on LiS-S: -1.2*(2/5)/(1/2) = -0.96
+# e_above_hull by hand: Li3S (x=1/4) on Li-Li2S: -1.5*(1/4)/(1/3) = -1.125;
+# LiS2 (x=2/3) on LiS-S: -1.2*(1/3)/(1/2) = -0.8; Li2S3 (x=3/5) on LiS-S: -1.2*(2/5)/(1/2) = -0.96
 EXPECTED_ABOVE = {"Li": 0.0, "S": 0.0, "Li2S": 0.0, "LiS": 0.0, "Li3S": 0.125, "LiS2": 0.2, "Li2S3": 0.06}
 
 
@@ -52,7 +52,8 @@ def test_li_s_hull_matches_hand_computed_geometry_and_pymatgen():
     diagram = PhaseDiagram(entries)
     for p, entry in zip(points, entries):
         assert p.e_above_hull == pytest.approx(diagram.get_e_above_hull(entry), abs=1e-9)
-    assert {formulas[p.index] for p in points if p.is_stable} == {e.composition.reduced_formula for e in diagram.stable_entries}
+    assert ({formulas[p.index] for p in points if p.is_stable}
+            == {e.composition.reduced_formula for e in diagram.stable_entries})
 
 
 def test_missing_elemental_reference_skips_that_system_and_names_the_element():
@@ -99,9 +100,12 @@ def test_dedupe_finds_the_same_crystal_in_other_cells_and_keeps_the_lowest_energ
 def test_hull_plots_are_written(tmp_path):
     formulas, energies = li_s_set()
     points, _ = pseudo_hulls(formulas, energies)
-    rows = [{"chemsys": p.chemsys, "formula": formulas[p.index], "reduced_formula": Composition(formulas[p.index]).reduced_formula,
-             "structure_id": p.index, "energy_per_atom": energies[p.index], "formation_energy_per_atom": p.formation_energy_per_atom,
-             "e_above_hull": p.e_above_hull, "is_stable": p.is_stable, "volume_per_atom": 10.0 + p.index} for p in points]
+    rows = [{"chemsys": p.chemsys, "formula": formulas[p.index],
+             "reduced_formula": Composition(formulas[p.index]).reduced_formula,
+             "structure_id": p.index, "energy_per_atom": energies[p.index],
+             "formation_energy_per_atom": p.formation_energy_per_atom,
+             "e_above_hull": p.e_above_hull, "is_stable": p.is_stable, "volume_per_atom": 10.0 + p.index}
+            for p in points]
     written = hull_plot(rows, tmp_path / "hull.png", title="Li-S")
     assert written == [tmp_path / "hull.png"] and written[0].stat().st_size > 10_000
     carbon = [dict(r, chemsys="C", formula="C2") for r in rows[:3]]
@@ -117,9 +121,12 @@ def test_side_by_side_hulls_of_two_methods_and_a_ternary(tmp_path):
     energies = [-1.6, -9.0, -4.9, -6.0, -8.0, -7.9, -7.2]
     points, skipped = pseudo_hulls(formulas, energies)
     assert not skipped and {p.chemsys for p in points} == {"O-Sr-V"}
-    rows = [{"chemsys": p.chemsys, "formula": formulas[p.index], "reduced_formula": Composition(formulas[p.index]).reduced_formula,
-             "structure_id": p.index, "energy_per_atom": energies[p.index], "formation_energy_per_atom": p.formation_energy_per_atom,
-             "e_above_hull": p.e_above_hull, "is_stable": p.is_stable, "volume_per_atom": 12.0} for p in points]
+    rows = [{"chemsys": p.chemsys, "formula": formulas[p.index],
+             "reduced_formula": Composition(formulas[p.index]).reduced_formula,
+             "structure_id": p.index, "energy_per_atom": energies[p.index],
+             "formation_energy_per_atom": p.formation_energy_per_atom,
+             "e_above_hull": p.e_above_hull, "is_stable": p.is_stable, "volume_per_atom": 12.0}
+            for p in points]
     one = hull_plot({"rm_pseudo": rows}, tmp_path / "one.png")
     two = hull_plot({"rm_pseudo": rows, "chgnet": rows}, tmp_path / "two.png")
     assert one == [tmp_path / "one.png"] and two == [tmp_path / "two.png"]

@@ -11,12 +11,12 @@ from math import comb
 from pathlib import Path
 
 import pytest
+from conftest import REPO, SHARED_DATA
 from pymatgen.core import Composition
 
 from atomscreen.campaign import CampaignError, hill_formula, load_campaign, parse_campaign, parse_formula
 from atomscreen.cli import main
 from atomscreen.store.engine import DEFAULT_URL, DatabaseURLError, resolve_url
-from conftest import REPO, SHARED_DATA
 
 BAD = sorted((REPO / "tests" / "campaigns").glob("*.yaml"))
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
@@ -41,7 +41,8 @@ def test_malformed_campaign_is_refused_naming_the_field(path, capsys):
 def test_validate_cli_creates_no_database(tmp_path):
     env = {**os.environ, "ATOMSCREEN_DB": str(tmp_path / "env.db")}
     result = subprocess.run(
-        [sys.executable, "-m", "atomscreen", "validate", *map(str, BAD)], cwd=tmp_path, env=env, capture_output=True, text=True
+        [sys.executable, "-m", "atomscreen", "validate", *map(str, BAD)],
+        cwd=tmp_path, env=env, capture_output=True, text=True,
     )
     assert result.returncode == 1
     assert result.stderr.count("problem(s)") == len(BAD)

@@ -7,12 +7,11 @@ import sqlite3
 import subprocess
 import sys
 
-import pytest
+from conftest import REPO
 
 from atomscreen import store
-from atomscreen.cli import build_parser, main
+from atomscreen.cli import main
 from atomscreen.store.models import Base, Task
-from conftest import REPO
 
 
 def run(*args: str, cwd, env=None) -> subprocess.CompletedProcess:
@@ -21,7 +20,8 @@ def run(*args: str, cwd, env=None) -> subprocess.CompletedProcess:
 
 
 def test_stdlib_platform_is_not_shadowed_from_the_repo_root():
-    result = subprocess.run([sys.executable, "-c", "import platform; print(platform.system())"], cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", "import platform; print(platform.system())"], cwd=REPO,
+                            capture_output=True, text=True)
     assert result.stdout.strip() == "Linux", result.stderr
     assert not (REPO / "platform" / "__init__.py").exists()
 
@@ -39,7 +39,8 @@ def test_db_upgrade_creates_every_table_in_a_new_sqlite_file(tmp_path):
 
 
 def test_python_dash_m_is_the_same_command(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "atomscreen", "db", "upgrade", "--db", str(tmp_path / "x.db")], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "atomscreen", "db", "upgrade", "--db", str(tmp_path / "x.db")],
+                            capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "x.db").exists()
 
@@ -55,8 +56,8 @@ def test_status_lists_tasks_by_state_and_failures(engine, capsys):
     with store.transaction(engine) as session:
         campaign = store.add_campaign(session, "lis", "name: lis\n")
         for i, status in enumerate(["done", "done", "failed", "pending"]):
-            session.add(Task(campaign_id=campaign.id, kind="rss", key=f"rss-{i}", seed=i, status=status,
-                             error="minimum separation 3.0 Å cannot be met in 2.1 Å^3/atom" if status == "failed" else None))
+            error = "minimum separation 3.0 Å cannot be met in 2.1 Å^3/atom" if status == "failed" else None
+            session.add(Task(campaign_id=campaign.id, kind="rss", key=f"rss-{i}", seed=i, status=status, error=error))
     url = engine.url.render_as_string(hide_password=False)
     assert main(["status", "--db", url]) == 0
     shown = capsys.readouterr().out
@@ -93,7 +94,8 @@ def test_train_command_stores_the_model_and_writes_the_checkpoint(tmp_path):
     config = tmp_path / "train.yaml"
     config.write_text(
         "name: tiny-diamond\ndataset: {path: diamond.extxyz}\n"
-        "hyperparameters: {cutoff: 3.0, l_max: 1, nu_max: 2, n_radial: 3, hidden: [4], epochs: 2, batch_size: 2, steps_per_epoch: 1}\n"
+        "hyperparameters: {cutoff: 3.0, l_max: 1, nu_max: 2, n_radial: 3, hidden: [4], epochs: 2, batch_size: 2, "
+        "steps_per_epoch: 1}\n"
         "output: tiny.pt\n"
     )
     result = run("train", str(config), "--quiet", "--db", str(tmp_path / "models.db"), cwd=tmp_path)

@@ -140,6 +140,7 @@ def test_skip_passes_over_the_first_rows_in_every_format(perov5_csv):
     assert [a.info["qm9_index"] for a in skipped] == [a.info["qm9_index"] for a in rows[20:25]]
     assert np.array_equal(skipped[0].positions, rows[20].positions)
     csv_rows = read_dataset("cdvae-csv", perov5_csv, limit=6)
-    assert [a.info["source_row"] for a in read_dataset("cdvae-csv", perov5_csv, skip=4, limit=2)] == [a.info["source_row"] for a in csv_rows[4:6]]
+    csv_skipped = read_dataset("cdvae-csv", perov5_csv, skip=4, limit=2)
+    assert [a.info["source_row"] for a in csv_skipped] == [a.info["source_row"] for a in csv_rows[4:6]]
     with pytest.raises(ValueError, match="skip must be >= 0"):
         read_dataset("qm9", skip=-1)

@@ -10,17 +10,18 @@ import sqlite3
 import subprocess
 
 import pytest
+from conftest import REPO, SHARED_DATA
 from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
 from pymatgen.core import Composition
 
-from conftest import REPO, SHARED_DATA
-
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (SHARED_DATA / "perov_5" / "val.csv").exists(), reason="shared/data/perov_5 is not beside this checkout")
+@pytest.mark.skipif(not (SHARED_DATA / "perov_5" / "val.csv").exists(),
+                    reason="shared/data/perov_5 is not beside this checkout")
 def test_perovskite_campaign_stores_and_plots_a_pseudo_and_a_chgnet_hull(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "ATOMSCREEN_DB"}
-    submitted = subprocess.run(["platform", "submit", str(REPO / "examples" / "perovskite.yaml"), "--quiet", "--dashboard-address", ":0"],
+    submitted = subprocess.run(["platform", "submit", str(REPO / "examples" / "perovskite.yaml"), "--quiet",
+                                "--dashboard-address", ":0"],
                                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=3600)
     assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
     db = sqlite3.connect(tmp_path / "atomscreen.db")
@@ -35,7 +36,8 @@ def test_perovskite_campaign_stores_and_plots_a_pseudo_and_a_chgnet_hull(tmp_pat
         assert {frozenset(Composition(r[3]).elements) for r in mine} >= {frozenset(Composition("SrVO3").elements)}
         for (_, above, stable, _, _), entry in zip(mine, entries):
             expected = max(0.0, diagram.get_e_above_hull(entry))
-            assert above == pytest.approx(expected, abs=1e-6) and bool(stable) == (expected <= 1e-8)  # the runner's tolerance
+            # the runner's tolerance
+            assert above == pytest.approx(expected, abs=1e-6) and bool(stable) == (expected <= 1e-8)
     figure = tmp_path / "perovskite-hull.png"
     plotted = subprocess.run(["platform", "hull", "perovskite", "--plot", str(figure)], cwd=tmp_path, env=env,
                              capture_output=True, text=True, check=True).stdout

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from ase.build import bulk
 from ase.io import write
+from conftest import store_job, store_result, write_campaign
 from sqlalchemy import func, select, text
 
 from atomscreen.analysis.report import campaign_report
@@ -16,9 +17,8 @@ from atomscreen.compute.finalize import analyse_campaign
 from atomscreen.compute.tasks import rescore_task
 from atomscreen.jobs import RescoreJob, StructureIn
 from atomscreen.relax.ase_relax import CalcSettings
-from atomscreen.store import EnergyRecord, add_campaign, add_structures, make_engine, migrate, report_rows, transaction
+from atomscreen.store import add_campaign, add_structures, make_engine, migrate, report_rows, transaction
 from atomscreen.store.models import CalculationFailure, Energy, HullEntry, Ranking, Structure, StructureMatch, Task
-from conftest import store_job, store_result, write_campaign
 
 
 def _graphite():
@@ -49,7 +49,8 @@ def test_campaign_rescoring_hulls_matching_and_report(tmp_path, checkpoint_file,
     with transaction(engine) as session:
         tasks = dict(session.execute(select(Task.kind, func.count()).group_by(Task.kind)).all())
         assert tasks == {"rss": 4, "reference": 1, "rescore": 3}  # 2 x 2 candidates + 2 references, 2 per task
-        top = session.execute(select(Ranking.structure_id).where(Ranking.method == "rm_pseudo", Ranking.scope == "composition",
+        top = session.execute(select(Ranking.structure_id).where(Ranking.method == "rm_pseudo",
+                                                                  Ranking.scope == "composition",
                                                                   Ranking.rank <= 2)).scalars().all()
         refs = session.scalars(select(Structure.id).where(Structure.origin == "reference")).all()
         rescored = session.execute(select(Structure.parent_id, Structure.id).where(Structure.origin == "rescore")).all()
@@ -63,10 +64,13 @@ def test_campaign_rescoring_hulls_matching_and_report(tmp_path, checkpoint_file,
         ranked_ids = set(session.scalars(select(Ranking.structure_id)).all())
         assert not ranked_ids & set(refs)
         ref_children = [c for p, c in rescored if p in refs]
-        assert set(session.scalars(select(HullEntry.structure_id).where(HullEntry.method == "chgnet")).all()) >= set(ref_children)
-        # CHGNet puts diamond below graphite-like sp2 carbon only slightly; what we check is that its hull is its own numbers
+        assert (set(session.scalars(select(HullEntry.structure_id).where(HullEntry.method == "chgnet")).all())
+                >= set(ref_children))
+        # CHGNet puts diamond below graphite-like sp2 carbon only slightly; what we check is that its hull is its own
+        # numbers
         e = dict(session.execute(select(Energy.structure_id, Energy.per_atom).where(Energy.method == "chgnet")).all())
-        stable = session.scalars(select(HullEntry.structure_id).where(HullEntry.method == "chgnet", HullEntry.is_stable)).all()
+        stable = session.scalars(select(HullEntry.structure_id)
+                                 .where(HullEntry.method == "chgnet", HullEntry.is_stable)).all()
         assert len(stable) == 1 and e[stable[0]] == pytest.approx(min(e.values()))
         report = campaign_report(report_rows(session, "funnel"))
     assert report.rescore_method == "chgnet"
@@ -93,7 +97,8 @@ def test_campaign_rescoring_hulls_matching_and_report(tmp_path, checkpoint_file,
     with engine.connect() as conn:
         pairs = conn.execute(text(statements[0])).all()
         failed = conn.execute(text(statements[1])).all()
-    assert sorted(r[2] for r in pairs) == sorted([p[0] for p in report.pairs] + ref_children)  # candidates and references
+    # candidates and references
+    assert sorted(r[2] for r in pairs) == sorted([p[0] for p in report.pairs] + ref_children)
     assert [r[4] for r in pairs] == sorted(r[4] for r in pairs)
     assert len(failed) == len(report.failures)
 
@@ -110,7 +115,8 @@ def _rows(engine):
 
 
 def test_match_marks_diamonds_and_records_the_reference(tmp_path, references):
-    """`platform match`: relaxed diamond cells (2- and 8-atom, strained) match the diamond entry; graphite matches graphite."""
+    """`platform match`: relaxed diamond cells (2- and 8-atom, strained) match the diamond entry; graphite matches
+    graphite."""
     db = f"sqlite:///{tmp_path / 'm.db'}"
     engine = make_engine(db)
     migrate.upgrade(engine)
@@ -125,7 +131,8 @@ def test_match_marks_diamonds_and_records_the_reference(tmp_path, references):
 
         atoms = [cubic, strained, _graphite(), chain]
         ids = add_structures(session, atoms, origin="rss", campaign_id=campaign.id,
-                             energies=[[EnergyRecord("rm_pseudo", -1.0 * len(a) * (k + 1))] for k, a in enumerate(atoms)])
+                             energies=[[EnergyRecord("rm_pseudo", -1.0 * len(a) * (k + 1))]
+                                       for k, a in enumerate(atoms)])
     analyse_campaign(engine, campaign.id)
     assert main(["match", "m", "--references", str(references), "--db", db]) == 0
     with transaction(engine) as session:
@@ -167,16 +174,19 @@ def test_report_correlates_pseudo_and_rescored_energies_per_composition(tmp_path
     from scipy.stats import pearsonr
 
     path = write_campaign(tmp_path, checkpoint_file, name="corr",
-                          rescore={"calculator": "ase.calculators.emt:EMT", "top_k": 4, "relax": False, "batch_size": 4})
+                          rescore={"calculator": "ase.calculators.emt:EMT", "top_k": 4, "relax": False,
+                                   "batch_size": 4})
     db = f"sqlite:///{tmp_path / 'c.db'}"
     assert main(["submit", str(path), "--db", db, "--quiet", "--dashboard-address", ":0"]) == 0
     engine = make_engine(db)
     with transaction(engine) as session:
         report = campaign_report(report_rows(session, "corr"))
         method = report.rescore_method
-        parent_energy = dict(session.execute(select(Energy.structure_id, Energy.per_atom).where(Energy.method == "rm_pseudo")).all())
+        parent_energy = dict(session.execute(select(Energy.structure_id, Energy.per_atom)
+                                             .where(Energy.method == "rm_pseudo")).all())
         children = session.execute(select(Structure.parent_id, Energy.per_atom, Structure.composition_id)
-                                   .join(Energy, Energy.structure_id == Structure.id).where(Energy.method == method)).all()
+                                   .join(Energy, Energy.structure_id == Structure.id)
+                                   .where(Energy.method == method)).all()
         from atomscreen.store.models import Composition
 
         formula = dict(session.execute(select(Composition.id, Composition.formula)).all())
@@ -193,4 +203,5 @@ def test_report_correlates_pseudo_and_rescored_energies_per_composition(tmp_path
     capsys.readouterr()
     assert main(["report", "corr", "--db", db]) == 0
     printed = capsys.readouterr().out
-    assert f"{report.rows[0].pearson_r:.2f}" in printed and "across compositions" not in printed  # C2 and C4: one reduced formula
+    # C2 and C4: one reduced formula
+    assert f"{report.rows[0].pearson_r:.2f}" in printed and "across compositions" not in printed

@@ -11,8 +11,8 @@ from sqlalchemy import inspect, text
 from atomscreen.store import make_engine, migrate
 from atomscreen.store.models import Base
 
-TABLES = {"campaign", "campaign_model", "composition", "model", "task", "structure", "trajectory", "energy", "hull_entry", "ranking",
-          "calculation_failure", "structure_match", "molecule_check"}
+TABLES = {"campaign", "campaign_model", "composition", "model", "task", "structure", "trajectory", "energy",
+          "hull_entry", "ranking", "calculation_failure", "structure_match", "molecule_check"}
 VIEWS = {"structure_energies", "best_candidates", "hull", "ranked_candidates", "rescored_pairs"}
 
 
@@ -45,7 +45,8 @@ def test_upgrade_from_0001_keeps_rows_and_downgrade_restores_it(engine):
     migrate.downgrade(engine, "0001")
     assert _schema(engine)[1] == {"structure_energies", "best_candidates", "hull"}
     with engine.begin() as conn:
-        conn.execute(text("INSERT INTO composition (formula, reduced_formula, chemsys, n_atoms) VALUES ('C2', 'C', 'C', 2)"))
+        conn.execute(text("INSERT INTO composition (formula, reduced_formula, chemsys, n_atoms) "
+                          "VALUES ('C2', 'C', 'C', 2)"))
         conn.execute(text("INSERT INTO campaign (name, spec, spec_hash, status, created_at, updated_at) "
                           "VALUES ('old', 'name: old', 'x', 'done', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
     migrate.upgrade(engine)

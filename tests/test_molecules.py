@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import yaml
 from ase.build import molecule
+from conftest import store_job, store_result
 from sqlalchemy import func, select
 
 from atomscreen.analysis.report import campaign_report
@@ -20,7 +21,6 @@ from atomscreen.jobs import RescoreJob, StructureIn, ValidityJob
 from atomscreen.relax.ase_relax import CalcSettings
 from atomscreen.store import EnergyRecord, add_campaign, add_structures, make_engine, migrate, report_rows, transaction
 from atomscreen.store.models import CalculationFailure, Composition, Energy, MoleculeCheck, Structure, Task
-from conftest import store_job, store_result
 
 
 def _campaign(folder, **changes):
@@ -28,12 +28,14 @@ def _campaign(folder, **changes):
         "name": "mols", "seed": 5, "cluster": {"n_workers": 2},
         "compositions": {"formulas": ["CH4O"], "from_training": 1},  # + the most common of the 60 training molecules
         "model": {"train": {"dataset": {"format": "qm9", "limit": 60},
-                            "hyperparameters": {"cutoff": 4.5, "l_max": 1, "nu_max": 2, "n_embedding": 2, "max_displacement": 1.6,
-                                                "repulsion_cutoff": 0.7, "epochs": 2, "batch_size": 16}}},
-        "generators": {"rss": {"samples_per_composition": 4, "volume_per_atom": 10.0, "min_separation": 0.7, "batch_size": 4}},
+                            "hyperparameters": {"cutoff": 4.5, "l_max": 1, "nu_max": 2, "n_embedding": 2,
+                                                "max_displacement": 1.6, "repulsion_cutoff": 0.7, "epochs": 2,
+                                                "batch_size": 16}}},
+        "generators": {"rss": {"samples_per_composition": 4, "volume_per_atom": 10.0, "min_separation": 0.7,
+                               "batch_size": 4}},
         "relaxation": {"fmax": 0.1, "max_steps": 200, "trajectory_every": 50},
-        "rescore": {"method": "xtb", "top_k": 2, "optimizer": "bfgs_linesearch", "fmax": 0.05, "max_steps": 100, "timeout_s": 120,
-                    "batch_size": 2},
+        "rescore": {"method": "xtb", "top_k": 2, "optimizer": "bfgs_linesearch", "fmax": 0.05, "max_steps": 100,
+                    "timeout_s": 120, "batch_size": 2},
         "validity": {"timeout_s": 120, "batch_size": 4},
         **changes,
     }
@@ -50,10 +52,12 @@ def test_molecule_campaign_relaxes_rescores_with_xtb_and_stores_validity(tmp_pat
         kinds = dict(session.execute(select(Task.kind, func.count()).group_by(Task.kind)).all())
         assert kinds == {"rss": 2, "rescore": 2, "validity": kinds["validity"]} and kinds["validity"] >= 2
         assert not session.scalar(select(func.count(Task.id)).where(Task.status != "done"))
-        rows = session.execute(select(Structure.id, Structure.origin, Structure.pbc, Structure.info, Composition.formula)
+        rows = session.execute(select(Structure.id, Structure.origin, Structure.pbc, Structure.info,
+                                      Composition.formula)
                                .join(Composition, Composition.id == Structure.composition_id)).all()
         where = {r.id: (r.origin, r.formula) for r in rows}
-        assert {r.origin for r in rows} == {"rss", "rescore"} and all(r.pbc == "FFF" for r in rows)  # molecules: no periodicity
+        # molecules: no periodicity
+        assert {r.origin for r in rows} == {"rss", "rescore"} and all(r.pbc == "FFF" for r in rows)
         checked = {c.structure_id: c for c in session.scalars(select(MoleculeCheck))}
         expected = {r.id for r in rows if (r.info or {}).get("relax_status") != "exploded"}
         assert set(checked) == expected  # every molecule that did not explode, generated or re-scored, once
@@ -62,7 +66,8 @@ def test_molecule_campaign_relaxes_rescores_with_xtb_and_stores_validity(tmp_pat
         report = campaign_report(report_rows(session, "mols"))
     assert sorted(r.formula for r in report.rows) == ["C3H6O", "CH4O"]  # C3H6O: 5 of the first 60 QM9 molecules
     for c in checked.values():
-        assert c.passes_all == (c.status == "ok" and c.bonds_determined is True and not any(getattr(c, k) is False for k in CHECKS))
+        assert c.passes_all == (c.status == "ok" and c.bonds_determined is True
+                                and not any(getattr(c, k) is False for k in CHECKS))
     # novelty: against the canonical SMILES of the 60 training molecules, recomputed here
     known = {canonical_smiles(a.info["smiles"]) for a in read_qm9(limit=60)}
     assert all(c.novel == (c.smiles not in known) for c in checked.values() if c.smiles is not None)
@@ -85,10 +90,13 @@ def test_molecule_campaign_relaxes_rescores_with_xtb_and_stores_validity(tmp_pat
         from atomscreen.store import trajectory
         from atomscreen.store.models import Ranking, Trajectory
 
-        best = set(session.scalars(select(Ranking.structure_id).where(Ranking.method == "rm_pseudo", Ranking.scope == "composition",
+        best = set(session.scalars(select(Ranking.structure_id).where(Ranking.method == "rm_pseudo",
+                                                                       Ranking.scope == "composition",
                                                                        Ranking.rank == 1)))
-        # (re-scored molecules carry their own xtb relaxation as an xtb_gfn2 trajectory; the RM structures now have one too)
-        assert set(session.scalars(select(Trajectory.structure_id).join(Structure, Structure.id == Trajectory.structure_id)
+        # (re-scored molecules carry their own xtb relaxation as an xtb_gfn2 trajectory; the RM structures now have
+        # one too)
+        assert set(session.scalars(select(Trajectory.structure_id)
+                                   .join(Structure, Structure.id == Trajectory.structure_id)
                                    .where(Trajectory.method == "xtb_gfn2", Structure.origin == "rss"))) == best
         sid = min(best)
         pseudo, xtb = trajectory(session, sid, "rm_pseudo"), trajectory(session, sid, "xtb_gfn2")
@@ -100,11 +108,13 @@ def test_molecule_campaign_relaxes_rescores_with_xtb_and_stores_validity(tmp_pat
     last = Atoms(numbers=numbers, positions=pseudo.positions[-1])
     last.calc = XTB(method="GFN2-xTB")
     assert xtb.energies[-1] == pytest.approx(last.get_potential_energy(), abs=1e-6)
-    assert main(["trajectory-energies", "mols", "--method", "xtb", "--top", "1", "--db", db]) == 0  # done already: nothing to do
+    # done already: nothing to do
+    assert main(["trajectory-energies", "mols", "--method", "xtb", "--top", "1", "--db", db]) == 0
 
 
 def _xtb_job(parent_ids, structures, **extra):
-    settings = CalcSettings(relax=True, cell=False, fmax=0.05, max_steps=50, optimizer="bfgs_linesearch", trajectory_every=10)
+    settings = CalcSettings(relax=True, cell=False, fmax=0.05, max_steps=50, optimizer="bfgs_linesearch",
+                            trajectory_every=10)
     return RescoreJob("xtb", "xtb_gfn2", settings, 0.1, "C2H6O", len(structures),
                       tuple(StructureIn.from_atoms(a, parent_id=p) for p, a in zip(parent_ids, structures)), **extra)
 
@@ -148,7 +158,6 @@ def test_xtb_relaxation_in_a_child_process_matches_the_in_process_one():
 def test_readme_validity_queries_answer_on_a_molecule_campaign(tmp_path):
     """The README's fifth SQL block, on a campaign database written by the runner's own code paths."""
     from sqlalchemy import text
-
     from test_readme_queries import readme_sql_blocks
 
     engine = make_engine(f"sqlite:///{tmp_path / 'q.db'}")
@@ -160,19 +169,22 @@ def test_readme_validity_queries_answer_on_a_molecule_campaign(tmp_path):
         ids = add_structures(session, [good, broken], origin="rss", campaign_id=campaign.id,
                              energies=[[EnergyRecord("xtb_gfn2", -310.0)], [EnergyRecord("xtb_gfn2", -300.0)]])
         cid = campaign.id
-    job = ValidityJob("C2H6O", 2, 120, tuple(StructureIn.from_atoms(a, structure_id=i) for a, i in zip([good, broken], ids)))
+    job = ValidityJob("C2H6O", 2, 120,
+                      tuple(StructureIn.from_atoms(a, structure_id=i) for a, i in zip([good, broken], ids)))
     task_id = store_job(engine, cid, "validity/C2H6O/0", job)
     from atomscreen.compute.tasks import validity_task
 
     store_result(engine, task_id, validity_task(job))
     with transaction(engine) as session:
-        for row in session.scalars(select(MoleculeCheck)):  # as mark_novelty leaves them for a training set without ethanol
+        # as mark_novelty leaves them for a training set without ethanol
+        for row in session.scalars(select(MoleculeCheck)):
             row.novel = True
     rates_sql, novel_sql = [q.strip() for q in readme_sql_blocks()[4].split(";") if q.strip()]
     with engine.connect() as conn:
         rates = conn.execute(text(rates_sql)).all()
         novel = conn.execute(text(novel_sql)).all()
-    assert [(r.formula, r.origin, r.n, r.sanitization, r.passes_all, r.unique_smiles) for r in rates] == [("C2H6O", "rss", 2, 0.5, 0.5, 1)]
+    assert ([(r.formula, r.origin, r.n, r.sanitization, r.passes_all, r.unique_smiles) for r in rates]
+            == [("C2H6O", "rss", 2, 0.5, 0.5, 1)])
     assert [(r.structure_id, r.smiles) for r in novel] == [(ids[0], "CCO")]
 
 
@@ -189,7 +201,8 @@ def test_molecules_in_a_box_and_the_kick_keeps_the_lower_minimum(trained_checkpo
             "generators": {"rss": {"samples_per_composition": 4, "volume_per_atom": 8.0, "batch_size": 4}},
             "relaxation": {"fmax": 0.05, "max_steps": 300, "trajectory_every": 0}}
     plain = parse_campaign(spec, source="test")
-    kicked = parse_campaign({**spec, "generators": {"rss": {**spec["generators"]["rss"], "kick": {"displacement": 0.4}}}}, source="test")
+    kicked_rss = {**spec["generators"]["rss"], "kick": {"displacement": 0.4}}
+    kicked = parse_campaign({**spec, "generators": {"rss": kicked_rss}}, source="test")
     molecules = {"periodic": 0}  # the training-set description of a model trained on molecules only
     (p_plain,) = [t.job for t in rss_tasks(plain, plain.generators.rss_blocks[0], molecules)]
     (p_kick,) = [t.job for t in rss_tasks(kicked, kicked.generators.rss_blocks[0], molecules)]
@@ -248,7 +261,8 @@ def test_compositions_drawn_from_the_training_histogram():
     top = [f for f, _ in sorted(expected, key=lambda x: (-x[1], x[0]))]
     spec = parse_campaign({"name": "h", "compositions": {"formulas": [top[0]], "from_training": 3},
                            "model": {"train": {"dataset": {"format": "qm9", "limit": 10}}},
-                           "generators": {"rss": {"samples_per_composition": 1, "volume_per_atom": 8.0}}}, source="test")
+                           "generators": {"rss": {"samples_per_composition": 1, "volume_per_atom": 8.0}}},
+                          source="test")
     assert spec.compositions.expand() == [top[0]]
     assert with_training_compositions(spec, histogram).compositions.expand() == top[:4]
     with pytest.raises(ValueError, match="no composition histogram"):

@@ -6,13 +6,13 @@ from __future__ import annotations
 import shutil
 
 import yaml
+from conftest import REPO
 from sqlalchemy import select, text
 
 from atomscreen.cli import main
 from atomscreen.compute import runner
 from atomscreen.store import make_engine, migrate, transaction
 from atomscreen.store.models import CampaignModel, Energy, Model, Ranking, Structure, Task
-from conftest import REPO
 
 TINY = {"cutoff": 3.0, "l_max": 1, "nu_max": 2, "n_radial": 3, "hidden": [4], "epochs": 2, "batch_size": 2,
         "steps_per_epoch": 1}
@@ -80,8 +80,8 @@ def test_a_campaign_stored_before_named_models_resumes_to_the_same_result(tmp_pa
     old = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
     migrate.upgrade(old, "0004")
     with old.begin() as conn:  # what revision 0004's runner left: campaign, model link, tasks with v1 payloads
-        conn.execute(text("INSERT INTO model (id, kind, sha256, name, hyperparameters, weights, training_data, metrics, "
-                          "created_at) VALUES (1, :kind, :sha, 'old', :hp, :w, :td, '{}', CURRENT_TIMESTAMP)"),
+        conn.execute(text("INSERT INTO model (id, kind, sha256, name, hyperparameters, weights, training_data, "
+                          "metrics, created_at) VALUES (1, :kind, :sha, 'old', :hp, :w, :td, '{}', CURRENT_TIMESTAMP)"),
                      {"kind": model.kind, "sha": model.sha256, "hp": _json(model.hyperparameters), "w": model.weights,
                       "td": _json(model.training_data)})
         conn.execute(text("INSERT INTO campaign (id, name, spec, spec_hash, source, status, model_id, created_at, "

@@ -1,4 +1,5 @@
-"""The RM pseudo potential: forces and stress equal finite differences of its energy; energy has the symmetries of physics."""
+"""The RM pseudo potential: forces and stress equal finite differences of its energy; energy has the symmetries of
+physics."""
 
 from __future__ import annotations
 

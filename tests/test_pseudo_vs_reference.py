@@ -12,9 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from scipy.stats import pearsonr
-
 from conftest import REPO, SHARED_DATA
+from scipy.stats import pearsonr
 
 DATA = SHARED_DATA / "carbon_24" / "val.csv"
 
@@ -23,13 +22,15 @@ DATA = SHARED_DATA / "carbon_24" / "val.csv"
 def test_pseudo_vs_reference_reports_the_correlation_of_its_own_numbers(tmp_path):
     spec = {"name": "pvr", "seed": 1, "compositions": ["C4"],
             "model": {"train": {"dataset": {"format": "cdvae-csv", "path": str(DATA), "limit": 16},
-                                "hyperparameters": {"cutoff": 3.5, "l_max": 1, "nu_max": 2, "n_embedding": 1, "epochs": 3,
-                                                    "batch_size": 8, "max_displacement": 0.3}, "seed": 1}},
+                                "hyperparameters": {"cutoff": 3.5, "l_max": 1, "nu_max": 2, "n_embedding": 1,
+                                                    "epochs": 3, "batch_size": 8, "max_displacement": 0.3},
+                                "seed": 1}},
             "generators": {"rss": {"samples_per_composition": 1}}}
     path = tmp_path / "pvr.yaml"
     path.write_text(yaml.safe_dump(spec))
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "pseudo_vs_reference.py"), str(path), "--column", "energy_per_atom",
-                             "--held-out", "8", "--max-steps", "200", "--out", str(tmp_path / "pvr.png"), "--csv", str(tmp_path / "pvr.csv")],
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "pseudo_vs_reference.py"), str(path),
+                             "--column", "energy_per_atom", "--held-out", "8", "--max-steps", "200",
+                             "--out", str(tmp_path / "pvr.png"), "--csv", str(tmp_path / "pvr.csv")],
                             capture_output=True, text=True, cwd=tmp_path, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     printed = {line["set"]: line for line in (json.loads(x) for x in result.stdout.splitlines() if x.startswith("{"))}

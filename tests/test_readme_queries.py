@@ -10,11 +10,11 @@ import subprocess
 import numpy as np
 import pytest
 from ase import Atoms
+from conftest import REPO
 from sqlalchemy import text
 
 from atomscreen import store
 from atomscreen.compute.finalize import analyse_campaign
-from conftest import REPO
 
 
 def readme_sql_blocks() -> list[str]:
@@ -22,8 +22,8 @@ def readme_sql_blocks() -> list[str]:
 
 
 def readme_queries() -> list[str]:
-    """The three queries about a finished campaign 'diamond' (the fourth block is about re-scoring: tests/test_funnel.py;
-    the fifth about molecule validity: tests/test_molecules.py)."""
+    """The three queries about a finished campaign 'diamond' (the fourth block is about re-scoring:
+    tests/test_funnel.py; the fifth about molecule validity: tests/test_molecules.py)."""
     return readme_sql_blocks()[:3]
 
 
@@ -34,7 +34,8 @@ def _carbon(n: int, volume_per_atom: float, seed: int) -> Atoms:
 
 
 def finished_campaign(engine) -> dict[str, list]:
-    """A small campaign 'diamond' as the runner leaves it: structures, pseudo energies, then rankings and hull by the runner."""
+    """A small campaign 'diamond' as the runner leaves it: structures, pseudo energies, then rankings and hull by the
+    runner."""
     energies = {"C2": [-7.9, -8.1, -7.5], "C4": [-8.05, -7.0], "C8": [-8.1, -8.0]}
     with store.transaction(engine) as session:
         campaign = store.add_campaign(session, "diamond", "name: diamond\n")
@@ -47,7 +48,8 @@ def finished_campaign(engine) -> dict[str, list]:
                 records.append([store.EnergyRecord("rm_pseudo", total=e * n)])
         ids = store.add_structures(session, atoms, origin="rss", campaign_id=campaign.id, energies=records)
         (other_id,) = store.add_structures(
-            session, [_carbon(2, 5.0, 99)], origin="rss", campaign_id=other.id, energies=[[store.EnergyRecord("rm_pseudo", total=-20.0)]]
+            session, [_carbon(2, 5.0, 99)], origin="rss", campaign_id=other.id,
+            energies=[[store.EnergyRecord("rm_pseudo", total=-20.0)]],
         )
         per_atom = [r[0].total / len(a) for r, a in zip(records, atoms)]
         campaign_id = campaign.id

@@ -79,10 +79,11 @@ def test_exploding_system_is_flagged_and_does_not_poison_the_batch(trained_check
 
     def model(batch):
         energy = rm(batch)
-        # a system with as many atoms as starts[3] and its first atom's number gets NaN after a few evaluations
+        # a system with as many atoms as starts[3] and its first atom's number gets a NaN energy; the NaN is added
+        # off the path to the positions, or autograd's 0 * NaN would give every system NaN forces
         first_numbers = batch.numbers[torch.cumsum(batch.n_atoms, 0) - batch.n_atoms]
         bad = (batch.n_atoms == poisoned_count) & (first_numbers == int(starts[3].numbers[0]))
-        return torch.where(bad, energy * float("nan"), energy)
+        return energy + torch.where(bad, torch.full_like(energy, float("nan")), torch.zeros_like(energy))
 
     clean = relax(rm, starts[:3] + starts[4:], RelaxSettings(fmax=0.01, max_steps=300, cell=True))
     mixed = relax(model, starts, RelaxSettings(fmax=0.01, max_steps=300, cell=True))

@@ -32,7 +32,8 @@ def test_factory_calculator_relaxes_cell_like_ase():
 
     atoms = bulk("Cu", "fcc", a=3.8)
     atoms.rattle(0.02, seed=1)
-    result = calculate(atoms, make_calculator("ase.calculators.emt:EMT"), CalcSettings(fmax=1e-4, max_steps=500, optimizer="bfgs"))
+    result = calculate(atoms, make_calculator("ase.calculators.emt:EMT"),
+                       CalcSettings(fmax=1e-4, max_steps=500, optimizer="bfgs"))
     assert result.status == "converged", result.error
     volumes, energies = [], []
     for a in np.linspace(3.5, 3.7, 9):
@@ -47,7 +48,8 @@ def test_factory_calculator_relaxes_cell_like_ase():
 
 
 def test_chgnet_relaxation_agrees_with_chgnets_own_optimizer():
-    """Our relaxation with the CHGNet calculator against chgnet's StructOptimizer (FIRE + cell filter) on rattled diamond."""
+    """Our relaxation with the CHGNet calculator against chgnet's StructOptimizer (FIRE + cell filter) on rattled
+    diamond."""
     from chgnet.model import StructOptimizer
     from pymatgen.io.ase import AseAtomsAdaptor
 
@@ -58,7 +60,8 @@ def test_chgnet_relaxation_agrees_with_chgnets_own_optimizer():
     theirs = StructOptimizer().relax(AseAtomsAdaptor.get_structure(atoms), fmax=0.02, steps=300, verbose=False)
     e_theirs = float(theirs["trajectory"].energies[-1]) / len(atoms)
     assert ours.energy / len(atoms) == pytest.approx(e_theirs, abs=2e-3)
-    assert ours.atoms.get_volume() / len(atoms) == pytest.approx(theirs["final_structure"].volume / len(atoms), rel=5e-3)
+    assert (ours.atoms.get_volume() / len(atoms)
+            == pytest.approx(theirs["final_structure"].volume / len(atoms), rel=5e-3))
 
 
 def test_atoms_on_top_of_each_other_fail_that_structure_only():

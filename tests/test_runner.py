@@ -10,22 +10,21 @@ import sqlite3
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
-import yaml
 from ase.io import read
+from conftest import write_campaign
 from sqlalchemy import func, select
 
 from atomscreen.cli import main
 from atomscreen.compute import runner
 from atomscreen.store import make_engine, ranked, transaction
 from atomscreen.store.models import Campaign, Energy, HullEntry, Ranking, Structure, Task
-from conftest import write_campaign
 
 
 def snapshot(engine, name: str) -> list[tuple]:
-    """Every stored structure of a campaign as (task key, index in task, positions, cell, energy): what a re-run must reproduce."""
+    """Every stored structure of a campaign as (task key, index in task, positions, cell, energy): what a re-run must
+    reproduce."""
     with transaction(engine) as session:
         rows = session.execute(
             select(Task.key, Structure.task_index, Structure.positions, Structure.cell, Energy.total)
@@ -41,7 +40,8 @@ def snapshot(engine, name: str) -> list[tuple]:
 def counts(engine, name: str) -> dict[str, int]:
     with transaction(engine) as session:
         cid = session.scalar(select(Campaign.id).where(Campaign.name == name))
-        n = {table.__tablename__: session.scalar(select(func.count()).select_from(table).where(table.campaign_id == cid))
+        n = {table.__tablename__: session.scalar(select(func.count()).select_from(table)
+                                                 .where(table.campaign_id == cid))
              for table in (Structure, Ranking, HullEntry, Task)}
         n["distinct_slots"] = session.scalar(select(func.count()).select_from(
             select(Structure.task_id, Structure.task_index).where(Structure.campaign_id == cid).distinct().subquery()))
@@ -77,7 +77,8 @@ def test_submit_runs_a_campaign_and_results_hull_export_show_it(tmp_path, checkp
     assert main(["export", "carbon", "--db", db, "--format", "extxyz", "--output", str(tmp_path / "x.extxyz")]) == 0
     frames = read(tmp_path / "x.extxyz", ":")
     assert len(frames) == unique and frames[0].info["structure_id"] == rows[0].structure_id
-    assert main(["export", "carbon", "--db", db, "--format", "cif", "--stable-only", "--output", str(tmp_path / "cif")]) == 0
+    assert main(["export", "carbon", "--db", db, "--format", "cif", "--stable-only",
+                 "--output", str(tmp_path / "cif")]) == 0
     assert len(list((tmp_path / "cif").glob("*.cif"))) == sum(r.is_stable for r in rows)
     capsys.readouterr()
 
@@ -96,11 +97,14 @@ def test_submit_runs_a_campaign_and_results_hull_export_show_it(tmp_path, checkp
 
 def test_driver_killed_mid_campaign_is_resumed_to_the_uninterrupted_result(tmp_path, checkpoint_file):
     path = write_campaign(tmp_path, checkpoint_file, name="crash", compositions=["C4", "C6", "C8"],
-                          **{"generators.rss.samples_per_composition": 12, "generators.rss.batch_size": 3, "relaxation.max_steps": 300})
+                          **{"generators.rss.samples_per_composition": 12, "generators.rss.batch_size": 3,
+                             "relaxation.max_steps": 300})
     db = tmp_path / "crash.db"
     env = {k: v for k, v in os.environ.items() if k != "ATOMSCREEN_DB"}
-    driver = subprocess.Popen(["platform", "submit", str(path), "--db", str(db), "--quiet", "--dashboard-address", ":0"],
-                              env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    driver = subprocess.Popen(["platform", "submit", str(path), "--db", str(db), "--quiet",
+                               "--dashboard-address", ":0"],
+                              env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
     done = 0
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and driver.poll() is None:
@@ -133,16 +137,19 @@ def test_driver_killed_mid_campaign_is_resumed_to_the_uninterrupted_result(tmp_p
     assert outcome.status == "done"
     assert snapshot(engine, "crash") == snapshot(reference, "crash")
     with transaction(engine) as a, transaction(reference) as b:
-        assert [(r.rank, r.formula, r.energy_per_atom) for r in ranked(a, "crash")] == [(r.rank, r.formula, r.energy_per_atom) for r in ranked(b, "crash")]
+        assert ([(r.rank, r.formula, r.energy_per_atom) for r in ranked(a, "crash")]
+                == [(r.rank, r.formula, r.energy_per_atom) for r in ranked(b, "crash")])
 
 
 def test_a_killed_worker_loses_no_task_and_duplicates_nothing(tmp_path, checkpoint_file):
     from distributed import Client, LocalCluster
 
     path = write_campaign(tmp_path, checkpoint_file, name="workerloss", compositions=["C6", "C8"],
-                          **{"generators.rss.samples_per_composition": 8, "generators.rss.batch_size": 4, "relaxation.max_steps": 400})
+                          **{"generators.rss.samples_per_composition": 8, "generators.rss.batch_size": 4,
+                             "relaxation.max_steps": 400})
     engine = make_engine(str(tmp_path / "w.db"))
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, Client(cluster) as client:
+    with (LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+          Client(cluster) as client):
         before = set(client.scheduler_info()["workers"])
         outcome = {}
         thread = threading.Thread(target=lambda: outcome.update(result=runner.submit(path, engine, client=client)))
@@ -180,7 +187,8 @@ def test_a_campaign_whose_every_task_fails_ends_failed_with_the_errors_stored(tm
         assert campaign.status == "failed" and "4 of 4 tasks failed" in campaign.error
         assert [t.status for t in tasks] == ["failed"] * 4
         assert all("RandomStructureError" in t.error and "C-C 3.00 Å" in t.error for t in tasks)
-    assert counts(engine, "impossible") | {"task": 0} == {"structure": 0, "ranking": 0, "hull_entry": 0, "task": 0, "distinct_slots": 0, "energy": 0}
+    assert counts(engine, "impossible") | {"task": 0} == {"structure": 0, "ranking": 0, "hull_entry": 0, "task": 0,
+                                                          "distinct_slots": 0, "energy": 0}
     assert main(["status", "impossible", "--db", db]) == 0
     shown = capsys.readouterr().out
     assert shown.count("failed impossible task rss/") == 4 and "cannot build C2" in shown
@@ -194,6 +202,7 @@ def test_postgres_and_sqlite_give_the_same_rankings(tmp_path, checkpoint_file, s
         engine = make_engine(url)
         assert runner.submit(path, engine, dashboard_address=":0").status == "done"
         with transaction(engine) as session:
-            results.append([(r.rank, r.formula, r.energy_per_atom, r.volume_per_atom, r.e_above_hull) for r in ranked(session, "parity")])
+            results.append([(r.rank, r.formula, r.energy_per_atom, r.volume_per_atom, r.e_above_hull)
+                            for r in ranked(session, "parity")])
         engine.dispose()
     assert results[0] == results[1] and len(results[0]) > 0

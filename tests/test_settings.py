@@ -100,7 +100,8 @@ def test_generation_settings_reach_the_rss_jobs(path):
     spec = _spec(path, value)
     jobs = [_as_stored(t.job) for rss in spec.generators.rss_blocks
             for t in plan.rss_tasks(spec, rss, {"periodic": 1})]
-    assert jobs and read(jobs[-1]) == pytest.approx(expected) if isinstance(expected, float) else read(jobs[-1]) == expected
+    assert (jobs and read(jobs[-1]) == pytest.approx(expected) if isinstance(expected, float)
+            else read(jobs[-1]) == expected)
 
 
 @pytest.mark.parametrize("path", sorted(RESCORE_FIELDS))

@@ -68,7 +68,8 @@ def test_energies_and_trajectories_round_trip(engine):
                                 rng.normal(size=(frames, len(a), 3)), rng.normal(size=(frames, 3, 3)))]
         for a in atoms
     ]
-    energies = [[store.EnergyRecord("rm_pseudo", total=-5.0 * len(a), fmax=0.01, converged=True, n_steps=40)] for a in atoms]
+    energies = [[store.EnergyRecord("rm_pseudo", total=-5.0 * len(a), fmax=0.01, converged=True, n_steps=40)]
+                for a in atoms]
     with store.transaction(engine) as session:
         ids = store.add_structures(session, atoms, origin="rss", energies=energies, trajectories=trajectories)
     with store.transaction(engine) as session:
@@ -97,7 +98,8 @@ def test_failed_write_rolls_back_everything(engine):
 
 def test_trajectory_with_wrong_shape_is_refused_and_nothing_written(engine):
     atoms = random_structures(1, seed=4)
-    bad = store.TrajectoryRecord("rm_pseudo", np.arange(2), np.zeros(2), np.zeros(2), np.zeros((2, len(atoms[0]) + 1, 3)), np.zeros((2, 3, 3)))
+    bad = store.TrajectoryRecord("rm_pseudo", np.arange(2), np.zeros(2), np.zeros(2),
+                                 np.zeros((2, len(atoms[0]) + 1, 3)), np.zeros((2, 3, 3)))
     with pytest.raises(ValueError, match="positions .* has shape"):
         with store.transaction(engine) as session:
             store.add_structures(session, atoms, origin="rss", trajectories=[[bad]])
@@ -135,7 +137,8 @@ def test_campaign_names_are_unique(engine):
 
 
 arrays = hnp.arrays(
-    dtype=st.one_of(hnp.integer_dtypes(endianness="="), hnp.floating_dtypes(endianness="<"), hnp.floating_dtypes(endianness=">"), hnp.boolean_dtypes()),
+    dtype=st.one_of(hnp.integer_dtypes(endianness="="), hnp.floating_dtypes(endianness="<"),
+                    hnp.floating_dtypes(endianness=">"), hnp.boolean_dtypes()),
     shape=hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=6),
 )
 

@@ -51,7 +51,8 @@ def test_elastic_stress_is_isotropic_hookes_law():
 
 
 def test_ladder_noise_draws_one_level_per_structure_and_bounds_every_component():
-    config = ResponseConfig(displacement="ladder", ladder=(0.25, 1.0), max_displacement=0.8, max_strain=0.0, repulsion_strength=0.0)
+    config = ResponseConfig(displacement="ladder", ladder=(0.25, 1.0), max_displacement=0.8, max_strain=0.0,
+                            repulsion_strength=0.0)
     atoms = bulk("C", "diamond", cubic=True).repeat(3)  # 216 atoms: the largest component comes close to the level
     levels = []
     for sample in noise_many([atoms] * 40, config, 7):
@@ -67,7 +68,8 @@ def test_ladder_noise_draws_one_level_per_structure_and_bounds_every_component()
 
 
 def test_hydrostatic_strain_scales_the_cell_and_gives_bulk_modulus_stress():
-    """An isotropic strain s with no other noise: cell x (1 + s), sigma = E s / (1 - 2 nu) on the diagonal, no forces."""
+    """An isotropic strain s with no other noise: cell x (1 + s), sigma = E s / (1 - 2 nu) on the diagonal, no
+    forces."""
     config = ResponseConfig(max_displacement=0.0, max_strain=0.0, hydrostatic_strain=0.1, repulsion_strength=0.0,
                             youngs_modulus=1.0, poisson_ratio=0.3)
     atoms = bulk("C", "diamond")
@@ -99,8 +101,8 @@ def tiny_training(seed: int, epochs: int = 6, validate_every: int = 1):
         [bulk("C", "diamond"), molecule("CH4")],
         RMConfig(cutoff=3.5, l_max=2, nu_max=2, n_embedding=1, n_radial=4, hidden=(8,)),
         ResponseConfig(max_displacement=0.4, max_strain=0.05),
-        TrainConfig(epochs=epochs, batch_size=4, steps_per_epoch=3, seed=seed, validation_size=8, lr=1e-2, ema_decay=0.9,
-                    validate_every=validate_every),
+        TrainConfig(epochs=epochs, batch_size=4, steps_per_epoch=3, seed=seed, validation_size=8, lr=1e-2,
+                    ema_decay=0.9, validate_every=validate_every),
     )
 
 

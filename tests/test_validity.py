@@ -16,7 +16,8 @@ from atomscreen.evaluate.validity import CHECKS, bond_order, canonical_smiles, c
 def test_qm9_molecules_pass_every_check_and_keep_their_smiles():
     molecules = read_qm9(limit=3000)[::75]  # 40 molecules of 1-9 heavy atoms
     results = check_molecules(molecules, timeout_s=60)
-    failing = {m.info["smiles"]: [c for c in CHECKS if r.checks[c] is False] for m, r in zip(molecules, results) if not r.passes_all}
+    failing = {m.info["smiles"]: [c for c in CHECKS if r.checks[c] is False]
+               for m, r in zip(molecules, results) if not r.passes_all}
     assert not failing and all(r.status == "ok" for r in results)
     # the perceived graph is QM9's (canonical SMILES without stereo); a few differ by charge separation or tautomer
     same = sum(r.smiles == canonical_smiles(m.info["smiles"]) for m, r in zip(molecules, results))
@@ -69,7 +70,8 @@ def _methyl_radical():
 
 BROKEN = {  # geometry -> the checks it must fail
     "C-C stretched to 1.95 Å": (lambda: _move_group(molecule("C2H6"), 0, 1, 1.95), {"bond_lengths"}),
-    "C-C pulled apart to 2.0 Å": (lambda: _move_group(molecule("C2H6"), 0, 1, 2.0), {"all_atoms_connected", "internal_steric_clash"}),
+    "C-C pulled apart to 2.0 Å": (lambda: _move_group(molecule("C2H6"), 0, 1, 2.0),
+                                  {"all_atoms_connected", "internal_steric_clash"}),
     "ethylene twisted by 90°": (_twisted_ethylene, {"double_bond_flatness"}),
     "benzene with a puckered ring": (_puckered_benzene, {"aromatic_ring_flatness"}),
     "two water molecules": (_two_waters, {"all_atoms_connected"}),
@@ -96,7 +98,8 @@ def test_edm_stability_counts_valences_from_distances():
     fraction, stable = edm_stability(radical)
     assert fraction == pytest.approx(3 / 4) and not stable  # the carbon has three bonds
     assert edm_stability(molecule("SiH4")) == (None, None)  # outside H, C, N, O, F
-    assert (bond_order("C", "C", 1.20), bond_order("C", "C", 1.34), bond_order("C", "C", 1.54), bond_order("C", "C", 1.70)) == (3, 2, 1, 0)
+    assert (bond_order("C", "C", 1.20), bond_order("C", "C", 1.34), bond_order("C", "C", 1.54),
+            bond_order("C", "C", 1.70)) == (3, 2, 1, 0)
 
 
 def test_a_check_past_its_time_limit_is_stopped_and_recorded_and_the_rest_go_on():

@@ -1,7 +1,7 @@
 """initial schema
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-21 23:41:58.668816
 
 All tables of the store, plus the SQL views users query:
@@ -12,9 +12,8 @@ All tables of the store, plus the SQL views users query:
 
 from __future__ import annotations
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0001'
 down_revision = None
@@ -114,7 +113,8 @@ def upgrade() -> None:
     sa.Column('started_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('finished_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('wall_time_s', sa.Double(), nullable=True),
-    sa.ForeignKeyConstraint(['campaign_id'], ['campaign.id'], name=op.f('fk_task_campaign_id_campaign'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['campaign_id'], ['campaign.id'], name=op.f('fk_task_campaign_id_campaign'),
+                            ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_task')),
     sa.UniqueConstraint('campaign_id', 'key', name=op.f('uq_task_campaign_id_key'))
     )
@@ -138,9 +138,12 @@ def upgrade() -> None:
     sa.Column('fingerprint', sa.String(length=128), nullable=True),
     sa.Column('info', sa.JSON(), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.ForeignKeyConstraint(['campaign_id'], ['campaign.id'], name=op.f('fk_structure_campaign_id_campaign'), ondelete='CASCADE'),
-    sa.ForeignKeyConstraint(['composition_id'], ['composition.id'], name=op.f('fk_structure_composition_id_composition')),
-    sa.ForeignKeyConstraint(['parent_id'], ['structure.id'], name=op.f('fk_structure_parent_id_structure'), ondelete='SET NULL'),
+    sa.ForeignKeyConstraint(['campaign_id'], ['campaign.id'], name=op.f('fk_structure_campaign_id_campaign'),
+                            ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['composition_id'], ['composition.id'],
+                            name=op.f('fk_structure_composition_id_composition')),
+    sa.ForeignKeyConstraint(['parent_id'], ['structure.id'], name=op.f('fk_structure_parent_id_structure'),
+                            ondelete='SET NULL'),
     sa.ForeignKeyConstraint(['task_id'], ['task.id'], name=op.f('fk_structure_task_id_task'), ondelete='SET NULL'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_structure'))
     )
@@ -165,7 +168,8 @@ def upgrade() -> None:
     sa.Column('wall_time_s', sa.Double(), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['model_id'], ['model.id'], name=op.f('fk_energy_model_id_model')),
-    sa.ForeignKeyConstraint(['structure_id'], ['structure.id'], name=op.f('fk_energy_structure_id_structure'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['structure_id'], ['structure.id'], name=op.f('fk_energy_structure_id_structure'),
+                            ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_energy')),
     sa.UniqueConstraint('structure_id', 'method', name=op.f('uq_energy_structure_id_method'))
     )
@@ -183,10 +187,13 @@ def upgrade() -> None:
     sa.Column('formation_energy_per_atom', sa.Double(), nullable=False),
     sa.Column('e_above_hull', sa.Double(), nullable=False),
     sa.Column('is_stable', sa.Boolean(), nullable=False),
-    sa.ForeignKeyConstraint(['campaign_id'], ['campaign.id'], name=op.f('fk_hull_entry_campaign_id_campaign'), ondelete='CASCADE'),
-    sa.ForeignKeyConstraint(['structure_id'], ['structure.id'], name=op.f('fk_hull_entry_structure_id_structure'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['campaign_id'], ['campaign.id'], name=op.f('fk_hull_entry_campaign_id_campaign'),
+                            ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['structure_id'], ['structure.id'], name=op.f('fk_hull_entry_structure_id_structure'),
+                            ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_hull_entry')),
-    sa.UniqueConstraint('campaign_id', 'structure_id', 'method', name=op.f('uq_hull_entry_campaign_id_structure_id_method'))
+    sa.UniqueConstraint('campaign_id', 'structure_id', 'method',
+                        name=op.f('uq_hull_entry_campaign_id_structure_id_method'))
     )
     with op.batch_alter_table('hull_entry', schema=None) as batch_op:
         batch_op.create_index('ix_hull_entry_campaign_id_method', ['campaign_id', 'method'], unique=False)
@@ -201,13 +208,17 @@ def upgrade() -> None:
     sa.Column('scope', sa.String(length=16), nullable=False),
     sa.Column('rank', sa.Integer(), nullable=False),
     sa.Column('score', sa.Double(), nullable=False),
-    sa.ForeignKeyConstraint(['campaign_id'], ['campaign.id'], name=op.f('fk_ranking_campaign_id_campaign'), ondelete='CASCADE'),
-    sa.ForeignKeyConstraint(['structure_id'], ['structure.id'], name=op.f('fk_ranking_structure_id_structure'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['campaign_id'], ['campaign.id'], name=op.f('fk_ranking_campaign_id_campaign'),
+                            ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['structure_id'], ['structure.id'], name=op.f('fk_ranking_structure_id_structure'),
+                            ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_ranking')),
-    sa.UniqueConstraint('campaign_id', 'structure_id', 'method', 'scope', name=op.f('uq_ranking_campaign_id_structure_id_method_scope'))
+    sa.UniqueConstraint('campaign_id', 'structure_id', 'method', 'scope',
+                        name=op.f('uq_ranking_campaign_id_structure_id_method_scope'))
     )
     with op.batch_alter_table('ranking', schema=None) as batch_op:
-        batch_op.create_index('ix_ranking_campaign_id_method_scope_rank', ['campaign_id', 'method', 'scope', 'rank'], unique=False)
+        batch_op.create_index('ix_ranking_campaign_id_method_scope_rank', ['campaign_id', 'method', 'scope', 'rank'],
+                              unique=False)
         batch_op.create_index(batch_op.f('ix_ranking_structure_id'), ['structure_id'], unique=False)
 
     op.create_table('trajectory',
@@ -220,7 +231,8 @@ def upgrade() -> None:
     sa.Column('fmax', sa.LargeBinary(), nullable=False),
     sa.Column('positions', sa.LargeBinary(), nullable=False),
     sa.Column('cells', sa.LargeBinary(), nullable=False),
-    sa.ForeignKeyConstraint(['structure_id'], ['structure.id'], name=op.f('fk_trajectory_structure_id_structure'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['structure_id'], ['structure.id'], name=op.f('fk_trajectory_structure_id_structure'),
+                            ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_trajectory'))
     )
     with op.batch_alter_table('trajectory', schema=None) as batch_op:

@@ -19,9 +19,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0002'
 down_revision = '0001'
@@ -70,7 +69,8 @@ VIEWS = {
         JOIN structure s ON s.id = r.structure_id
         JOIN composition comp ON comp.id = s.composition_id
         LEFT JOIN energy e ON e.structure_id = r.structure_id AND e.method = r.method
-        LEFT JOIN hull_entry h ON h.campaign_id = r.campaign_id AND h.structure_id = r.structure_id AND h.method = r.method
+        LEFT JOIN hull_entry h ON h.campaign_id = r.campaign_id"""  # split only for line length: same SQL text
+    """ AND h.structure_id = r.structure_id AND h.method = r.method
     """,
 }
 

@@ -11,9 +11,8 @@ Create Date: 2026-11-22
 
 from __future__ import annotations
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0003'
 down_revision = '0002'
@@ -45,9 +44,12 @@ def upgrade() -> None:
         sa.Column('error', sa.Text(), nullable=False),
         sa.Column('wall_time_s', sa.Double(), nullable=True),
         sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(['campaign_id'], ['campaign.id'], name=op.f('fk_calculation_failure_campaign_id_campaign'), ondelete='CASCADE'),
-        sa.ForeignKeyConstraint(['structure_id'], ['structure.id'], name=op.f('fk_calculation_failure_structure_id_structure'), ondelete='CASCADE'),
-        sa.ForeignKeyConstraint(['task_id'], ['task.id'], name=op.f('fk_calculation_failure_task_id_task'), ondelete='SET NULL'),
+        sa.ForeignKeyConstraint(['campaign_id'], ['campaign.id'],
+                                name=op.f('fk_calculation_failure_campaign_id_campaign'), ondelete='CASCADE'),
+        sa.ForeignKeyConstraint(['structure_id'], ['structure.id'],
+                                name=op.f('fk_calculation_failure_structure_id_structure'), ondelete='CASCADE'),
+        sa.ForeignKeyConstraint(['task_id'], ['task.id'], name=op.f('fk_calculation_failure_task_id_task'),
+                                ondelete='SET NULL'),
         sa.PrimaryKeyConstraint('id', name=op.f('pk_calculation_failure')),
         sa.UniqueConstraint('structure_id', 'method', name=op.f('uq_calculation_failure_structure_id_method')),
     )
@@ -63,10 +65,13 @@ def upgrade() -> None:
         sa.Column('reference_name', sa.String(length=200), nullable=True),
         sa.Column('reference_energy_per_atom', sa.Double(), nullable=True),
         sa.Column('reference_energy_rank', sa.Integer(), nullable=True),
-        sa.ForeignKeyConstraint(['campaign_id'], ['campaign.id'], name=op.f('fk_structure_match_campaign_id_campaign'), ondelete='CASCADE'),
-        sa.ForeignKeyConstraint(['structure_id'], ['structure.id'], name=op.f('fk_structure_match_structure_id_structure'), ondelete='CASCADE'),
+        sa.ForeignKeyConstraint(['campaign_id'], ['campaign.id'], name=op.f('fk_structure_match_campaign_id_campaign'),
+                                ondelete='CASCADE'),
+        sa.ForeignKeyConstraint(['structure_id'], ['structure.id'],
+                                name=op.f('fk_structure_match_structure_id_structure'), ondelete='CASCADE'),
         sa.PrimaryKeyConstraint('id', name=op.f('pk_structure_match')),
-        sa.UniqueConstraint('campaign_id', 'structure_id', 'reference_source', name=op.f('uq_structure_match_campaign_id_structure_id_reference_source')),
+        sa.UniqueConstraint('campaign_id', 'structure_id', 'reference_source',
+                            name=op.f('uq_structure_match_campaign_id_structure_id_reference_source')),
     )
     op.create_index(op.f('ix_structure_match_campaign_id'), 'structure_match', ['campaign_id'], unique=False)
     op.create_index(op.f('ix_structure_match_structure_id'), 'structure_match', ['structure_id'], unique=False)

@@ -10,9 +10,8 @@ Create Date: 2026-11-22
 
 from __future__ import annotations
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0004'
 down_revision = '0003'
@@ -40,9 +39,12 @@ def upgrade() -> None:
         sa.Column('atoms_stable', sa.Double(), nullable=True),
         sa.Column('molecule_stable', sa.Boolean(), nullable=True),
         sa.Column('wall_time_s', sa.Double(), nullable=True),
-        sa.ForeignKeyConstraint(['campaign_id'], ['campaign.id'], name=op.f('fk_molecule_check_campaign_id_campaign'), ondelete='CASCADE'),
-        sa.ForeignKeyConstraint(['structure_id'], ['structure.id'], name=op.f('fk_molecule_check_structure_id_structure'), ondelete='CASCADE'),
-        sa.ForeignKeyConstraint(['task_id'], ['task.id'], name=op.f('fk_molecule_check_task_id_task'), ondelete='SET NULL'),
+        sa.ForeignKeyConstraint(['campaign_id'], ['campaign.id'], name=op.f('fk_molecule_check_campaign_id_campaign'),
+                                ondelete='CASCADE'),
+        sa.ForeignKeyConstraint(['structure_id'], ['structure.id'],
+                                name=op.f('fk_molecule_check_structure_id_structure'), ondelete='CASCADE'),
+        sa.ForeignKeyConstraint(['task_id'], ['task.id'], name=op.f('fk_molecule_check_task_id_task'),
+                                ondelete='SET NULL'),
         sa.PrimaryKeyConstraint('id', name=op.f('pk_molecule_check')),
         sa.UniqueConstraint('structure_id', name=op.f('uq_molecule_check_structure_id')),
     )

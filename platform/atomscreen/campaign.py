@@ -86,7 +86,8 @@ def _existing_file(value: str, info: ValidationInfo) -> str:
     path = Path(value).expanduser()
     resolved = path if path.is_absolute() else (base / path)
     if not resolved.is_file():
-        raise ValueError(f"file not found: {resolved}" + ("" if path.is_absolute() else " (relative paths are taken from the campaign file's folder)"))
+        hint = "" if path.is_absolute() else " (relative paths are taken from the campaign file's folder)"
+        raise ValueError(f"file not found: {resolved}{hint}")
     return str(resolved.resolve())
 
 
@@ -119,14 +120,16 @@ class ClusterSpec(Spec):
     @classmethod
     def _scheduler_address(cls, value: str | None) -> str | None:
         if value is not None and not re.fullmatch(r"(tcp|tls|inproc|ucx|ws|wss)://\S+", value):
-            raise ValueError("scheduler must be an address such as tcp://host:8786 (schemes: tcp, tls, ws, wss, ucx, inproc)")
+            raise ValueError("scheduler must be an address such as tcp://host:8786 "
+                             "(schemes: tcp, tls, ws, wss, ucx, inproc)")
         return value
 
     @model_validator(mode="after")
     def _local_or_remote(self) -> ClusterSpec:
         local = {"n_workers", "threads_per_worker", "gpus"} & self.model_fields_set
         if self.scheduler is not None and local:
-            raise ValueError(f"{', '.join(sorted(local))} describe a local cluster and cannot be set together with scheduler")
+            raise ValueError(f"{', '.join(sorted(local))} describe a local cluster and cannot be set together "
+                             "with scheduler")
         return self
 
 
@@ -151,7 +154,8 @@ class CompositionsSpec(Spec):
     max_atoms: PositiveInt = 64
     formulas: list[Annotated[str, AfterValidator(_formula_within_limit)]] = Field(default_factory=list)
     grid: GridSpec | None = None
-    from_training: NonNegativeInt = Field(default=0, description="also the K most common compositions of the model's training set")
+    from_training: NonNegativeInt = Field(
+        default=0, description="also the K most common compositions of the model's training set")
 
     @model_validator(mode="before")
     @classmethod
@@ -170,14 +174,16 @@ class CompositionsSpec(Spec):
     @model_validator(mode="after")
     def _something(self) -> CompositionsSpec:
         if not self.formulas and self.grid is None and not self.from_training:
-            raise ValueError("give formulas (a list such as [C8, Li4S2]), a grid (elements + max_atoms) and/or from_training: K")
+            raise ValueError("give formulas (a list such as [C8, Li4S2]), a grid (elements + max_atoms) "
+                             "and/or from_training: K")
         if self.grid is not None:
             if self.grid.min_atoms > self.max_atoms:
                 raise ValueError(f"grid.min_atoms = {self.grid.min_atoms} is above max_atoms = {self.max_atoms}")
             n = _grid_size(len(self.grid.elements), self.grid.min_atoms, self.max_atoms)
             if n > MAX_GRID_COMPOSITIONS:
                 raise ValueError(
-                    f"grid expands to {n} compositions; at most {MAX_GRID_COMPOSITIONS} allowed: lower max_atoms or use fewer elements"
+                    f"grid expands to {n} compositions; at most {MAX_GRID_COMPOSITIONS} allowed: "
+                    "lower max_atoms or use fewer elements"
                 )
         return self
 
@@ -227,8 +233,9 @@ class DatasetSpec(Spec):
     path: Annotated[str, AfterValidator(_existing_file)] | None = None
     name: str | None = Field(default=None, description="ASE collection name (g2, s22, dcdft)")
     limit: PositiveInt | None = None
-    skip: NonNegativeInt = Field(default=0, description="structures skipped before reading (QM9 is ordered by size: skip to reach "
-                                                        "the 9-heavy-atom molecules)")
+    skip: NonNegativeInt = Field(
+        default=0, description="structures skipped before reading (QM9 is ordered by size: skip to reach the "
+                               "9-heavy-atom molecules)")
 
     @model_validator(mode="after")
     def _source(self) -> DatasetSpec:
@@ -237,7 +244,8 @@ class DatasetSpec(Spec):
                 raise ValueError("format qm9 reads the qm9pack package; leave path out")
         elif self.format == "ase-collection":
             if self.name not in ASE_COLLECTIONS:
-                raise ValueError(f"format ase-collection needs name, one of {', '.join(ASE_COLLECTIONS)} (got {self.name!r})")
+                raise ValueError(f"format ase-collection needs name, one of {', '.join(ASE_COLLECTIONS)} "
+                                 f"(got {self.name!r})")
         elif self.path is None:
             raise ValueError(f"format {self.format} needs a path")
         return self
@@ -262,7 +270,8 @@ def _hyperparameters(value: dict[str, Any]) -> dict[str, Any]:
 
 
 class TrainSpec(Spec):
-    """Train an RM potential on a dataset; hyperparameters are the fields of RMConfig, ResponseConfig and TrainConfig."""
+    """Train an RM potential on a dataset; hyperparameters are the fields of RMConfig, ResponseConfig and
+    TrainConfig."""
 
     dataset: DatasetSpec
     hyperparameters: Annotated[dict[str, Any], AfterValidator(_hyperparameters)] = Field(default_factory=dict)
@@ -324,12 +333,15 @@ class RSSSpec(Spec):
     model: str = Field(default="default", description="the model (a name under models:, or default for model:)")
     seed: int | None = Field(default=None, description="seed of the random starts (default: the campaign's seed)")
     samples_per_composition: PositiveInt
-    volume_per_atom: PositiveFloat | None = Field(default=None, description="Å^3/atom; default: fitted on the training set")
+    volume_per_atom: PositiveFloat | None = Field(
+        default=None, description="Å^3/atom; default: fitted on the training set")
     volume_factor: tuple[PositiveFloat, PositiveFloat] = (0.8, 1.2)
-    min_separation: PositiveFloat | dict[str, PositiveFloat] = Field(default=0.7, description="Å, global or per element pair")
+    min_separation: PositiveFloat | dict[str, PositiveFloat] = Field(
+        default=0.7, description="Å, global or per element pair")
     batch_size: PositiveInt = 64
-    periodic: bool | None = Field(default=None, description="crystals (true) or molecules in a box (false); default: like the "
-                                                            "training set, else true")
+    periodic: bool | None = Field(
+        default=None, description="crystals (true) or molecules in a box (false); default: like the training set, "
+                                  "else true")
     kick: KickSpec | None = None
 
     @field_validator("volume_factor")
@@ -377,9 +389,11 @@ class RelaxationSpec(Spec):
     fmax: PositiveFloat = Field(default=0.05, description="eV/Å")
     max_steps: PositiveInt = 500
     cell: bool = True
-    constant_volume: bool = Field(default=False, description="relax the cell shape at fixed volume (energy versus volume scans)")
+    constant_volume: bool = Field(
+        default=False, description="relax the cell shape at fixed volume (energy versus volume scans)")
     pressure_gpa: float = Field(default=0.0, ge=0.0)
-    trajectory_every: int = Field(default=10, ge=0, description="record every k-th step and the last one; 0 records nothing")
+    trajectory_every: int = Field(
+        default=10, ge=0, description="record every k-th step and the last one; 0 records nothing")
 
     @model_validator(mode="after")
     def _volume_needs_cell(self) -> RelaxationSpec:
@@ -392,7 +406,8 @@ class RelaxationSpec(Spec):
 
 def _rescore_method(value: str) -> str:
     if value not in RESCORING_METHODS:
-        raise ValueError(f"allowed: {', '.join(RESCORING_METHODS)} (for another ASE calculator give calculator: 'module.path:function')")
+        raise ValueError(f"allowed: {', '.join(RESCORING_METHODS)} "
+                         "(for another ASE calculator give calculator: 'module.path:function')")
     return value
 
 
@@ -417,9 +432,12 @@ class RescoreSpec(Spec):
     batch_size: PositiveInt = Field(default=4, description="structures per Dask task")
     trajectory_every: int = Field(default=10, ge=0)
     timeout_s: PositiveFloat | None = Field(
-        default=None, description="seconds per structure: each runs in a child process, stopped and recorded as failed when late")
-    options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the calculator (xtb: accuracy, "
-                                                                      "electronic_temperature, max_iterations, solvent)")
+        default=None,
+        description="seconds per structure: each runs in a child process, stopped and recorded as failed when late")
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="keyword arguments of the calculator (xtb: accuracy, electronic_temperature, max_iterations, "
+                    "solvent)")
 
     @model_validator(mode="after")
     def _one(self) -> RescoreSpec:
@@ -457,20 +475,24 @@ class MatchSpec(Spec):
     """Mark unique structures that match a known structure (StructureMatcher on reduced composition)."""
 
     references: References
-    top_k: PositiveInt | None = Field(default=None, description="match only the best K unique structures per composition "
-                                                                  "and method (default: all); each match costs ms per reference")
-    energy_column: str = Field(default="energy_per_atom", description="the references' energy per atom (eV), e.g. heat_ref for "
-                                                                        "perov_5: ranks references so the report can say whether the "
-                                                                        "lowest candidate is the lowest-energy reference")
+    top_k: PositiveInt | None = Field(
+        default=None, description="match only the best K unique structures per composition and method (default: all); "
+                                  "each match costs ms per reference")
+    energy_column: str = Field(
+        default="energy_per_atom",
+        description="the references' energy per atom (eV), e.g. heat_ref for perov_5: ranks references so the report "
+                    "can say whether the lowest candidate is the lowest-energy reference")
     ltol: PositiveFloat = 0.3
     stol: PositiveFloat = 0.5
     angle_tol: PositiveFloat = 10.0
 
 
 class ValiditySpec(Spec):
-    """Chemical validity of every generated and re-scored molecule (RDKit bond perception + PoseBusters + EDM stability)."""
+    """Chemical validity of every generated and re-scored molecule
+    (RDKit bond perception + PoseBusters + EDM stability)."""
 
-    timeout_s: PositiveFloat = Field(default=30.0, description="seconds per molecule; a check past it is stopped and recorded as timeout")
+    timeout_s: PositiveFloat = Field(
+        default=30.0, description="seconds per molecule; a check past it is stopped and recorded as timeout")
     batch_size: PositiveInt = Field(default=50, description="molecules per Dask task")
 
 
@@ -496,7 +518,8 @@ class CampaignSpec(Spec):
     @classmethod
     def _name(cls, value: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}", value):
-            raise ValueError("a name starts with a letter or digit and uses only letters, digits, '_', '.' and '-' (at most 200 characters)")
+            raise ValueError("a name starts with a letter or digit and uses only letters, digits, '_', '.' and '-' "
+                             "(at most 200 characters)")
         return value
 
     @field_validator("database")
@@ -530,12 +553,14 @@ class CampaignSpec(Spec):
     @classmethod
     def _hull_energy(cls, value: HullSpec, info: ValidationInfo) -> HullSpec:
         rescore, generators = info.data.get("rescore"), info.data.get("generators")
-        allowed = (_pseudo_methods(generators) if generators else ["rm_pseudo"]) + ([rescore.energy_method] if rescore else [])
+        pseudo = _pseudo_methods(generators) if generators else ["rm_pseudo"]
+        allowed = pseudo + ([rescore.energy_method] if rescore else [])
         if value.energy not in allowed:
-            raise ValueError(f"energy = {value.energy!r} is not computed by this campaign; allowed: {', '.join(allowed)}")
+            raise ValueError(f"energy = {value.energy!r} is not computed by this campaign; "
+                             f"allowed: {', '.join(allowed)}")
         if value.references == "training" and _model_specs(info.data) and _training_dataset(info.data) is None:
-            raise ValueError("references: training needs a model trained by this campaign (model.train); give a data set "
-                             "instead")
+            raise ValueError("references: training needs a model trained by this campaign (model.train); "
+                             "give a data set instead")
         return value
 
     @field_validator("match")
@@ -543,8 +568,8 @@ class CampaignSpec(Spec):
     def _match_training(cls, value: MatchSpec | None, info: ValidationInfo) -> MatchSpec | None:
         if value is not None and value.references == "training" and _model_specs(info.data) \
                 and _training_dataset(info.data) is None:
-            raise ValueError("references: training needs a model trained by this campaign (model.train); give a data set "
-                             "instead")
+            raise ValueError("references: training needs a model trained by this campaign (model.train); "
+                             "give a data set instead")
         return value
 
     @model_validator(mode="after")
@@ -613,7 +638,8 @@ def _field_path(loc: tuple) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part.startswith(("function-", "tagged-union", "union", "<")) or part in ("str", "float", "dict[str,float]"):
+        elif (part.startswith(("function-", "tagged-union", "union", "<"))
+              or part in ("str", "float", "dict[str,float]")):
             continue  # pydantic's internal branch labels, not user fields
         else:
             out += f".{part}" if out else part
@@ -628,7 +654,8 @@ def _problem(error: dict, root: type[BaseModel]) -> Problem:
         model = _model_at(loc, root)
         allowed = sorted(model.model_fields) if model else []
         close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-        message = f"unknown key; allowed keys here: {', '.join(allowed)}" + (f"; did you mean {close[0]!r}?" if close else "")
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        message = f"unknown key; allowed keys here: {', '.join(allowed)}{hint}"
     elif error["type"] == "missing":
         value = _MISSING
         message = "required field is missing"
@@ -637,13 +664,16 @@ def _problem(error: dict, root: type[BaseModel]) -> Problem:
     return Problem(_field_path(loc), value, message)
 
 
-def parse_campaign(data: Any, *, source: str = "<campaign>", base_dir: Path | str = ".", root: type[Spec] = None) -> Any:
-    """Validate a loaded YAML document (a campaign unless ``root`` says otherwise); raises CampaignError listing every problem."""
+def parse_campaign(data: Any, *, source: str = "<campaign>", base_dir: Path | str = ".",
+                   root: type[Spec] = None) -> Any:
+    """Validate a loaded YAML document (a campaign unless ``root`` says otherwise); raises CampaignError listing
+    every problem."""
     root = root or CampaignSpec
     if not isinstance(data, dict):
         kind = "empty" if data is None else f"a {type(data).__name__}"
         keys = ", ".join(root.model_fields)
-        raise CampaignError(source, [Problem("", _MISSING, f"the file is {kind}; expected a mapping with keys such as {keys}")])
+        message = f"the file is {kind}; expected a mapping with keys such as {keys}"
+        raise CampaignError(source, [Problem("", _MISSING, message)])
     try:
         return root.model_validate(data, context={"base_dir": Path(base_dir)})
     except ValidationError as exc:
@@ -670,7 +700,8 @@ def load_spec(path: str | Path) -> Any:
     """A campaign or a train file, told apart by their keys (a train file has `dataset` and no `compositions`)."""
     path = Path(path)
     data = _read(path)
-    root = TrainFileSpec if isinstance(data, dict) and "dataset" in data and "compositions" not in data else CampaignSpec
+    is_train_file = isinstance(data, dict) and "dataset" in data and "compositions" not in data
+    root = TrainFileSpec if is_train_file else CampaignSpec
     return parse_campaign(data, source=str(path), base_dir=path.parent, root=root)
 
 

@@ -16,7 +16,9 @@ _TOKEN = re.compile(r"([A-Z][a-z]?)(\d*)")
 def parse_formula(text: str) -> dict[str, int]:
     """Element counts of a formula such as ``Li4S2`` or ``C7H10O2`` (no brackets, positive integer counts)."""
     if not isinstance(text, str) or not _FORMULA.fullmatch(text.strip()):
-        raise ValueError("not a formula: expected element symbols each followed by a positive count, e.g. Li4S2 or C7H10O2")
+        raise ValueError(
+            "not a formula: expected element symbols each followed by a positive count, e.g. Li4S2 or C7H10O2"
+        )
     counts: dict[str, int] = {}
     for symbol, count in _TOKEN.findall(text.strip()):
         if symbol not in ELEMENTS:

@@ -28,8 +28,9 @@ from atomscreen.relax.ase_relax import CalcSettings
 from atomscreen.relax.loop import RelaxSettings
 from atomscreen.relax.trajectory import RelaxStatus, Trajectory
 
-__all__ = ["DEFAULT_MODEL", "PSEUDO", "CheckOut", "Job", "Origin", "ReferenceJob", "RescoreJob", "RssJob", "StructureIn",
-           "StructureOut", "TaskKind", "TaskResult", "ValidityJob", "from_json", "pseudo_method", "to_json"]
+__all__ = ["DEFAULT_MODEL", "PSEUDO", "CheckOut", "Job", "Origin", "ReferenceJob", "RescoreJob", "RssJob",
+           "StructureIn", "StructureOut", "TaskKind", "TaskResult", "ValidityJob", "from_json", "pseudo_method",
+           "to_json"]
 
 JOB_VERSION = 2
 

@@ -34,7 +34,8 @@ class CompositionStats:
 
 @dataclass
 class LowestCheck:
-    """Whether the lowest unique candidate of a reduced composition by ``method`` matches the lowest-energy reference."""
+    """Whether the lowest unique candidate of a reduced composition by ``method`` matches the lowest-energy
+    reference."""
 
     reduced_formula: str
     method: str

@@ -21,9 +21,10 @@ from ase.geometry import cellpar_to_cell
 from scipy.optimize import nnls
 
 from atomscreen.atoms.neighbors import plane_spacings
+from atomscreen.errors import AtomscreenError
 
 
-class RandomStructureError(ValueError):
+class RandomStructureError(AtomscreenError, ValueError):
     """The constraints of a random structure request cannot be met."""
 
 

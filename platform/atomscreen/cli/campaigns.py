@@ -108,13 +108,20 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def progress_reporter(quiet: bool):
     """A rich progress display for training epochs and tasks, plus the Reporter that drives it."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from atomscreen.compute.progress import Reporter
 
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err, disable=quiet,
-                   transient=False)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                   console=err, disable=quiet, transient=False)
     state: dict = {}
 
     def training(epoch: int, epochs: int, loss: float) -> None:
@@ -124,7 +131,8 @@ def progress_reporter(quiet: bool):
 
     def started(total: int, done: int, n_structures: int, stage: str = "generation") -> None:
         state.update(structures=0, expected=n_structures)
-        state["tasks"] = bar.add_task(f"{stage} tasks", total=total, completed=done, info=f"0/{n_structures} structures")
+        state["tasks"] = bar.add_task(f"{stage} tasks", total=total, completed=done,
+                                      info=f"0/{n_structures} structures")
 
     def finished(key: str, ok: bool, n: int) -> None:
         state["structures"] += n

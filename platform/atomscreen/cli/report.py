@@ -41,14 +41,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def _composition_table(name: str, report) -> None:
     method = report.rescore_method
-    table = Table("formula", "gen.", "conv.", "uniq.", "match", "best RM", "resc.", "fail", f"best {method or 're-scored'}",
-                  "R", "s", title=f"{name}: per composition (generated, converged, unique, matching a reference, best "
-                                  "pseudo energy, re-scored, calculator failures, best re-scored energy in eV/atom, "
-                                  "Pearson R of pseudo vs re-scored energy, task time)")
+    title = (f"{name}: per composition (generated, converged, unique, matching a reference, best pseudo energy, "
+             "re-scored, calculator failures, best re-scored energy in eV/atom, Pearson R of pseudo vs re-scored "
+             "energy, task time)")
+    table = Table("formula", "gen.", "conv.", "uniq.", "match", "best RM", "resc.", "fail",
+                  f"best {method or 're-scored'}", "R", "s", title=title)
     for r in report.rows:
-        table.add_row(r.formula, str(r.generated), str(r.converged), str(r.unique), str(r.matched), _num(r.best_pseudo, 4),
-                      str(r.rescored), str(r.rescore_failed), _num(r.best_rescored, 4), _num(r.pearson_r, 2),
-                      f"{r.time_s:.0f}")
+        table.add_row(r.formula, str(r.generated), str(r.converged), str(r.unique), str(r.matched),
+                      _num(r.best_pseudo, 4), str(r.rescored), str(r.rescore_failed), _num(r.best_rescored, 4),
+                      _num(r.pearson_r, 2), f"{r.time_s:.0f}")
     wide(120).print(table)
 
 
@@ -81,15 +82,16 @@ def _validity_table(name: str, rows) -> None:
     """The validity table: % passing each check (of the molecules it could run on), all checks, SMILES, EDM."""
     from atomscreen.evaluate.validity import CHECK_LABELS
 
+    title = (f"{name}: chemical validity, % of molecules passing (RDKit bond perception, PoseBusters 'mol' checks); "
+             "from: generated (gen.) or after re-scoring (resc.); unique / novel: distinct canonical SMILES, and those "
+             "not in the training set; EDM: valence stability")
     table = Table("formula", "from", "n", *CHECK_LABELS.values(), "all", "unique", "novel", "EDM stable", "timeout",
-                  title=f"{name}: chemical validity, % of molecules passing (RDKit bond perception, PoseBusters 'mol' "
-                        "checks); from: generated (gen.) or after re-scoring (resc.); unique / novel: distinct canonical "
-                        "SMILES, and those not in the training set; EDM: valence stability")
+                  title=title)
     table.columns[0].no_wrap = True
     for r in rows:
         rates = [("" if r.assessed[c] == 0 else f"{100 * r.passed[c] / r.assessed[c]:.0f}") for c in CHECK_LABELS]
         table.add_row(r.formula, "gen." if r.origin == "rss" else "resc.", str(r.checked), *rates,
                       f"{100 * r.passes_all / r.checked:.0f}", str(r.unique_smiles),
-                      "" if r.novel_smiles is None else str(r.novel_smiles), f"{100 * r.edm_molecule_stable / r.checked:.0f}",
-                      str(r.timeouts))
+                      "" if r.novel_smiles is None else str(r.novel_smiles),
+                      f"{100 * r.edm_molecule_stable / r.checked:.0f}", str(r.timeouts))
     wide(200).print(table)

@@ -73,9 +73,11 @@ def cmd_results(args: argparse.Namespace) -> int:
         rows = ranked(session, args.name, method=args.method, formula=formula, top=args.top)
         methods = ranked_methods(session, args.name)
     if not rows:
-        raise CLIError(f"campaign {args.name!r} has no structures ranked by {args.method}" + (f" of {formula}" if formula
-                       else "") + f" (ranked here: {', '.join(methods) or 'none'}); see platform status {args.name}")
-    records = [{**{f: getattr(r, f) for f in FIELDS if f != "spacegroup"}, "spacegroup": _symbol(r.spacegroup)} for r in rows]
+        of = f" of {formula}" if formula else ""
+        raise CLIError(f"campaign {args.name!r} has no structures ranked by {args.method}{of} (ranked here: "
+                       f"{', '.join(methods) or 'none'}); see platform status {args.name}")
+    records = [{**{f: getattr(r, f) for f in FIELDS if f != "spacegroup"}, "spacegroup": _symbol(r.spacegroup)}
+               for r in rows]
     if args.format == "table":
         _results_table(args, formula, records)
     else:
@@ -140,7 +142,8 @@ def _hull_table(args: argparse.Namespace, method: str, rows: list[dict]) -> None
                   title=f"{args.name}: {kind} ({method})")
     for r in (r for r in rows if r["is_stable"] or r["e_above_hull"] <= args.within):
         table.add_row(r["chemsys"], r["formula"], str(r["structure_id"]), f"{r['energy_per_atom']:.5f}",
-                      f"{r['formation_energy_per_atom']:.5f}", f"{r['e_above_hull']:.4f}", "yes" if r["is_stable"] else "")
+                      f"{r['formation_energy_per_atom']:.5f}", f"{r['e_above_hull']:.4f}",
+                      "yes" if r["is_stable"] else "")
     out.print(table)
     out.print(f"{method}: {sum(r['is_stable'] for r in rows)} stable of {len(rows)} structures; showing those within "
               f"{args.within} eV/atom of the hull")
@@ -155,7 +158,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     with transaction(engine) as session:
         frames = export_structures(session, args.name, stable_only=args.stable_only, include_duplicates=args.all)
     if not frames:
-        raise CLIError(f"nothing to export from {args.name!r}" + (" (no stable structures)" if args.stable_only else ""))
+        why = " (no stable structures)" if args.stable_only else ""
+        raise CLIError(f"nothing to export from {args.name!r}{why}")
     suffix = {"extxyz": ".extxyz", "cif": "", "ase-db": ".db"}[args.format]
     target = Path(args.output or f"{args.name}{'-stable' if args.stable_only else ''}{suffix or '-cif'}")
     if args.format == "extxyz":

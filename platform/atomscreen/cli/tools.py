@@ -61,7 +61,8 @@ def _add_trajectory_energies(commands) -> None:
                                                            "trajectories")
     traj.add_argument("name")
     traj.add_argument("--method", required=True, help="xtb, chgnet or 'module.path:function'")
-    traj.add_argument("--structure", type=int, nargs="*", help="structure ids (default: the best --top per composition)")
+    traj.add_argument("--structure", type=int, nargs="*",
+                      help="structure ids (default: the best --top per composition)")
     traj.add_argument("--top", type=int, default=3, help="without --structure: the best K unique structures per "
                                                          "composition (default 3)")
     traj.add_argument("--source", default="rm_pseudo", help="whose trajectories and ranking (default rm_pseudo)")
@@ -134,7 +135,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         checkpoint.save(path)
         out.print(f"checkpoint written to {path}")
     m = checkpoint.metrics
-    out.print(f"model {row.id} sha256 {row.sha256}: {m['n_parameters']} parameters, validation loss {m['val_loss']:.4g} "
+    out.print(f"model {row.id} sha256 {row.sha256}: {m['n_parameters']} parameters, "
+              f"validation loss {m['val_loss']:.4g} "
               f"(force MSE {m['val_force_mse']:.4g} (eV/Å)^2, stress MSE {m['val_stress_mse']:.4g}), "
               f"{m['train_time_s']:.0f} s")
     return 0

@@ -69,7 +69,8 @@ def _local_options(spec: ClusterSpec, dashboard_address: str) -> dict[str, Any]:
 
 
 def run_jobs(cluster: Cluster, jobs: Sequence[tuple[Any, str, Job]], models: dict[str, ModelRef],
-             on_result: Callable[[Any, Any], None], on_error: Callable[[Any, BaseException], None], tag: str = "") -> None:
+             on_result: Callable[[Any, Any], None], on_error: Callable[[Any, BaseException], None],
+             tag: str = "") -> None:
     """Run ``jobs`` ((handle, key, job) triples) on the cluster; each job's model (by name) is scattered to every
     worker once. ``on_result(handle, result)`` or ``on_error(handle, exception)`` is called as each one completes."""
     from distributed import as_completed
@@ -94,10 +95,12 @@ def run_jobs(cluster: Cluster, jobs: Sequence[tuple[Any, str, Job]], models: dic
         future.release()
 
 
-def map_chunks(client, func: Callable, items: Sequence, shared: Any, *args: Any, chunk: int = 8, tag: str = "map") -> list:
+def map_chunks(client, func: Callable, items: Sequence, shared: Any, *args: Any, chunk: int = 8,
+               tag: str = "map") -> list:
     """``func(items[i:i+chunk], shared, *args)`` for every chunk on the client's workers (``shared`` sent once to
     each); the chunks' results concatenated in order."""
     handle = client.scatter(shared, broadcast=True, hash=False)
-    futures = [client.submit(func, items[start:start + chunk], handle, *args, key=f"{tag}-{start}-{uuid.uuid4().hex[:6]}")
+    futures = [client.submit(func, items[start:start + chunk], handle, *args,
+                             key=f"{tag}-{start}-{uuid.uuid4().hex[:6]}")
                for start in range(0, len(items), chunk)]
     return [x for future in futures for x in future.result()]

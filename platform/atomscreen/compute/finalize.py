@@ -35,7 +35,8 @@ from atomscreen.store import (
 )
 
 
-def analyse_method(method: str, atoms: Sequence[Atoms], is_reference: Sequence[bool]) -> tuple[MethodAnalysis, list[str]]:
+def analyse_method(method: str, atoms: Sequence[Atoms],
+                   is_reference: Sequence[bool]) -> tuple[MethodAnalysis, list[str]]:
     """Dedupe and rank the candidates of one energy method, and hull them together with the references (pure)."""
     from atomscreen.analysis import pseudo_hulls, rank, representatives
 
@@ -61,7 +62,8 @@ def analyse_method(method: str, atoms: Sequence[Atoms], is_reference: Sequence[b
 
 def analyse_campaign(engine: Engine, campaign_id: int) -> tuple[list[str], bool]:
     """Replace the campaign's rankings and hulls for every energy method: pseudo energies of generated structures
-    (hull references join the hulls), then each re-scoring method. Returns notes and whether any pseudo energy exists."""
+    (hull references join the hulls), then each re-scoring method. Returns notes and whether any pseudo energy
+    exists."""
     notes: list[str] = []
     with transaction(engine) as session:
         clear_analysis(session, campaign_id)
@@ -119,7 +121,8 @@ def _energy_ranks(references: Sequence[Atoms], energy_column: str) -> tuple[list
 
 
 def match_campaign(engine: Engine, campaign_id: int, references: list[Atoms], label: str, settings=None, *,
-                   top_k: int | None = None, client=None, chunk: int = 8, energy_column: str = "energy_per_atom") -> int:
+                   top_k: int | None = None, client=None, chunk: int = 8,
+                   energy_column: str = "energy_per_atom") -> int:
     """Record which unique structures (of every method; the best ``top_k`` per composition and method if given) match a
     reference; replaces earlier matches against ``label``. With a Dask ``client`` the comparisons run on its workers."""
     from atomscreen.evaluate.match import MatchSettings, match_prepared, prepare_references, reduced_formulas
@@ -176,7 +179,8 @@ def final_status(states: dict[str, int], any_energy: bool, name: str) -> tuple[s
     """The campaign's status and error from its task counts per state."""
     n_tasks, failed = sum(states.values()), states.get("failed", 0)
     if failed:
-        return "failed", f"{failed} of {n_tasks} tasks failed (errors: platform status {name}; retry: platform resume {name})"
+        return "failed", (f"{failed} of {n_tasks} tasks failed "
+                          f"(errors: platform status {name}; retry: platform resume {name})")
     if states.get("done", 0) == n_tasks and not any_energy:
         return "failed", "no structure has a finite energy: every relaxation exploded"
     if states.get("done", 0) == n_tasks:
@@ -186,7 +190,8 @@ def final_status(states: dict[str, int], any_energy: bool, name: str) -> tuple[s
 
 def trajectory_energies(engine: Engine, campaign: str, method: str, *, structure_ids: Sequence[int] | None = None,
                         top: int = 3, source: str = PSEUDO, timeout_s: float | None = None,
-                        progress: Callable[[int, int, int, int, list[float]], None] = lambda *a: None) -> tuple[int, int, int]:
+                        progress: Callable[[int, int, int, int, list[float]], None] = lambda *a: None,
+                        ) -> tuple[int, int, int]:
     """Single points of ``method`` at every stored frame of the ``source`` trajectories of the chosen structures (the
     best ``top`` per composition by default), stored as a trajectory of that method on the same structure; a frame the
     method fails on gets NaN. Returns (selected, stored, failed frames)."""
@@ -215,8 +220,8 @@ def _trajectories_to_score(engine, campaign, target, structure_ids, top, source)
         for sid in ids:
             rec = trajectory(session, sid, source)
             if rec is None or structure_campaign(session, sid) != campaign_id:
-                raise AtomscreenError(f"structure {sid} has no {source} trajectory (trajectory_every was 0, or the id is "
-                                      f"not in {campaign!r})")
+                raise AtomscreenError(f"structure {sid} has no {source} trajectory (trajectory_every was 0, "
+                                      f"or the id is not in {campaign!r})")
             if trajectory(session, sid, target) is None:
                 atoms = structures(session, ids=[sid])[0]
                 todo.append((sid, atoms.numbers, atoms.pbc, rec))

@@ -20,7 +20,8 @@ from atomscreen.store import StoredModel, add_model, campaign_models, link_model
 
 @dataclass(frozen=True)
 class ProvidedModel:
-    """A campaign's model as the run needs it: its row id, what workers rebuild it from, its training-set description."""
+    """A campaign's model as the run needs it: its row id, what workers rebuild it from, its training-set
+    description."""
 
     name: str
     id: int
@@ -35,7 +36,8 @@ def _provided(name: str, row: StoredModel) -> ProvidedModel:
 
 def training_recipe(block: TrainSpec, data_sha256: str) -> str:
     """sha256 of what determines a trained model: the training set, hyperparameters and seed."""
-    blob = json.dumps({"data": data_sha256, "hyperparameters": block.hyperparameters, "seed": block.seed}, sort_keys=True)
+    recipe = {"data": data_sha256, "hyperparameters": block.hyperparameters, "seed": block.seed}
+    blob = json.dumps(recipe, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -60,7 +62,8 @@ def train_from_spec(block: Any, structures: list, *, device: str | None = None,
     return train(structures, model_cfg, response_cfg, train_cfg, source=block.dataset.label, progress=progress)
 
 
-def provide_models(engine: Engine, campaign_id: int, spec: CampaignSpec, reporter: Reporter) -> dict[str, ProvidedModel]:
+def provide_models(engine: Engine, campaign_id: int, spec: CampaignSpec,
+                   reporter: Reporter) -> dict[str, ProvidedModel]:
     """Every named model of the campaign, linked to it in the store (so resume uses the same ones)."""
     with transaction(engine) as session:
         linked = campaign_models(session, campaign_id)
@@ -92,8 +95,8 @@ def _provide(engine: Engine, spec: CampaignSpec, name: str, block: ModelSpec, re
         with transaction(engine) as session:
             stored = model_by_recipe(session, block.kind, recipe)
         if stored is not None:
-            reporter.message(f"reusing stored model {stored.id} (sha256 {stored.sha256[:12]}) for{label or ' the model'}: "
-                             "same data, hyperparameters and seed")
+            reporter.message(f"reusing stored model {stored.id} (sha256 {stored.sha256[:12]}) "
+                             f"for{label or ' the model'}: same data, hyperparameters and seed")
             return stored
         n_epochs = configs(train)[2].epochs
         reporter.message(f"training the RM potential{label} on {len(structures)} structure(s) from "

@@ -78,8 +78,8 @@ def _volume(formula: str, rss: RSSSpec, element_volumes: Mapping[str, float] | N
         return rss.volume_per_atom
     if not element_volumes:
         raise PlanError("generators.rss.volume_per_atom is not set and the model carries no fitted element volumes "
-                        "(a checkpoint trained outside atomscreen, or on molecules only: for molecules it sets the box, "
-                        "e.g. 10 Å^3/atom): set it in the campaign")
+                        "(a checkpoint trained outside atomscreen, or on molecules only: for molecules it sets the "
+                        "box, e.g. 10 Å^3/atom): set it in the campaign")
     try:
         return volume_per_atom(parse_formula(formula), element_volumes)
     except ValueError as exc:
@@ -104,8 +104,8 @@ def rss_tasks(spec: CampaignSpec, rss: RSSSpec, training: Mapping[str, Any]) -> 
             count = min(rss.batch_size, rss.samples_per_composition - start)
             job = RssJob(formula, parse_formula(formula), start, count, seed, composition_seed, SYMPREC, random, relax,
                          kick, rss.model)
-            tasks.append(PlannedTask(f"{rss.name}/{formula}/{start}", (seed * 1_000_003 + composition_seed + start) % 2**62,
-                                     job))
+            task_seed = (seed * 1_000_003 + composition_seed + start) % 2**62
+            tasks.append(PlannedTask(f"{rss.name}/{formula}/{start}", task_seed, job))
     return tasks
 
 
@@ -135,8 +135,10 @@ def reference_tasks(spec: CampaignSpec, references: Sequence[Atoms]) -> list[Pla
     tasks = []
     for start in range(0, len(references), size):
         chunk = references[start:start + size]
-        structures = tuple(StructureIn.from_atoms(a, info={k: v for k, v in a.info.items() if isinstance(v, (int, float, str))})
-                           for a in chunk)
+        structures = tuple(
+            StructureIn.from_atoms(a, info={k: v for k, v in a.info.items() if isinstance(v, (int, float, str))})
+            for a in chunk
+        )
         job = ReferenceJob(structures, start, len(chunk), SYMPREC, relax, model)
         tasks.append(PlannedTask(f"reference/{start}", (spec.seed * 1_000_003 + start) % 2**62, job))
     return tasks
@@ -161,8 +163,8 @@ def rescore_tasks(spec: CampaignSpec, candidates: Sequence[tuple[str, int, Atoms
         for start in range(0, len(members), block.batch_size):
             chunk = members[start:start + block.batch_size]
             structures = tuple(StructureIn.from_atoms(a, parent_id=pid) for pid, a in chunk)
-            job = RescoreJob(block.method or block.calculator, block.energy_method, settings, SYMPREC, group, len(chunk),
-                             structures, block.timeout_s, dict(block.options))
+            job = RescoreJob(block.method or block.calculator, block.energy_method, settings, SYMPREC, group,
+                             len(chunk), structures, block.timeout_s, dict(block.options))
             key = f"rescore/{group}/{start}"
             tasks.append(PlannedTask(key, (spec.seed * 1_000_003 + zlib.crc32(key.encode())) % 2**62, job))
     return tasks
@@ -181,5 +183,6 @@ def validity_tasks(spec: CampaignSpec, molecules: Sequence[Atoms], first_index: 
             chunk = members[start:start + size]
             structures = tuple(StructureIn.from_atoms(a, structure_id=a.info["structure_id"]) for a in chunk)
             key = f"validity/{formula}/{first_index + len(tasks)}"
-            tasks.append(PlannedTask(key, spec.seed, ValidityJob(formula, len(chunk), spec.validity.timeout_s, structures)))
+            job = ValidityJob(formula, len(chunk), spec.validity.timeout_s, structures)
+            tasks.append(PlannedTask(key, spec.seed, job))
     return tasks

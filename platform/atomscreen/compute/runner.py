@@ -98,7 +98,8 @@ def _validity(ctx: Context) -> list[plan.PlannedTask]:
                   for s in from_json(TaskKind.VALIDITY, p).structures}
         ids = [i for i in structure_ids(session, ctx.campaign_id, [Origin.RSS, Origin.RESCORE], unchecked=True)
                if i not in queued]
-        molecules = [a for a in structures(session, ids=ids) if not a.pbc.any() and a.info.get("relax_status") != "exploded"]
+        molecules = [a for a in structures(session, ids=ids)
+                     if not a.pbc.any() and a.info.get("relax_status") != "exploded"]
         n_existing = count_tasks(session, ctx.campaign_id, [TaskKind.VALIDITY])
     return plan.validity_tasks(ctx.spec, molecules, n_existing)
 
@@ -109,8 +110,8 @@ STAGES: tuple[Stage, ...] = (
           message=lambda spec: f"re-scoring the top {spec.rescore.top_k} unique candidates per composition with "
                                f"{spec.rescore.energy_method}"),
     Stage("validity", (TaskKind.VALIDITY,), lambda spec: spec.validity is not None, _validity, incremental=True,
-          message=lambda spec: f"checking chemical validity (RDKit + PoseBusters, at most {spec.validity.timeout_s:g} s "
-                               "a molecule)"),
+          message=lambda spec: "checking chemical validity (RDKit + PoseBusters, "
+                               f"at most {spec.validity.timeout_s:g} s a molecule)"),
 )
 
 
@@ -138,7 +139,8 @@ def submit(path: str | Path, engine: Engine, *, scheduler: str | None = None, re
         else:
             reporter.message(f"campaign {spec.name!r} already recorded with this spec: resuming it")
         campaign_id = row.id
-    return _prepare_and_run(engine, campaign_id, spec, Cluster(spec.cluster, scheduler, dashboard_address, client), reporter)
+    cluster = Cluster(spec.cluster, scheduler, dashboard_address, client)
+    return _prepare_and_run(engine, campaign_id, spec, cluster, reporter)
 
 
 def resume(name: str, engine: Engine, *, scheduler: str | None = None, reporter: Reporter = Reporter(),
@@ -148,14 +150,17 @@ def resume(name: str, engine: Engine, *, scheduler: str | None = None, reporter:
     with transaction(engine) as session:
         row = get_campaign(session, name)
         if row is None:
-            raise RunnerError(f"no campaign named {name!r}; campaigns here: {', '.join(campaign_names(session)) or 'none'}")
+            known = ", ".join(campaign_names(session)) or "none"
+            raise RunnerError(f"no campaign named {name!r}; campaigns here: {known}")
         campaign_id, text, source = row.id, row.spec, row.source
     base_dir = Path(source).parent if source else Path(".")
     spec = parse_campaign(yaml.safe_load(text), source=f"campaign {name!r} as stored", base_dir=base_dir)
-    return _prepare_and_run(engine, campaign_id, spec, Cluster(spec.cluster, scheduler, dashboard_address, client), reporter)
+    cluster = Cluster(spec.cluster, scheduler, dashboard_address, client)
+    return _prepare_and_run(engine, campaign_id, spec, cluster, reporter)
 
 
-def _prepare_and_run(engine: Engine, campaign_id: int, spec: CampaignSpec, cluster: Cluster, reporter: Reporter) -> Outcome:
+def _prepare_and_run(engine: Engine, campaign_id: int, spec: CampaignSpec, cluster: Cluster,
+                     reporter: Reporter) -> Outcome:
     models = provide_models(engine, campaign_id, spec, reporter)
     if spec.compositions.from_training:
         try:
@@ -227,7 +232,8 @@ def stage(name: str) -> Stage:
 
 
 def record_tasks(ctx: Context, stage: Stage) -> int:
-    """Plan the stage's tasks and record them (once, or again if the stage is incremental); returns how many were added."""
+    """Plan the stage's tasks and record them (once, or again if the stage is incremental); returns how many were
+    added."""
     with transaction(ctx.engine) as session:
         if count_tasks(session, ctx.campaign_id, stage.kinds) and not stage.incremental:
             return 0

@@ -164,7 +164,8 @@ def rescore_task(job: RescoreJob, model: ModelRef | None = None) -> TaskResult:
     _use_worker_threads()
     device = _device()
     # chgnet converts a tensor that requires grad to a float on every call: a harmless warning per structure
-    warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar", category=UserWarning)
+    warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar",
+                            category=UserWarning)
     if job.timeout_s is None:  # a calculator that cannot be made fails the whole task
         make_calculator(job.method, device=device, options=job.options)
     results = calculate_all([s.to_atoms() for s in job.structures], job.method, job.settings, options=job.options,

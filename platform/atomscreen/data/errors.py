@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
+from atomscreen.errors import AtomscreenError
+
 OnError = Literal["raise", "skip"]
 log = logging.getLogger("atomscreen.data")
 
 
-class DataError(ValueError):
+class DataError(AtomscreenError, ValueError):
     """A malformed entry in a dataset: which file, which row (1-based data row) and why."""
 
     def __init__(self, source: str, row: int | None, reason: str):

@@ -7,8 +7,10 @@ Names are imported on first use (pymatgen, RDKit and torch load slowly; a child 
 from importlib import import_module
 
 _NAMES = {"CalculatorError": "calculators", "make_calculator": "calculators", "method_name": "calculators",
-          "calculate_all": "calculators", "MatchSettings": "match", "ReferenceMatch": "match", "match_references": "match",
-          "Validity": "validity", "check_molecules": "validity", "map_isolated": "isolated"}
+          "calculate_all": "calculators",
+          "MatchSettings": "match", "ReferenceMatch": "match", "match_references": "match",
+          "Validity": "validity", "check_molecules": "validity",
+          "map_isolated": "isolated"}
 
 __all__ = sorted(_NAMES)
 

@@ -28,7 +28,8 @@ class CalculatorError(AtomscreenError, RuntimeError):
 
 
 def method_name(method: str) -> str:
-    """The energy method stored for a re-scoring method: chgnet -> chgnet, xtb -> xtb_gfn2, 'pkg.mod:f' -> 'pkg.mod:f'."""
+    """The energy method stored for a re-scoring method: chgnet -> chgnet, xtb -> xtb_gfn2,
+    'pkg.mod:f' -> 'pkg.mod:f'."""
     return BUILTIN_NAMES.get(method, method)
 
 
@@ -88,19 +89,22 @@ def _calculate_item(item: tuple[str, dict[str, Any], dict[str, Any], Atoms]) -> 
     return calculate(atoms, make_calculator(method, "cpu", options), CalcSettings(**settings))
 
 
-def calculate_all(structures: Sequence[Atoms], method: str, settings: CalcSettings, *, options: dict[str, Any] | None = None,
-                  timeout_s: float | None = None, device: str = "cpu", threads: int = 1) -> list[CalcResult]:
+def calculate_all(structures: Sequence[Atoms], method: str, settings: CalcSettings, *,
+                  options: dict[str, Any] | None = None, timeout_s: float | None = None, device: str = "cpu",
+                  threads: int = 1) -> list[CalcResult]:
     """Relax (or single-point) every structure with ``method``; a structure that fails or, with ``timeout_s``, runs
     longer than that many seconds comes back with status 'failed' and the reason. With a timeout each structure runs
     in a child process (on the CPU) that is killed when it is late; without one, here."""
     if timeout_s is None:
         calc = None if method == "xtb" else make_calculator(method, device, options)
-        return [calculate(atoms, make_calculator(method, device, options) if method == "xtb" else calc, settings) for atoms in structures]
+        return [calculate(atoms, make_calculator(method, device, options) if method == "xtb" else calc, settings)
+                for atoms in structures]
     if method == "xtb":
         make_calculator(method, "cpu", options)  # bad options fail the whole call here, not once per structure
     items = [(method, dict(options or {}), dataclasses.asdict(settings), atoms) for atoms in structures]
     out = []
-    for atoms, outcome in zip(structures, map_isolated("atomscreen.evaluate.calculators:_calculate_item", items, timeout_s, threads=threads)):
+    outcomes = map_isolated("atomscreen.evaluate.calculators:_calculate_item", items, timeout_s, threads=threads)
+    for atoms, outcome in zip(structures, outcomes):
         if outcome.status == "ok":
             out.append(outcome.value)
         else:
@@ -109,10 +113,14 @@ def calculate_all(structures: Sequence[Atoms], method: str, settings: CalcSettin
     return out
 
 
-def single_points(frames: Sequence[Atoms], method: str, *, options: dict[str, Any] | None = None, timeout_s: float | None = None,
-                  device: str = "cpu") -> tuple[list[float], list[float], list[str | None]]:
+def single_points(
+    frames: Sequence[Atoms], method: str, *, options: dict[str, Any] | None = None, timeout_s: float | None = None,
+    device: str = "cpu",
+) -> tuple[list[float], list[float], list[str | None]]:
     """Energy (eV) and largest force (eV/Å) of ``method`` at each frame, NaN where it failed (with the reason)."""
-    results = calculate_all(frames, method, CalcSettings(relax=False, trajectory_every=0), options=options, timeout_s=timeout_s, device=device)
+    results = calculate_all(frames, method, CalcSettings(relax=False, trajectory_every=0), options=options,
+                            timeout_s=timeout_s, device=device)
     nan = float("nan")
-    return ([nan if r.energy is None else r.energy for r in results], [nan if r.fmax is None else r.fmax for r in results],
+    return ([nan if r.energy is None else r.energy for r in results],
+            [nan if r.fmax is None else r.fmax for r in results],
             [r.error for r in results])

@@ -10,8 +10,6 @@ pickles on stdin. An item that runs past ``timeout_s`` is recorded as
 
 from __future__ import annotations
 
-from atomscreen.errors import error_text
-
 import importlib
 import os
 import pickle
@@ -22,6 +20,8 @@ import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
+
+from atomscreen.errors import error_text
 
 _HEADER = struct.Struct("!Q")
 
@@ -65,8 +65,8 @@ def _read_exact(fd: int, n: int, deadline: float | None) -> bytes | None:
 
 class _Child:
     def __init__(self, func: str, env: dict[str, str] | None):
-        self.proc = subprocess.Popen([sys.executable, "-m", "atomscreen.evaluate.isolated", func], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+        self.proc = subprocess.Popen([sys.executable, "-m", "atomscreen.evaluate.isolated", func],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
 
     def ask(self, item: Any, timeout_s: float | None) -> Outcome:
         t0 = time.monotonic()
@@ -79,10 +79,13 @@ class _Child:
             body = _read_exact(self.proc.stdout.fileno(), _HEADER.unpack(header)[0], None)
         except (EOFError, BrokenPipeError) as exc:
             code = self.proc.wait()
-            return Outcome("error", error=f"the worker process died (exit code {code}): {exc}", wall_time_s=time.monotonic() - t0)
+            return Outcome("error", error=f"the worker process died (exit code {code}): {exc}",
+                           wall_time_s=time.monotonic() - t0)
         status, payload = pickle.loads(body)
         elapsed = time.monotonic() - t0
-        return Outcome("ok", value=payload, wall_time_s=elapsed) if status == "ok" else Outcome("error", error=payload, wall_time_s=elapsed)
+        if status == "ok":
+            return Outcome("ok", value=payload, wall_time_s=elapsed)
+        return Outcome("error", error=payload, wall_time_s=elapsed)
 
     def close(self, kill: bool = False) -> None:
         if kill:
@@ -100,7 +103,8 @@ def map_isolated(func: str, items: Sequence[Any], timeout_s: float | None, *, th
     an item past ``timeout_s`` seconds (None: no limit) becomes a ``timeout`` outcome and the others go on."""
     if timeout_s is not None and timeout_s <= 0:
         raise ValueError(f"timeout_s must be positive or None, got {timeout_s}")
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "OMP_STACKSIZE": os.environ.get("OMP_STACKSIZE", "1G")}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "OMP_STACKSIZE": os.environ.get("OMP_STACKSIZE", "1G")}
     out: list[Outcome] = []
     child: _Child | None = None
     try:

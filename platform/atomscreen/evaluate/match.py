@@ -27,8 +27,8 @@ class MatchSettings:
     angle_tol: float = 10.0
 
     def matcher(self) -> StructureMatcher:
-        return StructureMatcher(ltol=self.ltol, stol=self.stol, angle_tol=self.angle_tol, primitive_cell=False, scale=True,
-                                attempt_supercell=False)
+        return StructureMatcher(ltol=self.ltol, stol=self.stol, angle_tol=self.angle_tol, primitive_cell=False,
+                                scale=True, attempt_supercell=False)
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,8 @@ def _key(structure: Structure) -> tuple[str, int, Structure]:
 PreparedReferences = dict[tuple[str, int], list[tuple[int, Structure]]]
 
 
-def prepare_references(references: Sequence[Atoms], formulas: set[str], order: Sequence[int] | None = None) -> PreparedReferences:
+def prepare_references(references: Sequence[Atoms], formulas: set[str],
+                       order: Sequence[int] | None = None) -> PreparedReferences:
     """Primitive cells of the periodic references whose reduced formula is in ``formulas``, keyed by (formula, sites),
     each list in ``order`` (default list order)."""
     order = list(range(len(references))) if order is None else list(order)
@@ -69,8 +70,10 @@ def reduced_formulas(structures: Sequence[Atoms]) -> set[str]:
     return {AseAtomsAdaptor.get_structure(a).composition.reduced_formula for a in structures if a.pbc.all()}
 
 
-def match_prepared(structures: Sequence[Atoms], prepared: PreparedReferences, settings: MatchSettings = MatchSettings()) -> list[ReferenceMatch]:
-    """For each periodic structure, the first prepared reference StructureMatcher fits (a pure function: run it in chunks)."""
+def match_prepared(structures: Sequence[Atoms], prepared: PreparedReferences,
+                   settings: MatchSettings = MatchSettings()) -> list[ReferenceMatch]:
+    """For each periodic structure, the first prepared reference StructureMatcher fits (a pure function: run it in
+    chunks)."""
     matcher = settings.matcher()
     out = []
     for i, atoms in enumerate(structures):
@@ -84,7 +87,9 @@ def match_prepared(structures: Sequence[Atoms], prepared: PreparedReferences, se
     return out
 
 
-def match_references(structures: Sequence[Atoms], references: Sequence[Atoms], settings: MatchSettings = MatchSettings(),
+def match_references(structures: Sequence[Atoms], references: Sequence[Atoms],
+                     settings: MatchSettings = MatchSettings(),
                      order: Sequence[int] | None = None) -> list[ReferenceMatch]:
-    """The first reference (in ``order``, default list order, e.g. lowest energy first) each periodic structure matches."""
+    """The first reference (in ``order``, default list order, e.g. lowest energy first) each periodic structure
+    matches."""
     return match_prepared(structures, prepare_references(references, reduced_formulas(structures), order), settings)

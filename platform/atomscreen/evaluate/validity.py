@@ -43,8 +43,8 @@ POSEBUSTERS_CHECKS = {
 }
 CHECKS = ("bonds_determined", *POSEBUSTERS_CHECKS.values())  # the molecule_check columns, in table order
 # short column headers for tables (`platform report`)
-CHECK_LABELS = dict(zip(CHECKS, ("bonds", "sanit.", "InChI", "conn.", "no rad.", "lengths", "angles", "clash", "arom. flat",
-                                 "ring pucker", "C=C flat", "energy")))
+CHECK_LABELS = dict(zip(CHECKS, ("bonds", "sanit.", "InChI", "conn.", "no rad.", "lengths", "angles", "clash",
+                                 "arom. flat", "ring pucker", "C=C flat", "energy")))
 ENSEMBLE_ENERGY_FLOOR = 0.01  # kcal/mol: below it PoseBusters' energy ratio is not defined
 
 
@@ -65,11 +65,13 @@ class Validity:
     def passes_all(self) -> bool:
         """Checked, bonds perceived, and no check failed (one that could not run, e.g. the energy ratio when RDKit
         cannot embed a conformer ensemble of a strained cage, does not count against it)."""
-        return self.status == "ok" and self.checks.get("bonds_determined") is True and not any(self.checks.get(c) is False for c in CHECKS)
+        return (self.status == "ok" and self.checks.get("bonds_determined") is True
+                and not any(self.checks.get(c) is False for c in CHECKS))
 
 
 def rdkit_molecule(atoms: Atoms, charge: int = 0):
-    """An RDKit molecule with the 3D conformer of ``atoms`` and bonds and orders perceived from it (raises if none fit)."""
+    """An RDKit molecule with the 3D conformer of ``atoms`` and bonds and orders perceived from it (raises if none
+    fit)."""
     from rdkit import Chem
     from rdkit.Chem import rdDetermineBonds
     from rdkit.Geometry import Point3D
@@ -147,8 +149,8 @@ def _check_one(item: tuple[np.ndarray, np.ndarray]) -> dict:
 def check_molecules(structures: Sequence[Atoms], timeout_s: float | None = 30.0) -> list[Validity]:
     """Validity of each molecule (perception and PoseBusters in a child process, ``timeout_s`` per molecule) and
     its EDM stability."""
-    outcomes = map_isolated("atomscreen.evaluate.validity:_check_one",
-                            [(np.asarray(a.numbers), np.asarray(a.positions, dtype=float)) for a in structures], timeout_s)
+    items = [(np.asarray(a.numbers), np.asarray(a.positions, dtype=float)) for a in structures]
+    outcomes = map_isolated("atomscreen.evaluate.validity:_check_one", items, timeout_s)
     out = []
     for atoms, outcome in zip(structures, outcomes):
         stable = edm_stability(atoms)
@@ -165,9 +167,9 @@ def check_molecules(structures: Sequence[Atoms], timeout_s: float | None = 30.0)
 
 # Typical bond lengths in pm (single, double, triple) of organic molecules, from standard tables of covalent bond
 # lengths; the margins (EDM's) widen them by 10, 5 and 3 pm.
-_SINGLE = {("H", "H"): 74, ("C", "H"): 109, ("H", "N"): 101, ("H", "O"): 96, ("F", "H"): 92, ("C", "C"): 154, ("C", "N"): 147,
-           ("C", "O"): 143, ("C", "F"): 135, ("N", "N"): 145, ("N", "O"): 140, ("F", "N"): 136, ("O", "O"): 148,
-           ("F", "O"): 142, ("F", "F"): 142}
+_SINGLE = {("H", "H"): 74, ("C", "H"): 109, ("H", "N"): 101, ("H", "O"): 96, ("F", "H"): 92, ("C", "C"): 154,
+           ("C", "N"): 147, ("C", "O"): 143, ("C", "F"): 135, ("N", "N"): 145, ("N", "O"): 140, ("F", "N"): 136,
+           ("O", "O"): 148, ("F", "O"): 142, ("F", "F"): 142}
 _DOUBLE = {("C", "C"): 134, ("C", "N"): 129, ("C", "O"): 120, ("N", "N"): 125, ("N", "O"): 121, ("O", "O"): 121}
 _TRIPLE = {("C", "C"): 120, ("C", "N"): 116, ("N", "N"): 110, ("C", "O"): 113}
 _MARGINS = (10, 5, 3)

@@ -190,7 +190,10 @@ def relax(
     dtype: torch.dtype = torch.float64,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[RelaxResult]:
-    """Relax every structure (positions, and the cell if settings.cell) with settings.optimizer; input order."""
+    """Relax every structure (positions, and the cell if settings.cell) with settings.optimizer.
+
+    Results come in input order.
+    """
     if settings.optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer = {settings.optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
     optimizer, params = OPTIMIZERS[settings.optimizer], getattr(settings, settings.optimizer)

@@ -56,8 +56,8 @@ __all__ = [
     "add_model", "add_structures", "add_tasks", "add_trajectory", "campaign_models", "campaign_names",
     "campaign_summaries", "claim_tasks", "clear_analysis", "composition_fields", "count_tasks", "export_structures",
     "get_campaign", "get_or_create_composition", "hull_methods", "hull_rows", "link_model", "make_engine",
-    "model_by_recipe", "normalize_url", "open_payloads", "ranked", "ranked_methods", "record_task_failure", "replace_matches",
-    "report_rows", "reset_running", "resolve_url", "set_campaign_status", "set_novelty", "spec_hash",
+    "model_by_recipe", "normalize_url", "open_payloads", "ranked", "ranked_methods", "record_task_failure",
+    "replace_matches", "report_rows", "reset_running", "resolve_url", "set_campaign_status", "set_novelty", "spec_hash",
     "structure_campaign", "structure_ids", "structures", "task_states", "to_atoms", "top_candidates", "trajectory",
     "transaction", "write_task_result",
 ]

@@ -69,4 +69,5 @@ def require_head(engine: Engine) -> None:
     """Raise SchemaError unless the database is at the newest revision."""
     current, head = current_revision(engine), head_revision()
     if current != head:
-        raise SchemaError(f"the database is at revision {current or 'none'} but this atomscreen needs {head}: run platform db upgrade")
+        raise SchemaError(f"the database is at revision {current or 'none'} but this atomscreen needs {head}: "
+                          "run platform db upgrade")

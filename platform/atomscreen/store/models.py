@@ -174,7 +174,8 @@ class Structure(Base):
     task_index: Mapped[Optional[int]] = mapped_column(Integer)
     parent_id: Mapped[Optional[int]] = mapped_column(ForeignKey("structure.id", ondelete="SET NULL"), index=True)
     # dedupe: NULL for a unique structure, else the lowest-energy structure it matches
-    representative_id: Mapped[Optional[int]] = mapped_column(ForeignKey("structure.id", ondelete="SET NULL"), index=True)
+    representative_id: Mapped[Optional[int]] = mapped_column(ForeignKey("structure.id", ondelete="SET NULL"),
+                                                             index=True)
     origin: Mapped[str] = mapped_column(String(32), index=True)
     model_id: Mapped[Optional[int]] = mapped_column(ForeignKey("model.id"), index=True)  # the model that made it
     n_atoms: Mapped[int] = mapped_column(Integer)

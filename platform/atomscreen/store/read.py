@@ -90,9 +90,9 @@ def campaign_summaries(session: Session, name: str | None = None) -> list[Campai
         failures = session.execute(select(Task.key, Task.error).where(Task.campaign_id == campaign.id,
                                                                       Task.status == TaskState.FAILED)
                                    .order_by(Task.id)).all()
-        summaries.append(CampaignSummary(campaign.name, campaign.status, dict(Counter(task_states(session, campaign.id))),
-                                         n_structures or 0, [(key, error or "") for key, error in failures],
-                                         campaign.error))
+        summaries.append(CampaignSummary(campaign.name, campaign.status,
+                                         dict(Counter(task_states(session, campaign.id))), n_structures or 0,
+                                         [(key, error or "") for key, error in failures], campaign.error))
     return summaries
 
 
@@ -147,7 +147,10 @@ def top_candidates(session: Session, campaign_id: int, *, method: str | None = N
         query = query.where(Ranking.method == method)
     if top_k is not None:
         query = query.where(Ranking.rank <= top_k)
-    query = query.order_by(Ranking.score, Ranking.structure_id) if order == "score" else query.order_by(Ranking.structure_id)
+    if order == "score":
+        query = query.order_by(Ranking.score, Ranking.structure_id)
+    else:
+        query = query.order_by(Ranking.structure_id)
     return list(dict.fromkeys(session.scalars(query)))
 
 

@@ -37,7 +37,8 @@ class TrajectoryRecord:
 
     @classmethod
     def of(cls, method: str, trajectory: Trajectory) -> TrajectoryRecord:
-        return cls(method, trajectory.steps, trajectory.energies, trajectory.fmax, trajectory.positions, trajectory.cells)
+        return cls(method, trajectory.steps, trajectory.energies, trajectory.fmax, trajectory.positions,
+                   trajectory.cells)
 
     @property
     def trajectory(self) -> Trajectory:
@@ -91,7 +92,8 @@ class CampaignSummary:
 
 @dataclass
 class RankedRow:
-    """One line of `platform results`: a unique structure with its rank, energy and hull position (eV/atom, Å^3/atom)."""
+    """One line of `platform results`: a unique structure with its rank, energy and hull position
+    (eV/atom, Å^3/atom)."""
 
     rank: int
     structure_id: int

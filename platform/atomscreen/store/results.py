@@ -84,7 +84,8 @@ def export_structures(session: Session, campaign: str, *, method: str = "rm_pseu
     """A campaign's structures for writing to files: unique ones in overall rank order (then duplicates if asked),
     with energy per atom, rank, e_above_hull and representative in ``info``."""
     in_campaign = Campaign.name == campaign
-    rank = dict(session.execute(select(Ranking.structure_id, Ranking.rank).join(Campaign, Campaign.id == Ranking.campaign_id)
+    rank = dict(session.execute(select(Ranking.structure_id, Ranking.rank)
+                                .join(Campaign, Campaign.id == Ranking.campaign_id)
                                 .where(in_campaign, Ranking.method == method, Ranking.scope == "overall")).all())
     hull = {sid: (e, stable) for sid, e, stable in session.execute(
         select(HullEntry.structure_id, HullEntry.e_above_hull, HullEntry.is_stable)
@@ -120,13 +121,15 @@ def report_rows(session: Session, campaign: str) -> ReportRows:
         select(Structure.id, Structure.origin, Structure.parent_id, Composition.formula, Composition.reduced_formula)
         .join(Composition, Composition.id == Structure.composition_id).where(Structure.campaign_id == cid)).all()
     energies = session.execute(select(Energy.structure_id, Energy.method, Energy.per_atom, Energy.converged)
-                               .join(Structure, Structure.id == Energy.structure_id).where(Structure.campaign_id == cid))
+                               .join(Structure, Structure.id == Energy.structure_id)
+                               .where(Structure.campaign_id == cid))
     rankings = session.execute(select(Ranking.structure_id, Ranking.method, Ranking.score)
                                .where(Ranking.campaign_id == cid, Ranking.scope == "composition")).all()
     matches = session.execute(select(StructureMatch.structure_id, StructureMatch.reference_name,
                                      StructureMatch.reference_energy_rank)
                               .where(StructureMatch.campaign_id == cid).order_by(StructureMatch.id)).all()
-    failures = session.execute(select(CalculationFailure.structure_id, CalculationFailure.method, CalculationFailure.error)
+    failures = session.execute(select(CalculationFailure.structure_id, CalculationFailure.method,
+                                      CalculationFailure.error)
                                .where(CalculationFailure.campaign_id == cid)
                                .order_by(CalculationFailure.structure_id)).all()
     times: dict[str, float] = {}

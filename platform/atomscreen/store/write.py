@@ -86,9 +86,10 @@ def _nth(seq: Sequence | None, i: int) -> Any:
 
 def _structure_row(atoms: Atoms, composition_id: int, origin: str, **columns: Any) -> Structure:
     pbc = np.asarray(atoms.pbc, dtype=bool)
-    return Structure(composition_id=composition_id, origin=origin, n_atoms=len(atoms), pbc="".join("T" if p else "F" for p in pbc),
-                     numbers=np.asarray(atoms.numbers), positions=np.asarray(atoms.positions),
-                     cell=np.asarray(atoms.cell.array), volume_per_atom=float(atoms.get_volume() / len(atoms)) if pbc.all() else None,
+    return Structure(composition_id=composition_id, origin=origin, n_atoms=len(atoms),
+                     pbc="".join("T" if p else "F" for p in pbc), numbers=np.asarray(atoms.numbers),
+                     positions=np.asarray(atoms.positions), cell=np.asarray(atoms.cell.array),
+                     volume_per_atom=float(atoms.get_volume() / len(atoms)) if pbc.all() else None,
                      info=_info(atoms), **columns)
 
 
@@ -123,7 +124,8 @@ def add_structures(
         index, group = _nth(task_indices, i), _nth(spacegroups, i)
         rows.append(_structure_row(atoms, compositions[formula], origin, campaign_id=campaign_id, task_id=task_id,
                                    model_id=model_id, parent_id=_nth(parent_ids, i),
-                                   task_index=None if index is None else int(index), spacegroup=None if group is None else int(group)))
+                                   task_index=None if index is None else int(index),
+                                   spacegroup=None if group is None else int(group)))
     session.add_all(rows)
     session.flush()
     for i, row in enumerate(rows):
@@ -149,9 +151,10 @@ def _trajectory_row(structure: Structure, record: TrajectoryRecord) -> Trajector
         got = np.shape(getattr(record, name))
         if got != shape:
             raise ValueError(f"trajectory {name} of structure {structure.id} has shape {got}, expected {shape}")
-    return Trajectory(structure_id=structure.id, method=record.method, n_frames=n_frames, steps=np.asarray(record.steps),
-                      energies=np.asarray(record.energies), fmax=np.asarray(record.fmax),
-                      positions=np.asarray(record.positions), cells=np.asarray(record.cells))
+    return Trajectory(structure_id=structure.id, method=record.method, n_frames=n_frames,
+                      steps=np.asarray(record.steps), energies=np.asarray(record.energies),
+                      fmax=np.asarray(record.fmax), positions=np.asarray(record.positions),
+                      cells=np.asarray(record.cells))
 
 
 def add_energies(session: Session, structure_ids: Sequence[int], records: Sequence[EnergyRecord]) -> None:
@@ -182,10 +185,12 @@ def add_trajectory(session: Session, structure_id: int, record: TrajectoryRecord
 # --- campaigns and models ------------------------------------------------------------------------------------------
 
 def add_campaign(session: Session, name: str, spec_text: str, source: str | None = None) -> Campaign:
-    """Record a new campaign (``source``: the YAML file it came from); a second campaign with the same name is refused."""
+    """Record a new campaign (``source``: the YAML file it came from); a second campaign with the same name is
+    refused."""
     if session.scalar(select(Campaign).where(Campaign.name == name)) is not None:
         raise ValueError(f"a campaign named {name!r} already exists")
-    row = Campaign(name=name, spec=spec_text, spec_hash=spec_hash(spec_text), status=CampaignState.PENDING, source=source)
+    row = Campaign(name=name, spec=spec_text, spec_hash=spec_hash(spec_text), status=CampaignState.PENDING,
+                   source=source)
     session.add(row)
     session.flush()
     return row
