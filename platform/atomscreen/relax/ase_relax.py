@@ -59,7 +59,9 @@ class CalcResult:
 def _optimizer(name: str):
     from ase.optimize import BFGS, FIRE, LBFGS, BFGSLineSearch, LBFGSLineSearch
 
-    return {"fire": FIRE, "bfgs": BFGS, "lbfgs": LBFGS, "bfgs_linesearch": BFGSLineSearch, "lbfgs_linesearch": LBFGSLineSearch}[name]
+    choices = {"fire": FIRE, "bfgs": BFGS, "lbfgs": LBFGS, "bfgs_linesearch": BFGSLineSearch,
+               "lbfgs_linesearch": LBFGSLineSearch}
+    return choices[name]
 
 
 def _checked(atoms: Atoms) -> tuple[float, float]:
@@ -71,7 +73,8 @@ def _checked(atoms: Atoms) -> tuple[float, float]:
 
 
 def calculate(atoms: Atoms, calc, settings: CalcSettings = CalcSettings()) -> CalcResult:
-    """Energy of ``atoms`` with ``calc`` after relaxing it as ``settings`` say; failures come back as status 'failed'."""
+    """Energy of ``atoms`` with ``calc`` after relaxing it as ``settings`` say; failures come back as status
+    'failed'."""
     t0 = time.perf_counter()
     work = atoms.copy()
     work.calc = calc
@@ -87,7 +90,8 @@ def calculate(atoms: Atoms, calc, settings: CalcSettings = CalcSettings()) -> Ca
         if settings.relax and settings.max_steps > 0:
             from ase.filters import FrechetCellFilter
 
-            target = FrechetCellFilter(work, scalar_pressure=settings.pressure) if settings.cell and work.pbc.all() else work
+            cell = settings.cell and work.pbc.all()
+            target = FrechetCellFilter(work, scalar_pressure=settings.pressure) if cell else work
             opt = _optimizer(settings.optimizer)(target, logfile=None)
             if settings.trajectory_every:
                 opt.attach(lambda: record(opt.nsteps), interval=settings.trajectory_every)
@@ -99,10 +103,20 @@ def calculate(atoms: Atoms, calc, settings: CalcSettings = CalcSettings()) -> Ca
     except Exception as exc:  # any calculator or optimizer error belongs to this structure only
         return CalcResult(atoms.copy(), RelaxStatus.FAILED, None, None, steps, time.perf_counter() - t0,
                           error=error_text(exc, 2000))
-    status = RelaxStatus.SINGLE_POINT if converged is None else (RelaxStatus.CONVERGED if converged else RelaxStatus.NOT_CONVERGED)
+    return _result(work, converged, energy, fmax, steps, frames, time.perf_counter() - t0)
+
+
+def _result(work: Atoms, converged: bool | None, energy: float, fmax: float, steps: int, frames: list,
+            wall_time_s: float) -> CalcResult:
+    """The CalcResult of a finished calculation (``converged`` None: a single point)."""
+    if converged is None:
+        status = RelaxStatus.SINGLE_POINT
+    else:
+        status = RelaxStatus.CONVERGED if converged else RelaxStatus.NOT_CONVERGED
     out = Atoms(numbers=work.numbers, positions=work.positions, cell=work.cell.array, pbc=work.pbc)
     trajectory = None
     if frames:
-        trajectory = Trajectory(np.array([f[0] for f in frames]), np.array([f[1] for f in frames]), np.array([f[2] for f in frames]),
-                                np.stack([f[3] for f in frames]), np.stack([f[4] for f in frames]))
-    return CalcResult(out, status, energy, fmax, steps, time.perf_counter() - t0, trajectory=trajectory)
+        steps_, energies, fmaxes, positions, cells = zip(*frames)
+        trajectory = Trajectory(np.array(steps_), np.array(energies), np.array(fmaxes), np.stack(positions),
+                                np.stack(cells))
+    return CalcResult(out, status, energy, fmax, steps, wall_time_s, trajectory=trajectory)
