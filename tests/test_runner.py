@@ -206,3 +206,22 @@ def test_postgres_and_sqlite_give_the_same_rankings(tmp_path, checkpoint_file, s
                             for r in ranked(session, "parity")])
         engine.dispose()
     assert results[0] == results[1] and len(results[0]) > 0
+
+
+def test_dask_info_lines_are_printed_only_with_verbose(tmp_path, checkpoint_file):
+    """The terminal keeps the dashboard URL and progress; Dask's connection chatter only with -v."""
+    import sys
+
+    path = write_campaign(tmp_path, checkpoint_file, name="quiet", compositions=["C2"],
+                          **{"generators.rss.samples_per_composition": 2, "cluster.n_workers": 1})
+
+    def submit(*flags: str) -> subprocess.CompletedProcess:
+        db = tmp_path / f"run{len(flags)}.db"
+        return subprocess.run([sys.executable, "-m", "atomscreen", *flags, "submit", str(path), "--db", str(db),
+                               "--dashboard-address", ":0"], capture_output=True, text=True, timeout=300)
+
+    quiet, verbose = submit(), submit("--verbose")
+    assert quiet.returncode == 0 and verbose.returncode == 0, quiet.stderr + verbose.stderr
+    assert "Dask dashboard: http" in quiet.stderr and "generation tasks" in quiet.stderr
+    assert "INFO" not in quiet.stderr + quiet.stdout
+    assert "INFO distributed" in verbose.stderr

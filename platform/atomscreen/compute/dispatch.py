@@ -24,6 +24,7 @@ class Cluster:
     on_open: Callable[[str], None] = lambda dashboard: None
     _local: Any = None
     _opened: bool = False
+    _dashboard: str | None = None
 
     def get(self):
         """The connected client (a LocalCluster of worker processes unless a scheduler address is given)."""
@@ -37,14 +38,15 @@ class Cluster:
                 self._local = LocalCluster(**_local_options(self.spec, self.dashboard_address))
                 self.client = Client(self._local)
             self._opened = True
-        if not getattr(self, "_announced", False):
-            self._announced = True
-            self.on_open(self.client.dashboard_link)
+        if self._dashboard is None:
+            self._dashboard = self.client.dashboard_link
+            self.on_open(self._dashboard)
         return self.client
 
     @property
     def dashboard(self) -> str | None:
-        return self.client.dashboard_link if self.client is not None else None
+        """The dashboard URL, once the client was used."""
+        return self._dashboard
 
     def has_gpu_workers(self) -> bool:
         workers = self.get().scheduler_info(n_workers=-1).get("workers", {})
