@@ -326,6 +326,15 @@ class KickSpec(Spec):
     rounds: PositiveInt = 1
 
 
+class StageSpec(Spec):
+    """One stage of a staged relaxation: displace every atom by up to ``kick`` Å per component first (0: no kick),
+    then relax to ``fmax`` in at most ``max_steps`` (default: what the earlier stages left of relaxation.max_steps)."""
+
+    fmax: PositiveFloat = Field(description="eV/Å")
+    max_steps: NonNegativeInt | None = None
+    kick: float = Field(default=0.0, ge=0.0, description="Å, uniform in ±kick per Cartesian component")
+
+
 class RSSSpec(Spec):
     """Random structure search: random cells of each composition, relaxed on the pseudo potential named ``model``."""
 
@@ -343,6 +352,28 @@ class RSSSpec(Spec):
         default=None, description="crystals (true) or molecules in a box (false); default: like the training set, "
                                   "else true")
     kick: KickSpec | None = None
+    box: tuple[PositiveFloat, PositiveFloat, PositiveFloat] | None = Field(
+        default=None, description="molecules: a fixed orthorhombic box, Å (e.g. [10, 5, 5], the RM authors')")
+    box_aspect: tuple[PositiveFloat, PositiveFloat, PositiveFloat] | None = Field(
+        default=None, description="molecules: edge ratios of the box of volume_per_atom x atoms (default a cube)")
+    stages: list[StageSpec] = Field(
+        default_factory=list, description="relax in stages sharing relaxation.max_steps, e.g. [{fmax: 0.001, "
+                                          "max_steps: 500}, {kick: 0.75, fmax: 0.0002}] (default: one relaxation)")
+    select: Literal["all", "converged"] = Field(
+        default="all", description="candidates for ranking and re-scoring: all structures that did not explode, or "
+                                   "only those converged (validity is judged on all, and reported both ways)")
+
+    @model_validator(mode="after")
+    def _molecule_box(self) -> RSSSpec:
+        if self.box is not None and self.box_aspect is not None:
+            raise ValueError("give box (a fixed box) or box_aspect (ratios of a box sized by volume_per_atom), "
+                             "not both")
+        if (self.box is not None or self.box_aspect is not None) and self.periodic is True:
+            raise ValueError("box and box_aspect shape a molecule's box: they need periodic: false (or unset)")
+        if self.kick is not None and self.stages:
+            raise ValueError("kick (keep the lower of two minima) and stages (kicks between stages) are two protocols: "
+                             "use one")
+        return self
 
     @field_validator("volume_factor")
     @classmethod

@@ -26,6 +26,7 @@ from atomscreen.atoms.random import RandomSpec
 from atomscreen.names import DEFAULT_MODEL, PSEUDO, pseudo_method
 from atomscreen.relax.ase_relax import CalcSettings
 from atomscreen.relax.loop import RelaxSettings
+from atomscreen.relax.schedule import RelaxStage
 from atomscreen.relax.trajectory import RelaxStatus, Trajectory
 
 __all__ = ["DEFAULT_MODEL", "PSEUDO", "CheckOut", "Job", "Origin", "ReferenceJob", "RescoreJob", "RssJob",
@@ -107,6 +108,8 @@ class RssJob:
     relax: RelaxSettings
     kick: KickSettings | None = None
     model: str = DEFAULT_MODEL
+    stages: tuple[RelaxStage, ...] = ()  # relaxation in stages sharing relax.max_steps (empty: one relaxation)
+    select: str = "all"  # which structures are candidates: all (not exploded), or converged (after the last stage)
     kind: TaskKind = TaskKind.RSS
 
     @property

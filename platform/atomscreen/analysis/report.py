@@ -62,6 +62,11 @@ class ValidityStats:
     novel_smiles: int | None
     edm_molecule_stable: int
     edm_atoms_stable: float | None
+    # the two denominators of a pass rate: every trial (structure made, exploded ones included) and the converged ones
+    trials: int = 0
+    converged: int = 0
+    sanitized_converged: int = 0  # converged molecules that RDKit sanitises
+    passes_all_converged: int = 0
 
 
 @dataclass
@@ -143,6 +148,7 @@ def _lowest(rows: Any, methods: list[str]) -> list[LowestCheck]:
 def _validity(rows: Any) -> list[ValidityStats]:
     from atomscreen.evaluate.validity import CHECKS
 
+    converged = _converged(rows)
     groups: dict[tuple[str, str], list[dict]] = {}
     for check in rows.checks:
         origin, _, formula, _ = rows.structures[check["structure_id"]]
@@ -154,9 +160,24 @@ def _validity(rows: Any) -> list[ValidityStats]:
         novel_smiles = None if not novel or any(n is None for n in novel) else len({m["smiles"] for m in members
                                                                                     if m["novel"]})
         stable = [m["atoms_stable"] for m in members if m["atoms_stable"] is not None]
+        trials = [s for s, (o, _, f, _) in rows.structures.items() if o == origin and f == formula]
+        kept = [m for m in members if converged.get(m["structure_id"])]
         out.append(ValidityStats(
             formula, origin, len(members), {c: sum(m[c] is True for m in members) for c in CHECKS},
             {c: sum(m[c] is not None for m in members) for c in CHECKS}, sum(bool(m["passes_all"]) for m in members),
             sum(m["status"] == "timeout" for m in members), len(smiles), novel_smiles,
-            sum(bool(m["molecule_stable"]) for m in members), float(np.mean(stable)) if stable else None))
+            sum(bool(m["molecule_stable"]) for m in members), float(np.mean(stable)) if stable else None,
+            len(trials), sum(bool(converged.get(s)) for s in trials), sum(m["sanitization"] is True for m in kept),
+            sum(bool(m["passes_all"]) for m in kept)))
+    return out
+
+
+def _converged(rows: Any) -> dict[int, bool]:
+    """Whether each structure's own relaxation converged (its pseudo energy for generated structures, its
+    re-scoring energy for re-scored ones)."""
+    out: dict[int, bool] = {}
+    for (sid, method), (_, conv) in rows.energies.items():
+        origin = rows.structures[sid][0]
+        if (origin == "rescore") != method.startswith(PSEUDO):
+            out[sid] = bool(conv)
     return out

@@ -3,9 +3,10 @@
 A crystal gets a random cell shape (bounded aspect ratio and angles, optionally
 Niggli-reduced), a volume from a target volume per atom times a random factor,
 and atoms placed one by one at random with per-species-pair minimum
-separations (periodic images included). A molecule gets a cubic box without
-periodicity. Structure k of a request uses the generator seeded by
-(seed, k), so it does not depend on how a request is split into tasks.
+separations (periodic images included). A molecule gets an orthorhombic box
+without periodicity: a cube by default, edges in given ratios, or a fixed box.
+Structure k of a request uses the generator seeded by (seed, k), so it does
+not depend on how a request is split into tasks.
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ class RandomSpec:
     max_attempts: int = 50  # whole structures tried before giving up
     tries_per_atom: int = 200
     cell_volume_fraction: float = field(default=0.35)  # rejects cells flatter than this fraction of a cuboid's volume
+    # molecules: a fixed orthorhombic box (Å; volume_per_atom and volume_factor then unused), or the edge ratios of a
+    # box of volume_per_atom x atoms x factor (default a cube)
+    box: tuple[float, float, float] | None = None
+    box_aspect: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
 
 def separation(spec: RandomSpec, a: str, b: str) -> float:
@@ -66,6 +71,16 @@ def _random_cell(rng: np.random.Generator, volume: float, spec: RandomSpec) -> n
     if spec.niggli:
         cell = Cell(cell).niggli_reduce()[0].array
     return cell
+
+
+def _molecule_box(volume: float, spec: RandomSpec) -> np.ndarray:
+    """The orthorhombic box of a molecule: spec.box, or edges in spec.box_aspect with this volume (Å^3)."""
+    if spec.box is not None:
+        return np.diag(np.asarray(spec.box, dtype=float))
+    aspect = np.asarray(spec.box_aspect, dtype=float)
+    if (aspect == 1.0).all():
+        return np.eye(3) * volume ** (1 / 3)
+    return np.diag(aspect * (volume / aspect.prod()) ** (1 / 3))
 
 
 def _image_shifts(cell: np.ndarray, reach: float) -> np.ndarray:
@@ -114,10 +129,7 @@ def random_structure(counts: Mapping[str, int], spec: RandomSpec, rng: np.random
     volume = None
     for _ in range(spec.max_attempts):
         volume = len(symbols) * spec.volume_per_atom * rng.uniform(*spec.volume_factor)
-        if spec.periodic:
-            cell = _random_cell(rng, volume, spec)
-        else:
-            cell = np.eye(3) * volume ** (1 / 3)
+        cell = _random_cell(rng, volume, spec) if spec.periodic else _molecule_box(volume, spec)
         order = rng.permutation(len(symbols))
         positions = _place(rng, [symbols[i] for i in order], cell, spec.periodic, spec, sep_matrix,
                            species_index[order])

@@ -36,6 +36,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     _funnel_lines(report)
     if report.validity:
         _validity_table(args.name, report.validity)
+        _denominators_table(args.name, report.validity)
     return 0
 
 
@@ -95,3 +96,22 @@ def _validity_table(name: str, rows) -> None:
                       "" if r.novel_smiles is None else str(r.novel_smiles),
                       f"{100 * r.edm_molecule_stable / r.checked:.0f}", str(r.timeouts))
     wide(200).print(table)
+
+
+def _pct(n: int, d: int) -> str:
+    return "" if d == 0 else f"{100 * n / d:.0f}"
+
+
+def _denominators_table(name: str, rows) -> None:
+    """Pass rates over converged molecules (the RM paper's denominator) and over all trials (the yield)."""
+    table = Table("formula", "from", "trials", "conv. %", "sanit. % conv.", "all % conv.", "sanit. % trials",
+                  "all % trials", title=f"{name}: RDKit sanitisation and all checks, over converged molecules (the RM "
+                                        "paper counts only these) and over every trial (exploded and unconverged "
+                                        "ones included)")
+    table.columns[0].no_wrap = True
+    for r in rows:
+        sanitized = r.passed.get("sanitization", 0)
+        table.add_row(r.formula, "gen." if r.origin == "rss" else "resc.", str(r.trials), _pct(r.converged, r.trials),
+                      _pct(r.sanitized_converged, r.converged), _pct(r.passes_all_converged, r.converged),
+                      _pct(sanitized, r.trials), _pct(r.passes_all, r.trials))
+    wide(160).print(table)

@@ -69,7 +69,8 @@ def analyse_campaign(engine: Engine, campaign_id: int) -> tuple[list[str], bool]
         clear_analysis(session, campaign_id)
         everything = structures(session, campaign_id=campaign_id)
         origin = {a.info["structure_id"]: a.info["origin"] for a in everything}
-        generated = [a for a in everything if a.info["origin"] != Origin.RESCORE]
+        # candidates: generated structures their selection rule keeps (rss.select), and the hull references
+        generated = [a for a in everything if a.info["origin"] != Origin.RESCORE and a.info.get("selected", True)]
         rescored = [a for a in everything if a.info["origin"] == Origin.RESCORE]
         pseudo = sorted({m for a in generated for m in a.info["energies"]}, key=lambda m: (m != PSEUDO, m))
         for method in pseudo:

@@ -14,6 +14,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 from ase import Atoms
 from ase.units import GPa
 
@@ -33,6 +34,7 @@ from atomscreen.jobs import (
 )
 from atomscreen.relax.ase_relax import CalcSettings
 from atomscreen.relax.loop import RelaxSettings
+from atomscreen.relax.schedule import RelaxStage
 from atomscreen.store.records import NewTask
 
 SYMPREC = 0.1  # Å, spglib tolerance for the stored space group of relaxed structures
@@ -76,6 +78,8 @@ def calc_settings(spec: CampaignSpec) -> CalcSettings:
 def _volume(formula: str, rss: RSSSpec, element_volumes: Mapping[str, float] | None) -> float:
     if rss.volume_per_atom is not None:
         return rss.volume_per_atom
+    if rss.box is not None:  # a fixed molecule box: its volume per atom, for the record
+        return float(np.prod(rss.box)) / sum(parse_formula(formula).values())
     if not element_volumes:
         raise PlanError("generators.rss.volume_per_atom is not set and the model carries no fitted element volumes "
                         "(a checkpoint trained outside atomscreen, or on molecules only: for molecules it sets the "
@@ -95,15 +99,18 @@ def rss_tasks(spec: CampaignSpec, rss: RSSSpec, training: Mapping[str, Any]) -> 
     kick = None if rss.kick is None else KickSettings(rss.kick.displacement, rss.kick.rounds)
     seed = spec.seed if rss.seed is None else rss.seed
     separation = rss.min_separation if isinstance(rss.min_separation, float) else dict(rss.min_separation)
+    stages = tuple(RelaxStage(s.fmax, s.max_steps, s.kick) for s in rss.stages)
+    box = {} if periodic else {k: tuple(v) for k, v in (("box", rss.box), ("box_aspect", rss.box_aspect)) if v}
     tasks = []
     for formula in spec.compositions.expand():
         random = RandomSpec(volume_per_atom=_volume(formula, rss, training.get("element_volumes")),
-                            volume_factor=tuple(rss.volume_factor), min_separation=separation, periodic=periodic)
+                            volume_factor=tuple(rss.volume_factor), min_separation=separation, periodic=periodic,
+                            **box)
         composition_seed = zlib.crc32(formula.encode())
         for start in range(0, rss.samples_per_composition, rss.batch_size):
             count = min(rss.batch_size, rss.samples_per_composition - start)
             job = RssJob(formula, parse_formula(formula), start, count, seed, composition_seed, SYMPREC, random, relax,
-                         kick, rss.model)
+                         kick, rss.model, stages, rss.select)
             task_seed = (seed * 1_000_003 + composition_seed + start) % 2**62
             tasks.append(PlannedTask(f"{rss.name}/{formula}/{start}", task_seed, job))
     return tasks

@@ -80,11 +80,13 @@ def _use_worker_threads() -> None:
         pass
 
 
-def structure_rng(job: RssJob, k: int, round_: int | None = None) -> np.random.Generator:
-    """The generator of structure ``start + k`` of a composition (and of its kick ``round_``): independent of how
-    samples are split into tasks."""
-    key = [job.seed, job.composition_seed, job.start + k] + ([] if round_ is None else [1 + round_])
-    return np.random.default_rng(key)
+def structure_rng(job: RssJob, k: int, round_: int | None = None, *, stage: int | None = None) -> np.random.Generator:
+    """The generator of structure ``start + k`` of a composition (of its kick ``round_``, or of the kick before
+    relaxation ``stage``): independent of how samples are split into tasks."""
+    extra = [] if round_ is None else [1 + round_]
+    if stage is not None:
+        extra = [1000 + stage]
+    return np.random.default_rng([job.seed, job.composition_seed, job.start + k, *extra])
 
 
 def spacegroup_number(numbers: np.ndarray, positions: np.ndarray, cell: np.ndarray, symprec: float) -> int | None:
@@ -127,16 +129,28 @@ def _kicked(job: RssJob, results, model, device):
 
 
 def rss_task(job: RssJob, model: ModelRef) -> TaskResult:
-    """Random structures of one composition relaxed on the pseudo potential (atoms and, if asked, cell)."""
-    from atomscreen.relax import relax
+    """Random structures of one composition relaxed on the pseudo potential (atoms and, if asked, cell), in one
+    relaxation (with optional kick rounds) or in stages."""
+    from atomscreen.relax import relax, relax_in_stages
 
     t0 = time.perf_counter()
     _use_worker_threads()
     starts = [random_structure(job.counts, job.random, structure_rng(job, k)) for k in range(job.count)]
     device = _device()
     potential = _model(model, device)
-    results = _kicked(job, relax(potential, starts, job.relax, device=device), potential, device)
-    out = [_out(r, job.symprec, start_volume_per_atom=_start_volume(s)) for s, r in zip(starts, results)]
+    infos: list[dict] = [{} for _ in starts]
+    if job.stages:
+        staged = relax_in_stages(potential, starts, job.stages, job.relax,
+                                 lambda k, s: structure_rng(job, k, stage=s), device=device)
+        results = [st.result for st in staged]
+        infos = [{"stage_steps": st.stage_steps, "stage_status": st.stage_status} for st in staged]
+    else:
+        results = _kicked(job, relax(potential, starts, job.relax, device=device), potential, device)
+    if job.select != "all":
+        for info, r in zip(infos, results):
+            info["selected"] = r.status == RelaxStatus.CONVERGED
+    out = [_out(r, job.symprec, start_volume_per_atom=_start_volume(s), info=info)
+           for s, r, info in zip(starts, results, infos)]
     return TaskResult(time.perf_counter() - t0, out, device=device)
 
 

@@ -7,6 +7,9 @@ load torch.
 from importlib import import_module
 
 _NAMES = {
+    "RelaxStage": "schedule",
+    "StagedResult": "schedule",
+    "relax_in_stages": "schedule",
     "FIRE": "loop",
     "FireParams": "fire",
     "FireState": "fire",

@@ -95,11 +95,13 @@ class _Systems:
     relax_cell: torch.Tensor = per_system()
     cell_factor: torch.Tensor = per_system()
     steps: torch.Tensor = per_system()
+    max_steps: torch.Tensor = per_system()  # the step budget of each structure
     index: torch.Tensor = per_system()  # position in the input list
 
 
 def _new_systems(
-    structures: Sequence[Atoms], indices: Sequence[int], settings: RelaxSettings, device, dtype
+    structures: Sequence[Atoms], indices: Sequence[int], settings: RelaxSettings, device, dtype,
+    budgets: Sequence[int],
 ) -> _Systems:
     n = [len(a) for a in structures]
     B = len(structures)
@@ -114,6 +116,7 @@ def _new_systems(
         relax_cell=pbc.all(dim=1) & settings.cell,
         cell_factor=torch.as_tensor(n, dtype=dtype, device=device),
         steps=torch.zeros(B, dtype=torch.long, device=device),
+        max_steps=torch.as_tensor(list(budgets), dtype=torch.long, device=device),
         index=torch.as_tensor(list(indices), dtype=torch.long, device=device),
     )
 
@@ -189,15 +192,17 @@ def relax(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float64,
     progress: Callable[[int, int], None] | None = None,
+    max_steps: Sequence[int] | None = None,
 ) -> list[RelaxResult]:
     """Relax every structure (positions, and the cell if settings.cell) with settings.optimizer.
 
-    Results come in input order.
+    Results come in input order. ``max_steps`` gives each structure its own step budget (default settings.max_steps).
     """
     if settings.optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer = {settings.optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
     optimizer, params = OPTIMIZERS[settings.optimizer], getattr(settings, settings.optimizer)
-    return relax_with(optimizer, params, model, structures, settings, device=device, dtype=dtype, progress=progress)
+    return relax_with(optimizer, params, model, structures, settings, device=device, dtype=dtype, progress=progress,
+                      max_steps=max_steps)
 
 
 def relax_with(
@@ -210,12 +215,12 @@ def relax_with(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float64,
     progress: Callable[[int, int], None] | None = None,
+    max_steps: Sequence[int] | None = None,
 ) -> list[RelaxResult]:
     """The relaxation loop with any batched optimizer and its parameters (settings.optimizer is not consulted)."""
     if len(structures) == 0:
         return []
-    if settings.fmax <= 0 or settings.max_steps < 0 or settings.max_systems < 1:
-        raise ValueError(f"need fmax > 0, max_steps >= 0 and max_systems >= 1, got {settings}")
+    budgets = _budgets(settings, len(structures), max_steps)
     queue = list(range(len(structures)))
     results: dict[int, RelaxResult] = {}
     frames: dict[int, list] = {}
@@ -223,7 +228,8 @@ def relax_with(
     def admit(flight: _Flight | None) -> _Flight:
         take = queue[: settings.max_systems - (0 if flight is None else flight.n_systems)]
         del queue[: len(take)]
-        new = _new_systems([structures[i] for i in take], take, settings, device, dtype) if take else None
+        new = _new_systems([structures[i] for i in take], take, settings, device, dtype,
+                           [budgets[i] for i in take]) if take else None
         return _join(flight, new, optimizer, params)
 
     flight = admit(None)
@@ -237,6 +243,16 @@ def relax_with(
             flight = _step(flight, evaluation.forces, optimizer, params)
         flight = admit(flight)
     return [results[i] for i in range(len(structures))]
+
+
+def _budgets(settings: RelaxSettings, n: int, max_steps: Sequence[int] | None) -> list[int]:
+    """Each structure's step budget, after checking the settings."""
+    if settings.fmax <= 0 or settings.max_steps < 0 or settings.max_systems < 1:
+        raise ValueError(f"need fmax > 0, max_steps >= 0 and max_systems >= 1, got {settings}")
+    budgets = [settings.max_steps] * n if max_steps is None else [int(b) for b in max_steps]
+    if len(budgets) != n or min(budgets) < 0:
+        raise ValueError(f"max_steps needs one non-negative budget per structure, got {len(budgets)} for {n}")
+    return budgets
 
 
 def _join(flight: _Flight | None, new: _Systems | None, optimizer: Optimizer, params: Any) -> _Flight:
@@ -283,7 +299,7 @@ def _evaluate(model: EnergyModel, flight: _Flight, settings: RelaxSettings) -> _
     fmax = torch.maximum(fmax, torch.linalg.norm(f_cell, dim=2).amax(dim=1))
     exploded = ~torch.isfinite(response.energy) | ~torch.isfinite(fmax) | (fmax > settings.explode_fmax)
     converged = (fmax < settings.fmax) & ~exploded
-    done = converged | exploded | (s.steps >= settings.max_steps)
+    done = converged | exploded | (s.steps >= s.max_steps)
     return _Evaluation(energy=response.energy, fmax=fmax, forces=flight.rows.pack(f_atoms, f_cell), positions=positions,
                        cell=cell, converged=converged, exploded=exploded, done=done)
 
