@@ -15,11 +15,44 @@ from atomscreen.potentials.calculator import RMCalculator
 from atomscreen.potentials.forces import compute
 from atomscreen.potentials.rm import RMConfig, RMPotential, count_parameters
 
+AUTHORS_QM7B = dict(n_bessel=6, radial_mixing="per_channel", bessel_trainable=True, envelope_p=2, hidden=(24, 12),
+                    linear_readout=True)  # the RM authors' QM7b radial basis and readout (cace-rm qm7b/train.ipynb)
 
-@pytest.fixture(scope="module", params=[0, 6], ids=["fixed-bessel", "mixed-radial"])
+
+@pytest.fixture(scope="module", params=[{}, {"n_bessel": 6}, AUTHORS_QM7B],
+                ids=["fixed-bessel", "mixed-radial", "per-channel-radial"])
 def model(request) -> RMPotential:
     torch.manual_seed(0)
-    return RMPotential(RMConfig(cutoff=4.0, n_embedding=2, n_bessel=request.param, elements=(1, 6, 7, 8, 14))).double()
+    model = RMPotential(RMConfig(cutoff=4.0, n_embedding=2, elements=(1, 6, 7, 8, 14), **request.param)).double()
+    if "frequencies" in dict(model.named_parameters()):  # away from n pi / rc, so the trainable path is exercised
+        with torch.no_grad():
+            model.frequencies.mul_(torch.linspace(0.8, 1.1, model.frequencies.numel(), dtype=torch.float64))
+    return model
+
+
+def test_per_channel_mixing_with_one_matrix_everywhere_is_the_shared_mixing():
+    """Mixing per l and per edge channel after the neighbour sum equals mixing the radial basis before it (linear)."""
+    torch.manual_seed(0)
+    shared = RMPotential(RMConfig(cutoff=4.0, n_embedding=2, n_bessel=6, elements=(1, 6, 7, 8, 14))).double()
+    per_channel = RMPotential(RMConfig(cutoff=4.0, n_embedding=2, n_bessel=6, radial_mixing="per_channel",
+                                       elements=(1, 6, 7, 8, 14))).double()
+    state = {k: v for k, v in shared.state_dict().items() if k != "radial_mixing.weight"}
+    w = shared.radial_mixing.weight.detach()
+    state["channel_mixing"] = w.expand_as(per_channel.channel_mixing).clone()
+    per_channel.load_state_dict(state)
+    batch = from_ase(structures(), dtype=torch.float64)
+    assert torch.allclose(per_channel(batch), shared(batch), rtol=1e-12, atol=1e-12)
+    with torch.no_grad():
+        per_channel.channel_mixing[2, 1, 0, 0] += 0.5  # l = 2, one element pair only
+    assert not torch.allclose(per_channel(batch), shared(batch))
+
+
+def test_the_authors_qm7b_model_has_the_papers_16490_parameters():
+    """l_max 3, nu_max 3, 3 embedding channels, cutoff 4.5, 6 trainable Bessel -> 8 radial channels per l and per
+    element pair, MLP [24, 12] + linear readout, elements H C N O S Cl: the paper's 16,490."""
+    config = RMConfig(cutoff=4.5, l_max=3, nu_max=3, n_embedding=3, n_radial=8, elements=(1, 6, 7, 8, 16, 17),
+                      **AUTHORS_QM7B)
+    assert count_parameters(RMPotential(config)) == 16_490
 
 
 def test_identity_radial_mixing_is_the_fixed_bessel_model():

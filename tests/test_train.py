@@ -96,14 +96,61 @@ def test_noise_is_reproducible_from_the_seed():
     assert not np.allclose(a[0].atoms.positions, c[0].atoms.positions)
 
 
-def tiny_training(seed: int, epochs: int = 6, validate_every: int = 1):
+def tiny_training(seed: int, epochs: int = 6, validate_every: int = 1, progress=None, lr: float = 1e-2, **options):
     return train(
         [bulk("C", "diamond"), molecule("CH4")],
         RMConfig(cutoff=3.5, l_max=2, nu_max=2, n_embedding=1, n_radial=4, hidden=(8,)),
         ResponseConfig(max_displacement=0.4, max_strain=0.05),
-        TrainConfig(epochs=epochs, batch_size=4, steps_per_epoch=3, seed=seed, validation_size=8, lr=1e-2,
-                    ema_decay=0.9, validate_every=validate_every),
+        TrainConfig(epochs=epochs, batch_size=4, steps_per_epoch=3, seed=seed, validation_size=8, lr=lr,
+                    ema_decay=0.9, validate_every=validate_every, **options),
+        progress=progress,
     )
+
+
+def test_warm_up_raises_the_rate_linearly_then_the_schedule_takes_over():
+    rates = []
+    tiny_training(0, epochs=6, warmup_epochs=2, progress=lambda epoch, record: rates.append(record["lr"]))
+    assert rates[0] == pytest.approx(1e-2 * 3 / 6) and rates[1] == pytest.approx(1e-2)  # 3 of 6 warm-up steps
+    assert rates[2] < 1e-2 and rates[-1] == pytest.approx(1e-2 * 0.05, rel=1e-6)  # cosine to lr_final_fraction
+
+
+def test_plateau_schedule_cuts_the_rate_when_validation_stops_improving():
+    rates, losses = [], []
+
+    def seen(epoch, record):
+        rates.append(record["lr"])
+        losses.append(record["val_loss"])
+
+    tiny_training(0, epochs=30, schedule="plateau", plateau_patience=1, plateau_factor=0.5, progress=seen)
+    best, stale, expected = float("inf"), 0, 1e-2  # ReduceLROnPlateau's rule, replayed on the reported losses
+    for loss, rate in zip(losses, rates):
+        stale = 0 if loss < best * (1 - 1e-4) else stale + 1
+        best = min(best, loss)
+        if stale > 1:
+            expected, stale = expected * 0.5, 0
+        assert rate == pytest.approx(expected)
+    assert rates[-1] < 1e-2
+
+
+def test_best_checkpoint_keeps_the_lowest_validation_loss():
+    checkpoint = tiny_training(0, epochs=12, keep="best", lr=5e-2)
+    losses = [h["val_loss"] for h in checkpoint.metrics["history"]]
+    assert checkpoint.metrics["best_val_loss"] == min(losses)
+    assert checkpoint.metrics["best_epoch"] == 1 + losses.index(min(losses))
+    final = tiny_training(0, epochs=12, lr=5e-2)
+    assert (checkpoint.sha256 == final.sha256) == (checkpoint.metrics["best_epoch"] == 12)
+
+
+def test_gradient_clipping_and_amsgrad_change_the_updates():
+    """Adam is scale-invariant, so a clip to 1e-12 leaves only eps-sized steps: the weights stay at their start."""
+    start = {k: v.clone() for k, v in tiny_training(0, epochs=1, lr=1e-12).state_dict.items()}
+    clipped = tiny_training(0, epochs=2, grad_clip=1e-12).state_dict
+    plain = tiny_training(0, epochs=2).state_dict
+    key = "mlp.0.weight"
+    assert torch.allclose(clipped[key], start[key], atol=1e-5) and not torch.allclose(plain[key], start[key], atol=1e-3)
+    assert tiny_training(0, epochs=2, amsgrad=True).sha256 != tiny_training(0, epochs=2).sha256
+    with pytest.raises(ValueError, match="schedule"):
+        TrainConfig(schedule="step")
 
 
 def test_validating_less_often_changes_no_weight_and_reports_the_latest_loss():

@@ -8,10 +8,13 @@ import math
 import torch
 
 
-def bessel(r: torch.Tensor, n_radial: int, cutoff: float) -> torch.Tensor:
-    """Bessel radial basis sqrt(2/rc) sin(n pi r / rc) / r, n = 1..n_radial  -> [E, n_radial]."""
-    n = torch.arange(1, n_radial + 1, dtype=r.dtype, device=r.device)
-    return math.sqrt(2.0 / cutoff) * torch.sin(n * math.pi * r[:, None] / cutoff) / r[:, None]
+def bessel(r: torch.Tensor, n_radial: int, cutoff: float, frequencies: torch.Tensor | None = None) -> torch.Tensor:
+    """Bessel radial basis sqrt(2/rc) sin(w_n r) / r  -> [E, n_radial]; w_n = n pi / rc (n = 1..n_radial) unless
+    ``frequencies`` (trainable, as CACE's) are given."""
+    if frequencies is None:
+        n = torch.arange(1, n_radial + 1, dtype=r.dtype, device=r.device)
+        return math.sqrt(2.0 / cutoff) * torch.sin(n * math.pi * r[:, None] / cutoff) / r[:, None]
+    return math.sqrt(2.0 / cutoff) * torch.sin(frequencies * r[:, None]) / r[:, None]
 
 
 def polynomial_cutoff(r: torch.Tensor, cutoff: float, p: int = 6) -> torch.Tensor:

@@ -46,11 +46,23 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float32"
+    amsgrad: bool = False  # Adam's AMSGrad variant (the RM authors')
+    warmup_epochs: int = 0  # linear learning-rate warm-up over this many epochs
+    schedule: str = "cosine"  # cosine decay to lr * lr_final_fraction, or plateau (ReduceLROnPlateau on val loss)
+    plateau_factor: float = 0.8
+    plateau_patience: int = 10  # validations without improvement before the rate is cut
+    grad_clip: float | None = None  # gradient norm clipped to this (the RM authors: 10)
+    keep: str = "final"  # the EMA weights to return: final, or best (lowest validation loss)
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "validation_size", "validate_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.schedule not in ("cosine", "plateau") or self.keep not in ("final", "best"):
+            raise ValueError(f"schedule must be cosine or plateau and keep final or best, got {self.schedule!r}, "
+                             f"{self.keep!r}")
+        if self.warmup_epochs < 0 or (self.grad_clip is not None and self.grad_clip <= 0):
+            raise ValueError(f"need warmup_epochs >= 0 and grad_clip > 0, got {self.warmup_epochs}, {self.grad_clip}")
 
 
 @dataclass
@@ -167,20 +179,35 @@ def train(
     history, start = [], time.perf_counter()
     for epoch in range(config.epochs):
         samples = _epoch_samples(structures, responses, config, run.steps_per_epoch, order_rng, epoch)
-        train_loss = _train_epoch(run, samples, responses, config.batch_size, device, dtype)
+        train_loss = _train_epoch(run, samples, responses, config, device, dtype)
         if epoch == 0 or epoch == config.epochs - 1 or (epoch + 1) % config.validate_every == 0:
             run.ema.module.eval()
             val, val_f, val_s = (float(x) for x in _loss(run.ema.module, validation, responses, device, dtype))
+            _after_validation(run, config, epoch, val)
         record = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val, "val_force_mse": val_f,
-                  "val_stress_mse": val_s, "lr": run.scheduler.get_last_lr()[0],
+                  "val_stress_mse": val_s, "lr": run.optimizer.param_groups[0]["lr"],
                   "elapsed_s": time.perf_counter() - start}
         history.append(record)
         if progress is not None:
             progress(epoch + 1, record)
         log.info("epoch %d/%d train %.4g val %.4g", epoch + 1, config.epochs, train_loss, val)
+    weights = run.best[2] if config.keep == "best" else _cpu_state(run.ema.module, copy=False)
     return Checkpoint(model=model_config.to_dict(), responses=responses.to_dict(), training=asdict(config),
-                      training_data=describe(structures, source), metrics=_metrics(history, config, run.model),
-                      state_dict={k: v.detach().cpu() for k, v in run.ema.module.state_dict().items()})
+                      training_data=describe(structures, source), metrics=_metrics(history, config, run),
+                      state_dict=weights)
+
+
+def _cpu_state(module: torch.nn.Module, copy: bool = True) -> dict[str, torch.Tensor]:
+    """The module's weights on the CPU (a snapshot when ``copy``)."""
+    return {k: (v.detach().cpu().clone() if copy else v.detach().cpu()) for k, v in module.state_dict().items()}
+
+
+def _after_validation(run: _Run, config: TrainConfig, epoch: int, val: float) -> None:
+    """Keep the best EMA weights (keep: best) and step a plateau schedule once warm-up is over."""
+    if config.keep == "best" and val < run.best[0]:
+        run.best = (val, epoch + 1, _cpu_state(run.ema.module))
+    if config.schedule == "plateau" and epoch + 1 > config.warmup_epochs:
+        run.scheduler.step(val)
 
 
 @dataclass
@@ -190,8 +217,11 @@ class _Run:
     model: RMPotential
     ema: AveragedModel
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scheduler: Any  # stepped per step (cosine) or per validation (plateau)
     steps_per_epoch: int
+    warmup_steps: int = 0
+    step: int = 0
+    best: tuple = (math.inf, 0, None)  # (validation loss, epoch, EMA weights) of the best validation so far
 
 
 def _start(structures: Sequence[Atoms], model_config: RMConfig, config: TrainConfig, device, dtype):
@@ -199,15 +229,26 @@ def _start(structures: Sequence[Atoms], model_config: RMConfig, config: TrainCon
     torch.manual_seed(config.seed)
     elements = tuple(sorted({int(z) for a in structures for z in a.numbers}))
     model_config = RMConfig.from_dict({**model_config.to_dict(), "elements": list(elements),
-                                       "avg_neighbors": average_neighbors(structures, model_config.cutoff)})
+                                       "avg_neighbors": average_neighbors(structures, model_config.cutoff)
+                                       if model_config.neighbor_normalization else 1.0})
     model = RMPotential(model_config).to(device=device, dtype=dtype)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay))
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, amsgrad=config.amsgrad)
     steps_per_epoch = config.steps_per_epoch or max(1, math.ceil(len(structures) / config.batch_size))
-    total_steps = config.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps),
-                                                           eta_min=config.lr * config.lr_final_fraction)
-    return model_config, _Run(model, ema, optimizer, scheduler, steps_per_epoch)
+    warmup = config.warmup_epochs * steps_per_epoch
+    return model_config, _Run(model, ema, optimizer, _scheduler(optimizer, config, steps_per_epoch, warmup),
+                              steps_per_epoch, warmup)
+
+
+def _scheduler(optimizer, config: TrainConfig, steps_per_epoch: int, warmup: int):
+    """Cosine decay over the steps after warm-up (warm-up itself is applied in _train_epoch), or ReduceLROnPlateau."""
+    lr_scheduler = torch.optim.lr_scheduler
+    if config.schedule == "plateau":
+        return lr_scheduler.ReduceLROnPlateau(optimizer, factor=config.plateau_factor,
+                                              patience=config.plateau_patience)
+    total_steps = config.epochs * steps_per_epoch - warmup
+    return lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps),
+                                          eta_min=config.lr * config.lr_final_fraction)
 
 
 def _epoch_samples(structures, responses: ResponseConfig, config: TrainConfig, steps_per_epoch: int,
@@ -219,28 +260,38 @@ def _epoch_samples(structures, responses: ResponseConfig, config: TrainConfig, s
     return noise_many([structures[i] for i in order], responses, [config.seed, 3, epoch])
 
 
-def _train_epoch(run: _Run, samples: list[NoisedSample], responses: ResponseConfig, batch_size: int,
+def _train_epoch(run: _Run, samples: list[NoisedSample], responses: ResponseConfig, config: TrainConfig,
                  device, dtype) -> float:
     """One pass of optimizer steps over ``samples``; returns the mean training loss."""
     run.model.train()
-    train_loss = 0.0
+    train_loss, batch_size = 0.0, config.batch_size
     for step in range(run.steps_per_epoch):
         chunk = samples[step * batch_size : (step + 1) * batch_size]
         loss, _, _ = _loss(run.model, chunk, responses, device, dtype)
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if config.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip)
+        if run.step < run.warmup_steps:  # linear warm-up of the learning rate
+            for group in run.optimizer.param_groups:
+                group["lr"] = config.lr * (run.step + 1) / run.warmup_steps
         run.optimizer.step()
-        run.scheduler.step()
+        if config.schedule == "cosine" and run.step >= run.warmup_steps:
+            run.scheduler.step()
+        run.step += 1
         run.ema.update_parameters(run.model)
         train_loss += float(loss.detach()) / run.steps_per_epoch
     return train_loss
 
 
-def _metrics(history: list[dict], config: TrainConfig, model: RMPotential) -> dict[str, Any]:
+def _metrics(history: list[dict], config: TrainConfig, run: _Run) -> dict[str, Any]:
     final = history[-1]
-    return {**{k: final[k] for k in ("val_loss", "val_force_mse", "val_stress_mse")}, "epochs": config.epochs,
-            "train_time_s": final["elapsed_s"], "n_parameters": count_parameters(model),
-            "history": [{k: h[k] for k in ("epoch", "train_loss", "val_loss")} for h in history]}
+    metrics = {**{k: final[k] for k in ("val_loss", "val_force_mse", "val_stress_mse")}, "epochs": config.epochs,
+               "train_time_s": final["elapsed_s"], "n_parameters": count_parameters(run.model), "steps": run.step,
+               "history": [{k: h[k] for k in ("epoch", "train_loss", "val_loss")} for h in history]}
+    if config.keep == "best":
+        metrics.update(best_val_loss=run.best[0], best_epoch=run.best[1])
+    return metrics
 
 
 def split_hyperparameters(flat: dict[str, Any]) -> tuple[RMConfig, ResponseConfig, TrainConfig]:
