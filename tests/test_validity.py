@@ -112,3 +112,23 @@ def test_a_check_past_its_time_limit_is_stopped_and_recorded_and_the_rest_go_on(
     assert raised[0].status == "error" and "math domain error" in raised[0].error and raised[1].value == 2.0
     slow = check_molecules([molecule("C6H6")], timeout_s=0.01)  # the child cannot even start in 10 ms
     assert slow[0].status == "timeout" and all(v is None for v in slow[0].checks.values()) and not slow[0].passes_all
+
+
+def test_the_openbabel_checker_passes_qm9_and_fails_broken_geometries():
+    """The second checker (Open Babel bonds, PoseBusters' 2024 checks) agrees on good molecules and on gross
+    defects: two carbons fused 0.3 Å apart fail it, two separate waters fail connectivity."""
+    from atomscreen.evaluate.validity import OPENBABEL_COLUMNS
+    from atomscreen.store.models import MoleculeCheck
+
+    columns = [c.name for c in MoleculeCheck.__table__.columns]
+    assert list(OPENBABEL_COLUMNS) == columns[columns.index("ob_sanitization"):]
+    good = read_qm9(limit=3000)[::300]  # 10 molecules
+    fused = molecule("CH3CH2OH")
+    fused.positions[1] = fused.positions[0] + [0.3, 0.0, 0.0]
+    waters = molecule("H2O")
+    far = waters.copy()
+    far.positions += [6.0, 0.0, 0.0]
+    results = check_molecules([*good, fused, waters + far], timeout_s=60)
+    assert all(r.checks["ob_passes_all"] is True for r in results[:-2]), [r.checks for r in results[:-2]]
+    assert results[-2].checks["ob_passes_all"] is False
+    assert results[-1].checks["ob_all_atoms_connected"] is False and results[-1].checks["ob_passes_all"] is False

@@ -236,6 +236,9 @@ class DatasetSpec(Spec):
     skip: NonNegativeInt = Field(
         default=0, description="structures skipped before reading (QM9 is ordered by size: skip to reach the "
                                "9-heavy-atom molecules)")
+    max_heavy_atoms: PositiveInt | None = Field(
+        default=None, description="keep only structures with at most this many non-hydrogen atoms (QM9 with 7: a "
+                                  "QM7b-like set; applied after skip and limit)")
 
     @model_validator(mode="after")
     def _source(self) -> DatasetSpec:
@@ -259,7 +262,10 @@ class DatasetSpec(Spec):
         """The data set's structures as ASE Atoms (the one place a campaign reads a data set)."""
         from atomscreen.data import read_dataset
 
-        return read_dataset(self.format, self.path, name=self.name, limit=self.limit, skip=self.skip)
+        structures = read_dataset(self.format, self.path, name=self.name, limit=self.limit, skip=self.skip)
+        if self.max_heavy_atoms is None:
+            return structures
+        return [a for a in structures if int((a.numbers > 1).sum()) <= self.max_heavy_atoms]
 
 
 def _hyperparameters(value: dict[str, Any]) -> dict[str, Any]:

@@ -67,6 +67,11 @@ class ValidityStats:
     converged: int = 0
     sanitized_converged: int = 0  # converged molecules that RDKit sanitises
     passes_all_converged: int = 0
+    # the Open Babel checker (bonds by Open Babel, PoseBusters' 2024 checks): over checked and over converged molecules
+    ob_sanitized: int = 0
+    ob_passes_all: int = 0
+    ob_sanitized_converged: int = 0
+    ob_passes_all_converged: int = 0
 
 
 @dataclass
@@ -168,8 +173,14 @@ def _validity(rows: Any) -> list[ValidityStats]:
             sum(m["status"] == "timeout" for m in members), len(smiles), novel_smiles,
             sum(bool(m["molecule_stable"]) for m in members), float(np.mean(stable)) if stable else None,
             len(trials), sum(bool(converged.get(s)) for s in trials), sum(m["sanitization"] is True for m in kept),
-            sum(bool(m["passes_all"]) for m in kept)))
+            sum(bool(m["passes_all"]) for m in kept), *_openbabel(members), *_openbabel(kept)))
     return out
+
+
+def _openbabel(members: list[dict]) -> tuple[int, int]:
+    """(sanitised, passing every check) by the Open Babel checker."""
+    sanitized = sum(m.get("ob_sanitization") is True for m in members)
+    return sanitized, sum(m.get("ob_passes_all") is True for m in members)
 
 
 def _converged(rows: Any) -> dict[int, bool]:

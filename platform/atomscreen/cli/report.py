@@ -105,13 +105,16 @@ def _pct(n: int, d: int) -> str:
 def _denominators_table(name: str, rows) -> None:
     """Pass rates over converged molecules (the RM paper's denominator) and over all trials (the yield)."""
     table = Table("formula", "from", "trials", "conv. %", "sanit. % conv.", "all % conv.", "sanit. % trials",
-                  "all % trials", title=f"{name}: RDKit sanitisation and all checks, over converged molecules (the RM "
-                                        "paper counts only these) and over every trial (exploded and unconverged "
-                                        "ones included)")
+                  "all % trials", "OB sanit. % conv.", "OB all % conv.", "OB sanit. % trials",
+                  title=f"{name}: RDKit sanitisation and all checks, over converged molecules (the RM paper counts "
+                        "only these) and over every trial (exploded and unconverged ones included); OB: the second "
+                        "checker (Open Babel bonds, PoseBusters' 2024 checks, the paper's list)")
     table.columns[0].no_wrap = True
     for r in rows:
         sanitized = r.passed.get("sanitization", 0)
         table.add_row(r.formula, "gen." if r.origin == "rss" else "resc.", str(r.trials), _pct(r.converged, r.trials),
                       _pct(r.sanitized_converged, r.converged), _pct(r.passes_all_converged, r.converged),
-                      _pct(sanitized, r.trials), _pct(r.passes_all, r.trials))
+                      _pct(sanitized, r.trials), _pct(r.passes_all, r.trials),
+                      _pct(r.ob_sanitized_converged, r.converged), _pct(r.ob_passes_all_converged, r.converged),
+                      _pct(r.ob_sanitized, r.trials))
     wide(160).print(table)

@@ -46,6 +46,11 @@ CHECKS = ("bonds_determined", *POSEBUSTERS_CHECKS.values())  # the molecule_chec
 CHECK_LABELS = dict(zip(CHECKS, ("bonds", "sanit.", "InChI", "conn.", "no rad.", "lengths", "angles", "clash",
                                  "arom. flat", "ring pucker", "C=C flat", "energy")))
 ENSEMBLE_ENERGY_FLOOR = 0.01  # kcal/mol: below it PoseBusters' energy ratio is not defined
+# the second checker, closer to the RM paper's: Open Babel's bond perception (xyz -> MDL molfile), then the checks of
+# PoseBusters' 2024 `mol` configuration (v0.2.12), the list the paper gives
+OPENBABEL_CHECKS = ("sanitization", "all_atoms_connected", "bond_lengths", "bond_angles", "internal_steric_clash",
+                    "aromatic_ring_flatness", "double_bond_flatness", "internal_energy")
+OPENBABEL_COLUMNS = (*(f"ob_{c}" for c in OPENBABEL_CHECKS), "ob_passes_all")  # molecule_check columns
 
 
 @dataclass
@@ -88,6 +93,19 @@ def rdkit_molecule(atoms: Atoms, charge: int = 0):
     return mol
 
 
+def openbabel_molecule(atoms: Atoms):
+    """An RDKit molecule (not sanitised) with the bonds and orders Open Babel perceives from the coordinates."""
+    from openbabel import pybel
+    from rdkit import Chem
+
+    lines = [f"{s} {x:.8f} {y:.8f} {z:.8f}" for s, (x, y, z) in zip(atoms.get_chemical_symbols(), atoms.positions)]
+    molblock = pybel.readstring("xyz", f"{len(atoms)}\n\n" + "\n".join(lines) + "\n").write("mol")
+    mol = Chem.MolFromMolBlock(molblock, sanitize=False, removeHs=False)
+    if mol is None:
+        raise ValueError("RDKit cannot read Open Babel's molfile")
+    return mol
+
+
 def canonical_smiles(smiles: str) -> str | None:
     """RDKit canonical SMILES without stereochemistry (None if RDKit cannot parse it), for uniqueness and novelty."""
     from rdkit import Chem, RDLogger
@@ -118,23 +136,15 @@ def _check_one(item: tuple[np.ndarray, np.ndarray]) -> dict:
     RDLogger.DisableLog("rdApp.*")
     warnings.filterwarnings("ignore")
     numbers, positions = item
-    checks: dict[str, bool | None] = dict.fromkeys(CHECKS)
+    atoms = Atoms(numbers=numbers, positions=positions)
+    checks: dict[str, bool | None] = {**dict.fromkeys(CHECKS), **_openbabel_checks(atoms)}
     try:
-        mol = rdkit_molecule(Atoms(numbers=numbers, positions=positions))
+        mol = rdkit_molecule(atoms)
     except Exception as exc:  # no bond orders fit the geometry with charge 0
         checks.update(dict.fromkeys(CHECKS, False))
         return {"checks": checks, "smiles": None, "note": f"bond perception failed: {exc}"}
     checks["bonds_determined"] = True
-    table = _posebusters().bust([mol], full_report=True)
-    row = table.iloc[0]
-    for name, column in POSEBUSTERS_CHECKS.items():
-        value = row.get(name)
-        checks[column] = None if value is None or (isinstance(value, float) and np.isnan(value)) else bool(value)
-    # the energy ratio divides by the mean force-field energy of an ETKDG ensemble; for molecules such as CH4, NH3
-    # or H2O that mean is ~0 kcal/mol and the ratio is undefined (1e6-1e10 for their DFT geometries): not assessed
-    ensemble = row.get("ensemble_avg_energy")
-    if ensemble is not None and np.isfinite(ensemble) and abs(float(ensemble)) < ENSEMBLE_ENERGY_FLOOR:
-        checks["internal_energy"] = None
+    checks.update(_busted(mol, POSEBUSTERS_CHECKS))
     smiles = None
     if checks["sanitization"]:
         try:
@@ -144,6 +154,32 @@ def _check_one(item: tuple[np.ndarray, np.ndarray]) -> dict:
         except Exception:
             smiles = None
     return {"checks": checks, "smiles": smiles, "note": None}
+
+
+def _busted(mol, names: dict[str, str]) -> dict[str, bool | None]:
+    """PoseBusters' `mol` checks of ``mol``, renamed by ``names`` (PoseBusters name -> column); None: not run."""
+    row = _posebusters().bust([mol], full_report=True).iloc[0]
+    checks = {}
+    for name, column in names.items():
+        value = row.get(name)
+        checks[column] = None if value is None or (isinstance(value, float) and np.isnan(value)) else bool(value)
+    # the energy ratio divides by the mean force-field energy of an ETKDG ensemble; for molecules such as CH4, NH3
+    # or H2O that mean is ~0 kcal/mol and the ratio is undefined (1e6-1e10 for their DFT geometries): not assessed
+    ensemble = row.get("ensemble_avg_energy")
+    energy = next(c for n, c in names.items() if n == "internal_energy")
+    if ensemble is not None and np.isfinite(ensemble) and abs(float(ensemble)) < ENSEMBLE_ENERGY_FLOOR:
+        checks[energy] = None
+    return checks
+
+
+def _openbabel_checks(atoms: Atoms) -> dict[str, bool | None]:
+    """The Open Babel checker's columns: PoseBusters' 2024 checks on Open Babel's bonds, and whether none failed."""
+    try:
+        mol = openbabel_molecule(atoms)
+    except Exception:  # Open Babel or RDKit could not read the geometry: every check fails
+        return {**dict.fromkeys(OPENBABEL_COLUMNS[:-1], False), "ob_passes_all": False}
+    checks = _busted(mol, {c: f"ob_{c}" for c in OPENBABEL_CHECKS})
+    return {**checks, "ob_passes_all": not any(v is False for v in checks.values())}
 
 
 def check_molecules(structures: Sequence[Atoms], timeout_s: float | None = 30.0) -> list[Validity]:
@@ -159,7 +195,8 @@ def check_molecules(structures: Sequence[Atoms], timeout_s: float | None = 30.0)
             v = outcome.value
             out.append(Validity("ok", v["checks"], v["smiles"], error=v["note"], **common))
         else:
-            out.append(Validity(outcome.status, dict.fromkeys(CHECKS), None, error=outcome.error, **common))
+            out.append(Validity(outcome.status, dict.fromkeys(CHECKS + OPENBABEL_COLUMNS), None, error=outcome.error,
+                                **common))
     return out
 
 

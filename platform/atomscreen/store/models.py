@@ -330,3 +330,13 @@ class MoleculeCheck(Base):
     atoms_stable: Mapped[Optional[float]] = mapped_column(Double)  # EDM: fraction of atoms with their usual valence
     molecule_stable: Mapped[Optional[bool]] = mapped_column(Boolean)  # EDM: every atom
     wall_time_s: Mapped[Optional[float]] = mapped_column(Double)
+    # the second checker (Open Babel bond perception, PoseBusters' 2024 checks: the RM paper's list); NULL: not run
+    ob_sanitization: Mapped[Optional[bool]] = mapped_column(Boolean)
+    ob_all_atoms_connected: Mapped[Optional[bool]] = mapped_column(Boolean)
+    ob_bond_lengths: Mapped[Optional[bool]] = mapped_column(Boolean)
+    ob_bond_angles: Mapped[Optional[bool]] = mapped_column(Boolean)
+    ob_internal_steric_clash: Mapped[Optional[bool]] = mapped_column(Boolean)
+    ob_aromatic_ring_flatness: Mapped[Optional[bool]] = mapped_column(Boolean)
+    ob_double_bond_flatness: Mapped[Optional[bool]] = mapped_column(Boolean)
+    ob_internal_energy: Mapped[Optional[bool]] = mapped_column(Boolean)
+    ob_passes_all: Mapped[Optional[bool]] = mapped_column(Boolean)
