@@ -66,6 +66,7 @@ def db_url(request) -> str:
 @pytest.fixture
 def engine(db_url):
     """An engine on a database migrated to head."""
+
     engine = make_engine(db_url)
     migrate.upgrade(engine)
     yield engine
@@ -156,3 +157,35 @@ def write_campaign(folder: Path, checkpoint: Path, name: str = "carbon", **chang
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
+
+
+def random_systems(seed: int, n: int = 30):
+    """Random triclinic cells (some tiny, so atoms see many images), partly periodic cells and molecules."""
+    import numpy as np
+    from ase import Atoms
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n):
+        n_atoms = int(rng.integers(1, 14))
+        cell = rng.normal(size=(3, 3)) * 1.5 + np.eye(3) * rng.uniform(2.0, 6.0)
+        pbc = [[True] * 3, [False] * 3, [True, False, True]][k % 3]
+        numbers = rng.integers(1, 30, n_atoms)
+        out.append(Atoms(numbers=numbers, positions=rng.normal(size=(n_atoms, 3)) * 3, cell=cell, pbc=pbc))
+    return out
+
+
+def well_conditioned_starts(reference, n=50, seed=0):
+    """Known crystals and molecules rattled by 0.1 Å; crystals also strained by up to 5%."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    starts = []
+    for k in range(n):
+        atoms = reference[k % len(reference)].copy()
+        atoms.rattle(0.1, seed=k)
+        if atoms.pbc.all():
+            strain = rng.uniform(-0.05, 0.05, (3, 3))
+            atoms.set_cell(atoms.cell.array @ (np.eye(3) + (strain + strain.T) / 2), scale_atoms=True)
+        starts.append(atoms)
+    return starts

@@ -7,26 +7,13 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
-from ase import Atoms
 from ase.build import bulk, molecule
 from ase.neighborlist import neighbor_list as ase_neighbor_list
+from conftest import random_systems
 from pymatgen.core import Lattice, Molecule, Structure
 
 from atomscreen.atoms import concatenate, from_ase, from_pymatgen, neighbor_list, select, to_ase, to_pymatgen
 from atomscreen.atoms.batch import concatenate_systems, per_atom, per_system, select_systems, system_index
-
-
-def random_systems(seed: int, n: int = 30) -> list[Atoms]:
-    """Random triclinic cells (some tiny, so atoms see many images), partly periodic cells and molecules."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for k in range(n):
-        n_atoms = int(rng.integers(1, 14))
-        cell = rng.normal(size=(3, 3)) * 1.5 + np.eye(3) * rng.uniform(2.0, 6.0)
-        pbc = [[True] * 3, [False] * 3, [True, False, True]][k % 3]
-        numbers = rng.integers(1, 30, n_atoms)
-        out.append(Atoms(numbers=numbers, positions=rng.normal(size=(n_atoms, 3)) * 3, cell=cell, pbc=pbc))
-    return out
 
 
 def edges_by_system(systems, nb):
@@ -130,11 +117,3 @@ def test_dtype_and_device_conversion():
     assert batch.to(dtype=torch.float64).numbers.dtype == torch.long
 
 
-@pytest.mark.gpu
-def test_neighbor_list_on_cuda_matches_cpu():
-    systems = random_systems(seed=11)
-    cpu = neighbor_list(from_ase(systems), 4.0, method="vesin")
-    gpu = neighbor_list(from_ase(systems, device="cuda"), 4.0, method="torch")
-    cpu_edges = {(int(i), int(j), tuple(s)) for i, j, s in zip(cpu.i, cpu.j, cpu.shifts.tolist())}
-    gpu_edges = {(int(i), int(j), tuple(s)) for i, j, s in zip(gpu.i.cpu(), gpu.j.cpu(), gpu.shifts.cpu().tolist())}
-    assert cpu_edges == gpu_edges

@@ -13,25 +13,12 @@ import torch
 from ase import Atoms
 from ase.filters import FrechetCellFilter
 from ase.optimize import FIRE
+from conftest import well_conditioned_starts
 
 from atomscreen.atoms.batch import per_system
 from atomscreen.atoms.random import RandomSpec, random_structures
 from atomscreen.potentials.calculator import RMCalculator
 from atomscreen.relax import FireParams, Optimizer, RelaxSettings, RelaxStatus, fire_init, fire_step, relax, relax_with
-
-
-def well_conditioned_starts(reference, n=50, seed=0):
-    """Known crystals and molecules rattled by 0.1 Å; crystals also strained by up to 5%."""
-    rng = np.random.default_rng(seed)
-    starts = []
-    for k in range(n):
-        atoms = reference[k % len(reference)].copy()
-        atoms.rattle(0.1, seed=k)
-        if atoms.pbc.all():
-            strain = rng.uniform(-0.05, 0.05, (3, 3))
-            atoms.set_cell(atoms.cell.array @ (np.eye(3) + (strain + strain.T) / 2), scale_atoms=True)
-        starts.append(atoms)
-    return starts
 
 
 def ase_fire(model, atoms, fmax, steps, cell):
@@ -182,12 +169,3 @@ def test_unknown_optimizer_is_refused():
     assert RelaxSettings().fire == FireParams() and RelaxSettings().optimizer == "fire"
 
 
-@pytest.mark.gpu
-def test_relaxation_on_cuda_matches_cpu(trained_checkpoint):
-    checkpoint, reference = trained_checkpoint
-    starts = well_conditioned_starts(reference, n=16, seed=6)
-    settings = RelaxSettings(fmax=0.01, max_steps=500, cell=True)
-    cpu = relax(checkpoint.build(), starts, settings)
-    gpu = relax(checkpoint.build(device="cuda"), starts, settings, device="cuda")
-    for a, b in zip(cpu, gpu):
-        assert a.status == b.status and abs(a.energy - b.energy) / len(a.atoms) < 1e-6

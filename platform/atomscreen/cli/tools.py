@@ -30,6 +30,8 @@ def add_commands(commands) -> None:
     add_db_option(train)
     train.add_argument("--output", help="also write the checkpoint to this file")
     train.add_argument("--device", help="torch device, e.g. cpu or cuda (default: the file's, else cpu)")
+    train.add_argument("--batch-size", type=int, help="structures per step (default: the file's; larger fills a GPU)")
+    train.add_argument("--max-seconds", type=float, help="stop after the epoch that passes this wall time")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)
     _add_match(commands)
@@ -114,7 +116,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     spec = load_campaign(args.config, root=TrainFileSpec)
     structures = spec.dataset.read()
-    train_cfg = configs(spec, args.device)[2]
+    overrides = {"batch_size": args.batch_size, "max_seconds": args.max_seconds}
+    train_cfg = configs(spec, args.device, **overrides)[2]
     n_epochs = train_cfg.epochs
     out.print(f"training {spec.name!r} on {len(structures)} structures from {spec.dataset.label} ({n_epochs} epochs, "
               f"{train_cfg.device})")
@@ -124,7 +127,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                   TimeElapsedColumn(), TimeRemainingColumn(), console=err, disable=args.quiet) as bar:
         task = bar.add_task("train", total=n_epochs, loss="")
         checkpoint = train_from_spec(spec, structures, device=args.device, progress=lambda epoch, r: bar.update(
-            task, completed=epoch, loss=f"val loss {r['val_loss']:.4g}"))
+            task, completed=epoch, loss=f"val loss {r['val_loss']:.4g}"), **overrides)
     with transaction(engine) as session:
         row = add_model(session, kind=checkpoint.kind, weights=checkpoint.weights_bytes(),
                         hyperparameters=checkpoint.hyperparameters(), training_data=checkpoint.training_data,
@@ -138,7 +141,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     out.print(f"model {row.id} sha256 {row.sha256}: {m['n_parameters']} parameters, "
               f"validation loss {m['val_loss']:.4g} "
               f"(force MSE {m['val_force_mse']:.4g} (eV/Å)^2, stress MSE {m['val_stress_mse']:.4g}), "
-              f"{m['train_time_s']:.0f} s")
+              f"{m['train_time_s']:.0f} s, {m['epochs']} epochs ({m['train_time_s'] / m['epochs']:.2f} s each), "
+              f"{m['steps']} steps of {train_cfg.batch_size} on {train_cfg.device}")
     return 0
 
 

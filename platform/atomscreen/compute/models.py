@@ -41,24 +41,23 @@ def training_recipe(block: TrainSpec, data_sha256: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def configs(block: Any, device: str | None = None) -> tuple:
+def configs(block: Any, device: str | None = None, **overrides: Any) -> tuple:
     """(RMConfig, ResponseConfig, TrainConfig) of a `train:` block (or a train file): the block's seed applies unless
-    the hyperparameters set one; ``device`` overrides the file's."""
+    the hyperparameters set one; ``device`` and other TrainConfig ``overrides`` (None: keep) replace the file's."""
     from atomscreen.potentials.train import split_hyperparameters
 
     model_cfg, response_cfg, train_cfg = split_hyperparameters(block.hyperparameters)
-    overrides: dict[str, Any] = {} if "seed" in block.hyperparameters else {"seed": block.seed}
-    if device:
-        overrides["device"] = device
-    return model_cfg, response_cfg, dataclasses.replace(train_cfg, **overrides)
+    changes: dict[str, Any] = {} if "seed" in block.hyperparameters else {"seed": block.seed}
+    changes.update({k: v for k, v in {"device": device, **overrides}.items() if v is not None})
+    return model_cfg, response_cfg, dataclasses.replace(train_cfg, **changes)
 
 
 def train_from_spec(block: Any, structures: list, *, device: str | None = None,
-                    progress: Callable[[int, dict], None] | None = None):
+                    progress: Callable[[int, dict], None] | None = None, **overrides: Any):
     """Train an RM potential as a `train:` block (or a train file) says; returns the Checkpoint."""
     from atomscreen.potentials.train import train
 
-    model_cfg, response_cfg, train_cfg = configs(block, device)
+    model_cfg, response_cfg, train_cfg = configs(block, device, **overrides)
     return train(structures, model_cfg, response_cfg, train_cfg, source=block.dataset.label, progress=progress)
 
 

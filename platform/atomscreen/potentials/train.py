@@ -53,6 +53,7 @@ class TrainConfig:
     plateau_patience: int = 10  # validations without improvement before the rate is cut
     grad_clip: float | None = None  # gradient norm clipped to this (the RM authors: 10)
     keep: str = "final"  # the EMA weights to return: final, or best (lowest validation loss)
+    max_seconds: float | None = None  # stop after the epoch that passes this wall time (validated at that epoch)
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "validation_size", "validate_every"):
@@ -180,7 +181,8 @@ def train(
     for epoch in range(config.epochs):
         samples = _epoch_samples(structures, responses, config, run.steps_per_epoch, order_rng, epoch)
         train_loss = _train_epoch(run, samples, responses, config, device, dtype)
-        if epoch == 0 or epoch == config.epochs - 1 or (epoch + 1) % config.validate_every == 0:
+        out_of_time = config.max_seconds is not None and time.perf_counter() - start > config.max_seconds
+        if epoch == 0 or epoch == config.epochs - 1 or (epoch + 1) % config.validate_every == 0 or out_of_time:
             run.ema.module.eval()
             val, val_f, val_s = (float(x) for x in _loss(run.ema.module, validation, responses, device, dtype))
             _after_validation(run, config, epoch, val)
@@ -191,6 +193,8 @@ def train(
         if progress is not None:
             progress(epoch + 1, record)
         log.info("epoch %d/%d train %.4g val %.4g", epoch + 1, config.epochs, train_loss, val)
+        if out_of_time:
+            break
     weights = run.best[2] if config.keep == "best" else _cpu_state(run.ema.module, copy=False)
     return Checkpoint(model=model_config.to_dict(), responses=responses.to_dict(), training=asdict(config),
                       training_data=describe(structures, source), metrics=_metrics(history, config, run),
@@ -286,7 +290,7 @@ def _train_epoch(run: _Run, samples: list[NoisedSample], responses: ResponseConf
 
 def _metrics(history: list[dict], config: TrainConfig, run: _Run) -> dict[str, Any]:
     final = history[-1]
-    metrics = {**{k: final[k] for k in ("val_loss", "val_force_mse", "val_stress_mse")}, "epochs": config.epochs,
+    metrics = {**{k: final[k] for k in ("val_loss", "val_force_mse", "val_stress_mse")}, "epochs": final["epoch"],
                "train_time_s": final["elapsed_s"], "n_parameters": count_parameters(run.model), "steps": run.step,
                "history": [{k: h[k] for k in ("epoch", "train_loss", "val_loss")} for h in history]}
     if config.keep == "best":

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# One run on the lent GPU machine (Python 3.12, torch, numpy, scipy; no registry): the gpu tests, the relaxation
+# benchmark on CUDA, and the QM7b-like training of examples/qm7b_like.yaml. Everything lands under $OUT as JSON lines
+# and a checkpoint. Prepare here first (the wheels and the packed data travel with `carry: ["build/device"]`):
+#   python scripts/pack_training_set.py examples/qm7b_like.yaml --out build/device
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
+#       --platform any -d build/device/wheels ase vesin pytest pluggy iniconfig packaging sqlalchemy \
+#       typing_extensions pyyaml
+# then on the device: bash scripts/gpu_check.sh  (about 9 minutes; TRAIN_SECONDS sets the training budget)
+set -uo pipefail
+OUT=${OUT:-/tmp/gpu_check}
+TRAIN_SECONDS=${TRAIN_SECONDS:-330}
+mkdir -p "$OUT"
+python -m pip install --no-index --no-deps -q build/device/wheels/*.whl > "$OUT/pip.txt" 2>&1
+export PYTHONPATH="$PWD/platform"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
+python -c "import torch; print(torch.__version__, torch.cuda.get_device_name())" >> "$OUT/gpu.txt" 2>&1
+
+echo "== gpu tests"
+timeout 150 python -m pytest -p no:cacheprovider -q -o addopts="" -m gpu tests/test_gpu.py > "$OUT/gpu_tests.txt" 2>&1
+echo "rc=$?" >> "$OUT/gpu_tests.txt"; tail -n 3 "$OUT/gpu_tests.txt"
+
+echo "== bench_relax --device cuda"
+timeout 150 python scripts/bench_relax.py --device cuda --dtype float32 --n 1024 --ase-subset 16 \
+    > "$OUT/bench_relax_cuda.jsonl" 2> "$OUT/bench_relax_cuda.err"
+echo "rc=$?"; tail -n 1 "$OUT/bench_relax_cuda.jsonl"
+
+echo "== train qm7b-like on cuda ($TRAIN_SECONDS s)"
+timeout $((TRAIN_SECONDS + 90)) python scripts/train_device.py build/device/qm7b-like.json --device cuda \
+    --batch-size 256 --epochs 100000 --max-seconds "$TRAIN_SECONDS" --print-every 5 \
+    --output "$OUT/qm7b_like.pt" > "$OUT/train_qm7b_like.jsonl" 2> "$OUT/train_qm7b_like.err"
+echo "rc=$?"; tail -n 1 "$OUT/train_qm7b_like.jsonl"
