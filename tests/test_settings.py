@@ -10,9 +10,10 @@ import pytest
 from ase.build import bulk
 from ase.units import GPa
 
-from atomscreen.campaign import KickSpec, RelaxationSpec, RescoreSpec, RSSSpec, ValiditySpec, parse_campaign
+from atomscreen.campaign import KickSpec, RelaxationSpec, RescoreSpec, RSSSpec, StageSpec, ValiditySpec, parse_campaign
 from atomscreen.compute import plan
 from atomscreen.jobs import KickSettings, from_json, to_json
+from atomscreen.relax.schedule import RelaxStage
 
 BASE = {
     "name": "s", "seed": 1, "compositions": ["C4"],
@@ -41,6 +42,14 @@ RSS_FIELDS = {
     "generators.rss.kick.rounds": (3, 3, lambda j: j.kick.rounds),
     "generators.rss.seed": (99, 99, lambda j: j.seed),
     "generators.rss.model": ("other", "other", lambda j: j.model),
+    "generators.rss.box": ([10.0, 5.0, 5.0], (10.0, 5.0, 5.0), lambda j: j.random.box),
+    "generators.rss.box_aspect": ([2.0, 1.0, 1.0], (2.0, 1.0, 1.0), lambda j: j.random.box_aspect),
+    "generators.rss.stages": ([{"fmax": 0.001, "max_steps": 50}, {"kick": 0.5, "fmax": 0.0002}],
+                              (RelaxStage(0.001, 50, 0.0), RelaxStage(0.0002, None, 0.5)), lambda j: j.stages),
+    "generators.rss.stages.fmax": (0.004, 0.004, lambda j: j.stages[0].fmax),
+    "generators.rss.stages.max_steps": (40, 40, lambda j: j.stages[0].max_steps),
+    "generators.rss.stages.kick": (0.6, 0.6, lambda j: j.stages[0].kick),
+    "generators.rss.select": ("converged", "converged", lambda j: j.select),
 }
 RESCORE_FIELDS = {
     "relaxation.pressure_gpa": (5.0, 5.0 * GPa, lambda j: j.settings.pressure),
@@ -63,7 +72,7 @@ DRIVER_ONLY = {  # used where the driver plans, not inside a task
     "validity.batch_size": "molecules per validity task",
 }
 BLOCKS = {"relaxation": RelaxationSpec, "generators.rss": RSSSpec, "generators.rss.kick": KickSpec,
-          "rescore": RescoreSpec, "validity": ValiditySpec}
+          "generators.rss.stages": StageSpec, "rescore": RescoreSpec, "validity": ValiditySpec}
 
 
 def test_every_task_setting_is_mapped_to_its_job_or_listed_as_driver_only():
@@ -78,6 +87,12 @@ def _spec(path: str, value):
         data["models"] = {"other": data.pop("model")}
     if path.startswith("generators.rss.kick."):
         data["generators"]["rss"]["kick"] = {}
+    if path in ("generators.rss.box", "generators.rss.box_aspect"):
+        data["generators"]["rss"]["periodic"] = False
+    if path.startswith("generators.rss.stages."):  # one stage, the field set on it
+        stage = {"fmax": 0.01, path.rsplit(".", 1)[1]: value}
+        data["generators"]["rss"]["stages"] = [stage]
+        return parse_campaign(data, source=path)
     if path == "rescore.calculator":
         del data["rescore"]["method"]
     if path == "rescore.options":
