@@ -26,7 +26,6 @@ from atomscreen.store import (
     replace_matches,
     set_campaign_status,
     set_novelty,
-    structure_campaign,
     structures,
     task_states,
     top_candidates,
@@ -217,13 +216,13 @@ def _trajectories_to_score(engine, campaign, target, structure_ids, top, source)
         campaign_id = get_campaign(session, campaign).id
         ids = list(structure_ids) if structure_ids else top_candidates(session, campaign_id, method=source, top_k=top,
                                                                         order="id")
+        found = {a.info["structure_id"]: a for a in structures(session, ids=ids)}
         todo = []
         for sid in ids:
-            rec = trajectory(session, sid, source)
-            if rec is None or structure_campaign(session, sid) != campaign_id:
+            rec, atoms = trajectory(session, sid, source), found.get(sid)
+            if rec is None or atoms is None or atoms.info["campaign_id"] != campaign_id:
                 raise AtomscreenError(f"structure {sid} has no {source} trajectory (trajectory_every was 0, "
                                       f"or the id is not in {campaign!r})")
             if trajectory(session, sid, target) is None:
-                atoms = structures(session, ids=[sid])[0]
                 todo.append((sid, atoms.numbers, atoms.pbc, rec))
     return len(ids), todo

@@ -219,11 +219,12 @@ def _run_stage(ctx: Context, stage: Stage, cluster: Cluster, reporter: Reporter)
     message = stage.message(ctx.spec)
     if message:
         reporter.message(message)
-    jobs = [(task, task.key, from_json(task.kind, task.payload)) for task in claimed]
+    decoded = [(task, from_json(task.kind, task.payload)) for task in claimed]  # once: dispatch and writing use it
+    jobs = [(handle, handle[0].key, handle[1]) for handle in decoded]
     reporter.tasks_started(n_total, n_total - len(claimed), sum(job.count for _, _, job in jobs), stage.name)
     refs = {name: m.ref for name, m in ctx.models.items()}
-    run_jobs(cluster, jobs, refs, lambda task, result: _write(ctx, task, result, reporter),
-             lambda task, exc: _fail(ctx, task, exc, reporter), tag=f"-c{ctx.campaign_id}")
+    run_jobs(cluster, jobs, refs, lambda handle, result: _write(ctx, *handle, result, reporter),
+             lambda handle, exc: _fail(ctx, handle[0], exc, reporter), tag=f"-c{ctx.campaign_id}")
 
 
 def stage(name: str) -> Stage:
@@ -247,8 +248,7 @@ def record_tasks(ctx: Context, stage: Stage) -> int:
         return len(add_tasks(session, ctx.campaign_id, [p.new_task() for p in planned]))
 
 
-def _write(ctx: Context, task, result, reporter: Reporter) -> None:
-    job = from_json(task.kind, task.payload)
+def _write(ctx: Context, task, job, result, reporter: Reporter) -> None:
     model_id = ctx.models[job.model].id if job.model is not None else None
     try:
         with transaction(ctx.engine) as session:

@@ -12,7 +12,6 @@ from atomscreen.store.read import (
     get_campaign,
     model_by_recipe,
     open_payloads,
-    structure_campaign,
     structure_ids,
     structures,
     task_states,
@@ -58,6 +57,6 @@ __all__ = [
     "get_campaign", "get_or_create_composition", "hull_methods", "hull_rows", "link_model", "make_engine",
     "model_by_recipe", "normalize_url", "open_payloads", "ranked", "ranked_methods", "record_task_failure",
     "replace_matches", "report_rows", "reset_running", "resolve_url", "set_campaign_status", "set_novelty", "spec_hash",
-    "structure_campaign", "structure_ids", "structures", "task_states", "to_atoms", "top_candidates", "trajectory",
+    "structure_ids", "structures", "task_states", "to_atoms", "top_candidates", "trajectory",
     "transaction", "write_task_result",
 ]

@@ -163,8 +163,3 @@ def trajectory(session: Session, structure_id: int, method: str | None = None) -
     if row is None:
         return None
     return TrajectoryRecord(row.method, row.steps, row.energies, row.fmax, row.positions, row.cells)
-
-
-def structure_campaign(session: Session, structure_id: int) -> int | None:
-    """The campaign id a structure belongs to (None if it does not exist or belongs to none)."""
-    return session.scalar(select(Structure.campaign_id).where(Structure.id == structure_id))
