@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One run on the lent GPU machine (Python 3.12, torch, numpy, scipy; no registry): the gpu tests, the relaxation
-# benchmark on CUDA, and the QM7b-like training of examples/qm7b_like.yaml. Everything lands under $OUT as JSON lines
+# benchmark on CUDA, and the QM7b-like training of examples/train_qm7b_like.yaml. Everything lands under $OUT as JSON lines
 # and a checkpoint. Prepare here first (the wheels and the packed data travel with `carry: ["build/device"]`):
-#   python scripts/pack_training_set.py examples/qm7b_like.yaml --out build/device
+#   python scripts/pack_training_set.py examples/train_qm7b_like.yaml --out build/device
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
 #       --platform any -d build/device/wheels ase vesin pytest pluggy iniconfig packaging sqlalchemy \
 #       typing_extensions pyyaml

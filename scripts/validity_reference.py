@@ -1,9 +1,9 @@
 """The reference row of a validity table (the RM paper's Fig. 2a "QM7b" row): both checkers on training molecules.
 
 Runs atomscreen's two checkers (RDKit rdDetermineBonds + PoseBusters; Open Babel bonds + PoseBusters' 2024 checks)
-on every k-th structure of a campaign's training set and prints one JSON line per composition group and one for all.
+on every k-th structure of a training recipe's data set and prints one JSON line per composition group and one for all.
 Usage:
-    python scripts/validity_reference.py examples/qm7b_like.yaml --n 100 [--timeout 60]
+    python scripts/validity_reference.py examples/train_qm7b_like.yaml --n 100 [--timeout 60]
 """
 
 from __future__ import annotations
@@ -11,18 +11,17 @@ from __future__ import annotations
 import argparse
 import json
 
-from atomscreen.campaign import load_campaign
+from atomscreen.campaign import load_training
 from atomscreen.evaluate.validity import check_molecules
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("campaign", help="campaign YAML whose (first) model has a train block")
+    parser.add_argument("recipe", help="a train file, or a campaign whose (first) model has a train block")
     parser.add_argument("--n", type=int, default=100, help="molecules, evenly spaced over the training set")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per molecule")
     args = parser.parse_args()
-    spec = load_campaign(args.campaign)
-    dataset = spec.training_dataset()
+    dataset = load_training(args.recipe)[1].dataset
     structures = dataset.read()
     chosen = structures[:: max(1, len(structures) // args.n)][: args.n]
     results = check_molecules(chosen, timeout_s=args.timeout)

@@ -742,6 +742,18 @@ def load_spec(path: str | Path) -> Any:
     return parse_campaign(data, source=str(path), base_dir=path.parent, root=root)
 
 
+def load_training(path: str | Path) -> tuple[str, TrainSpec]:
+    """The training recipe (name, TrainSpec) of a train file, or of a campaign's first model with a train block."""
+    spec = load_spec(path)
+    if isinstance(spec, TrainFileSpec):
+        return spec.name, TrainSpec(dataset=spec.dataset, hyperparameters=spec.hyperparameters, seed=spec.seed)
+    train = next((m.train for m in spec.model_specs().values() if m.train is not None), None)
+    if train is None:
+        raise CampaignError(str(path), [Problem("model", _MISSING, "no model with a train block (this campaign loads "
+                                                                   "checkpoints); give its train file instead")])
+    return spec.name, train
+
+
 def load_yaml(text: str, source: str) -> Any:
     """``yaml.safe_load`` with errors turned into a :class:`CampaignError` that names the line."""
     try:
