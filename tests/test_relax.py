@@ -112,6 +112,7 @@ def test_constant_volume_cell_relaxation_matches_ase(trained_checkpoint):
     assert result.atoms.get_volume() == pytest.approx(start.get_volume(), rel=0.02)
 
 
+@pytest.mark.slow  # ~25 s; the fast suite keeps to ~5 min on 2 cores
 def test_random_search_starts_reach_the_same_energy_distribution_as_ase(trained_checkpoint):
     """Random starts are chaotic: compare distributions of final energies, not structure by structure."""
     checkpoint, _ = trained_checkpoint

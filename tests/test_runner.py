@@ -208,6 +208,7 @@ def test_postgres_and_sqlite_give_the_same_rankings(tmp_path, checkpoint_file, s
     assert results[0] == results[1] and len(results[0]) > 0
 
 
+@pytest.mark.slow  # ~25 s; the fast suite keeps to ~5 min on 2 cores
 def test_dask_info_lines_are_printed_only_with_verbose(tmp_path, checkpoint_file):
     """The terminal keeps the dashboard URL and progress; Dask's connection chatter only with -v."""
     import sys
