@@ -35,7 +35,7 @@ def test_db_upgrade_creates_every_table_in_a_new_sqlite_file(tmp_path):
     again = run("db", "upgrade", cwd=tmp_path)
     assert again.returncode == 0 and "already at" in again.stdout
     current = run("db", "current", cwd=tmp_path)
-    assert current.returncode == 0 and current.stdout.startswith("0006 (head)")
+    assert current.returncode == 0 and current.stdout.startswith("0007 (head)")
 
 
 def test_python_dash_m_is_the_same_command(tmp_path):

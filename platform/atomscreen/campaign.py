@@ -284,21 +284,47 @@ class TrainSpec(Spec):
     seed: int = 0
 
 
+class SplitSpec(Spec):
+    """A seeded random split of the data set (denoisers; MoreRed App. B.1: 55k / 10k / the rest)."""
+
+    train: PositiveInt = 55000
+    validation: PositiveInt = 10000
+
+
 class TrainFileSpec(Spec):
     """A `platform train` file: what to train on, how, and where the checkpoint goes."""
 
     name: str
+    kind: Literal["rm_potential", "denoiser"] = Field(
+        default="rm_potential", description="an RM pseudo potential, or a diffusion denoiser (MoreRed joint loss)")
     database: str | None = None
     dataset: DatasetSpec
-    hyperparameters: Annotated[dict[str, Any], AfterValidator(_hyperparameters)] = Field(default_factory=dict)
+    split: SplitSpec | None = Field(default=None, description="denoisers: train / validation sizes (test: the rest)")
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
     seed: int = 0
     output: str | None = Field(default=None, description="checkpoint file to write (relative to this file's folder)")
+
+    @model_validator(mode="after")
+    def _kind_hyperparameters(self) -> TrainFileSpec:
+        if self.kind == "denoiser":
+            from atomscreen.diffusion.train import split_denoiser_hyperparameters
+
+            split_denoiser_hyperparameters(self.hyperparameters)
+            if self.split is None:
+                self.split = SplitSpec()
+        else:
+            if self.split is not None:
+                raise ValueError("split is for denoisers (kind: denoiser); an RM potential trains on the whole set")
+            _hyperparameters(self.hyperparameters)
+        return self
 
 
 class ModelSpec(Spec):
     """A model of the campaign: exactly one of a checkpoint file or a training block."""
 
-    kind: Literal["rm_potential"] = Field(default="rm_potential", description="what the model is (RM pseudo potential)")
+    kind: Literal["rm_potential", "denoiser"] = Field(
+        default="rm_potential", description="what the model is: an RM pseudo potential, or a diffusion denoiser "
+                                            "(a checkpoint from `platform train` with kind: denoiser)")
     checkpoint: Annotated[str, AfterValidator(_existing_file)] | None = None
     train: TrainSpec | None = None
 
@@ -306,6 +332,8 @@ class ModelSpec(Spec):
     def _one(self) -> ModelSpec:
         if (self.checkpoint is None) == (self.train is None):
             raise ValueError("give exactly one of checkpoint (a file) or train (a dataset and hyperparameters)")
+        if self.kind == "denoiser" and self.train is not None:
+            raise ValueError("a denoiser is trained by `platform train` (kind: denoiser); give its checkpoint here")
         return self
 
 
@@ -396,28 +424,68 @@ class RSSSpec(Spec):
         return value
 
 
-class GeneratorsSpec(Spec):
-    """Where candidates come from: one RSS block, or a list of them (each with its own name and model)."""
+SAMPLERS = ("ddpm", "morered-jt", "morered-as")
 
-    rss: Annotated[Union[Annotated[RSSSpec, Tag("<one block>")], Annotated[list[RSSSpec], Tag("<blocks>")]],
-                   Discriminator(lambda v: "<blocks>" if isinstance(v, list) else "<one block>")] | None = None
+
+class DiffusionSpec(Spec):
+    """Molecules generated from noise for each composition by reverse diffusion on the denoiser named ``model``."""
+
+    name: Annotated[str, AfterValidator(_block_name)] = Field(default="diffusion", description="names the tasks")
+    model: str = Field(default="default", description="a model of kind denoiser (a name under models:)")
+    sampler: Literal["ddpm", "morered-jt", "morered-as"] = Field(
+        default="morered-jt", description="ddpm: T fixed steps; morered-jt / morered-as: the time predicted at every "
+                                          "step, each molecule stops when it reaches 0 (or at max_steps)")
+    time_model: str | None = Field(default=None, description="morered-as: the denoiser whose time head sets the step")
+    samples_per_composition: PositiveInt
+    max_steps: PositiveInt = Field(default=2000, description="adaptive samplers' cap (MoreRed App. B.5: 2000)")
+    batch_size: PositiveInt = Field(default=64, description="molecules per task, sampled together")
+    trajectory_every: NonNegativeInt = Field(default=100, description="reverse steps between stored frames (0: none)")
+    seed: int | None = Field(default=None, description="default: the campaign's seed")
+
+    @model_validator(mode="after")
+    def _time_model(self) -> DiffusionSpec:
+        if (self.sampler == "morered-as") != (self.time_model is not None):
+            raise ValueError("time_model (the separate time predictor) goes with sampler morered-as, and only with it")
+        return self
+
+
+def _blocks(kind: type) -> Any:
+    return Annotated[Union[Annotated[kind, Tag("<one block>")], Annotated[list[kind], Tag("<blocks>")]],
+                     Discriminator(lambda v: "<blocks>" if isinstance(v, list) else "<one block>")]
+
+
+def _listed(value: Any) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list) else [value]
+
+
+class GeneratorsSpec(Spec):
+    """Where candidates come from: RSS blocks and/or diffusion blocks (one block or a list, each with its own name
+    and model)."""
+
+    rss: _blocks(RSSSpec) | None = None
+    diffusion: _blocks(DiffusionSpec) | None = None
 
     @model_validator(mode="after")
     def _some(self) -> GeneratorsSpec:
-        if not self.rss_blocks:
-            raise ValueError("give at least one generator (rss)")
-        names = [b.name for b in self.rss_blocks]
+        if not self.rss_blocks and not self.diffusion_blocks:
+            raise ValueError("give at least one generator (rss or diffusion)")
+        names = [b.name for b in self.rss_blocks + self.diffusion_blocks]
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
-            raise ValueError(f"rss blocks need distinct names; repeated: {', '.join(repeated)}")
+            raise ValueError(f"generator blocks need distinct names; repeated: {', '.join(repeated)}")
         return self
+
+    @property
+    def diffusion_blocks(self) -> list[DiffusionSpec]:
+        """Every diffusion block, in order."""
+        return _listed(self.diffusion)
 
     @property
     def rss_blocks(self) -> list[RSSSpec]:
         """Every RSS block, in order."""
-        if self.rss is None:
-            return []
-        return list(self.rss) if isinstance(self.rss, list) else [self.rss]
+        return _listed(self.rss)
 
 
 class RelaxationSpec(Spec):
@@ -531,6 +599,9 @@ class ValiditySpec(Spec):
     timeout_s: PositiveFloat = Field(
         default=30.0, description="seconds per molecule; a check past it is stopped and recorded as timeout")
     batch_size: PositiveInt = Field(default=50, description="molecules per Dask task")
+    novelty_qm9: bool = Field(
+        default=False, description="also mark molecules whose Open Babel SMILES is absent from all of QM9 (MoreRed "
+                                   "Table B1's N; the QM9 set is computed once, ~2.5 min, and cached)")
 
 
 class CampaignSpec(Spec):
@@ -580,10 +651,16 @@ class CampaignSpec(Spec):
     @classmethod
     def _generator_models(cls, value: GeneratorsSpec, info: ValidationInfo) -> GeneratorsSpec:
         known = _model_specs(info.data)
-        for block in value.rss_blocks if known else ():
-            if block.model not in known:
-                raise ValueError(f"rss block {block.name!r} uses model {block.model!r}, which this campaign does not "
+        uses = [("rss", b.name, b.model, "rm_potential") for b in value.rss_blocks]
+        uses += [("diffusion", b.name, m, "denoiser") for b in value.diffusion_blocks
+                 for m in (b.model, b.time_model) if m is not None]
+        for generator, name, model, kind in uses if known else ():
+            if model not in known:
+                raise ValueError(f"{generator} block {name!r} uses model {model!r}, which this campaign does not "
                                  f"define; models here: {', '.join(known)}")
+            if known[model].kind != kind:
+                raise ValueError(f"{generator} block {name!r} needs a model of kind {kind}; {model!r} is of kind "
+                                 f"{known[model].kind}")
         return value
 
     @field_validator("hull")
@@ -592,7 +669,8 @@ class CampaignSpec(Spec):
         rescore, generators = info.data.get("rescore"), info.data.get("generators")
         pseudo = _pseudo_methods(generators) if generators else ["rm_pseudo"]
         allowed = pseudo + ([rescore.energy_method] if rescore else [])
-        if value.energy not in allowed:
+        no_energies = not allowed and value.energy == "rm_pseudo" and value.references is None
+        if value.energy not in allowed and not no_energies:  # diffusion alone computes no energy: no hull
             raise ValueError(f"energy = {value.energy!r} is not computed by this campaign; "
                              f"allowed: {', '.join(allowed)}")
         if value.references == "training" and _model_specs(info.data) and _training_dataset(info.data) is None:

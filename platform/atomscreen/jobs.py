@@ -29,9 +29,9 @@ from atomscreen.relax.loop import RelaxSettings
 from atomscreen.relax.schedule import RelaxStage
 from atomscreen.relax.trajectory import RelaxStatus, Trajectory
 
-__all__ = ["DEFAULT_MODEL", "PSEUDO", "CheckOut", "Job", "Origin", "ReferenceJob", "RescoreJob", "RssJob",
-           "StructureIn", "StructureOut", "TaskKind", "TaskResult", "ValidityJob", "from_json", "pseudo_method",
-           "to_json"]
+__all__ = ["DEFAULT_MODEL", "PSEUDO", "CheckOut", "DiffusionJob", "Job", "Origin", "ReferenceJob", "RescoreJob",
+           "RssJob", "StructureIn", "StructureOut", "TaskKind", "TaskResult", "ValidityJob", "from_json",
+           "pseudo_method", "to_json"]
 
 JOB_VERSION = 2
 
@@ -43,6 +43,7 @@ class TaskKind(StrEnum):
     REFERENCE = "reference"
     RESCORE = "rescore"
     VALIDITY = "validity"
+    DIFFUSION = "diffusion"
 
 
 class Origin(StrEnum):
@@ -52,6 +53,7 @@ class Origin(StrEnum):
     REFERENCE = "reference"
     RESCORE = "rescore"
     IMPORT = "import"
+    DIFFUSION = "diffusion"
 
 
 @dataclass(frozen=True)
@@ -164,9 +166,29 @@ class ValidityJob:
     model = None
 
 
-Job = Union[RssJob, ReferenceJob, RescoreJob, ValidityJob]
+@dataclass(frozen=True)
+class DiffusionJob:
+    """Molecules ``start .. start+count-1`` of one composition generated from noise by reverse diffusion on the
+    denoiser named ``model`` (``time_model``: the time predictor of morered-as)."""
+
+    formula: str
+    counts: dict[str, int]
+    start: int
+    count: int
+    seed: int
+    composition_seed: int
+    sampler: str
+    max_steps: int
+    trajectory_every: int
+    model: str = DEFAULT_MODEL
+    time_model: str | None = None
+    kind: TaskKind = TaskKind.DIFFUSION
+    energy_method = None  # generated molecules carry no energy
+
+
+Job = Union[RssJob, ReferenceJob, RescoreJob, ValidityJob, DiffusionJob]
 JOB_TYPES: dict[TaskKind, type] = {TaskKind.RSS: RssJob, TaskKind.REFERENCE: ReferenceJob, TaskKind.RESCORE: RescoreJob,
-                                   TaskKind.VALIDITY: ValidityJob}
+                                   TaskKind.VALIDITY: ValidityJob, TaskKind.DIFFUSION: DiffusionJob}
 
 
 @dataclass

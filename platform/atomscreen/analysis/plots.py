@@ -117,3 +117,25 @@ def _ternary(ax, rows, method) -> None:
     ax.set_aspect("equal")
     ax.axis("off")
     ax.set_title(method)
+
+
+def training_figure(history: Sequence[Mapping[str, Any]], quality: Sequence[tuple[int, float]], path: Path) -> None:
+    """A denoiser's training at a glance: validation losses (joint, noise, time) and the % of DDPM samples valid by
+    MoreRed's rule, against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (loss_ax, valid_ax) = plt.subplots(1, 2, figsize=(9, 3.5))
+    steps = [r["step"] for r in history]
+    for key, label in (("val_loss", "joint"), ("val_noise", "noise"), ("val_time", "time")):
+        loss_ax.plot(steps, [r[key] for r in history], label=label)
+    loss_ax.set(xlabel="step", ylabel="validation loss", yscale="log")
+    loss_ax.legend()
+    if quality:
+        valid_ax.plot([s for s, _ in quality], [q for _, q in quality], marker="o")
+    valid_ax.set(xlabel="step", ylabel="valid DDPM samples (%)", ylim=(0, 100))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

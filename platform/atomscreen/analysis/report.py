@@ -72,6 +72,10 @@ class ValidityStats:
     ob_passes_all: int = 0
     ob_sanitized_converged: int = 0
     ob_passes_all_converged: int = 0
+    # MoreRed Table B1 (G-SchNet's rule on Open Babel bonds): valid; valid with distinct SMILES; and those not in QM9
+    valid: int = 0
+    valid_unique: int = 0
+    valid_unique_novel: int | None = None  # None: novelty against QM9 not assessed
 
 
 @dataclass
@@ -173,8 +177,17 @@ def _validity(rows: Any) -> list[ValidityStats]:
             sum(m["status"] == "timeout" for m in members), len(smiles), novel_smiles,
             sum(bool(m["molecule_stable"]) for m in members), float(np.mean(stable)) if stable else None,
             len(trials), sum(bool(converged.get(s)) for s in trials), sum(m["sanitization"] is True for m in kept),
-            sum(bool(m["passes_all"]) for m in kept), *_openbabel(members), *_openbabel(kept)))
+            sum(bool(m["passes_all"]) for m in kept), *_openbabel(members), *_openbabel(kept), *_table_b1(members)))
     return out
+
+
+def _table_b1(members: list[dict]) -> tuple[int, int, int | None]:
+    """(valid, valid with distinct SMILES, those also absent from QM9; None if not assessed) by MoreRed's rule."""
+    valid = [m for m in members if m.get("connected_valence") is True and m.get("ob_smiles")]
+    unique = {m["ob_smiles"]: m for m in valid}
+    novel = None if any(m.get("ob_novel") is None for m in unique.values()) or not unique else \
+        sum(bool(m["ob_novel"]) for m in unique.values())
+    return sum(m.get("connected_valence") is True for m in members), len(unique), novel
 
 
 def _openbabel(members: list[dict]) -> tuple[int, int]:
@@ -186,7 +199,7 @@ def _openbabel(members: list[dict]) -> tuple[int, int]:
 def _converged(rows: Any) -> dict[int, bool]:
     """Whether each structure's own relaxation converged (its pseudo energy for generated structures, its
     re-scoring energy for re-scored ones)."""
-    out: dict[int, bool] = {}
+    out: dict[int, bool] = dict(rows.generated_converged)
     for (sid, method), (_, conv) in rows.energies.items():
         origin = rows.structures[sid][0]
         if (origin == "rescore") != method.startswith(PSEUDO):

@@ -50,23 +50,26 @@ def _describe(path: str, spec) -> str:
     from atomscreen.campaign import TrainFileSpec
 
     if isinstance(spec, TrainFileSpec):
-        return f"{path}: train file {spec.name!r} on {spec.dataset.label}"
+        return f"{path}: train file {spec.name!r} ({spec.kind}) on {spec.dataset.label}"
     formulas = spec.compositions.expand()
     shown = ", ".join(formulas[:8]) + (f", ... ({len(formulas)} in all)" if len(formulas) > 8 else "")
     if spec.compositions.from_training:
         shown += f"{'; ' if formulas else ''}and the {spec.compositions.from_training} most common of the training set"
     generators = ", ".join(f"{b.name} (model {b.model})" if b.model != "default" else b.name
-                           for b in spec.generators.rss_blocks)
+                           for b in spec.generators.rss_blocks + spec.generators.diffusion_blocks)
     return f"{path}: campaign {spec.name!r}, {len(formulas)} composition(s) ({shown}); generators: {generators}"
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from atomscreen.campaign import load_spec
+    from atomscreen.campaign import CampaignSpec, load_spec
+    from atomscreen.compute.denoisers import check_models
 
     bad = 0
     for path in args.campaigns:
         try:
             spec = load_spec(path)
+            if isinstance(spec, CampaignSpec):
+                check_models(spec, str(path))
         except CampaignError as exc:
             bad += 1
             err.print(f"[red]✗[/red] {exc.source}: {len(exc.problems)} problem(s)")

@@ -37,7 +37,29 @@ def cmd_report(args: argparse.Namespace) -> int:
     if report.validity:
         _validity_table(args.name, report.validity)
         _denominators_table(args.name, report.validity)
+        _table_b1(args.name, report.validity)
     return 0
+
+
+def _from(origin: str) -> str:
+    """How a row's origin is shown: gen. (RSS), resc. (after re-scoring), diffusion:SAMPLER."""
+    return {"rss": "gen.", "rescore": "resc."}.get(origin, origin)
+
+
+def _table_b1(name: str, rows) -> None:
+    """MoreRed's Table B1 layout per composition and generator, with EDM stability, over every molecule checked."""
+    table = Table("formula", "from", "n", "conv. %", "V %", "V+U %", "V+U+N %", "EDM atoms %", "EDM mol. %",
+                  title=f"{name}: MoreRed Table B1 (valid: one fragment, standard valences on Open Babel bonds; U: "
+                        "distinct canonical SMILES; N: not in QM9), % of molecules checked; conv.: relaxation "
+                        "converged, or the adaptive sampler's predicted step reached 0 (DDPM: always)")
+    table.columns[0].no_wrap = True
+    for r in rows:
+        novel = "" if r.valid_unique_novel is None else _pct(r.valid_unique_novel, r.checked)
+        atoms = "" if r.edm_atoms_stable is None else f"{100 * r.edm_atoms_stable:.0f}"
+        table.add_row(r.formula, _from(r.origin), str(r.checked), _pct(r.converged, r.trials),
+                      _pct(r.valid, r.checked), _pct(r.valid_unique, r.checked), novel, atoms,
+                      _pct(r.edm_molecule_stable, r.checked))
+    wide(140).print(table)
 
 
 def _composition_table(name: str, report) -> None:
@@ -91,7 +113,7 @@ def _validity_table(name: str, rows) -> None:
     table.columns[0].no_wrap = True
     for r in rows:
         rates = [("" if r.assessed[c] == 0 else f"{100 * r.passed[c] / r.assessed[c]:.0f}") for c in CHECK_LABELS]
-        table.add_row(r.formula, "gen." if r.origin == "rss" else "resc.", str(r.checked), *rates,
+        table.add_row(r.formula, _from(r.origin), str(r.checked), *rates,
                       f"{100 * r.passes_all / r.checked:.0f}", str(r.unique_smiles),
                       "" if r.novel_smiles is None else str(r.novel_smiles),
                       f"{100 * r.edm_molecule_stable / r.checked:.0f}", str(r.timeouts))
@@ -112,7 +134,7 @@ def _denominators_table(name: str, rows) -> None:
     table.columns[0].no_wrap = True
     for r in rows:
         sanitized = r.passed.get("sanitization", 0)
-        table.add_row(r.formula, "gen." if r.origin == "rss" else "resc.", str(r.trials), _pct(r.converged, r.trials),
+        table.add_row(r.formula, _from(r.origin), str(r.trials), _pct(r.converged, r.trials),
                       _pct(r.sanitized_converged, r.converged), _pct(r.passes_all_converged, r.converged),
                       _pct(sanitized, r.trials), _pct(r.passes_all, r.trials),
                       _pct(r.ob_sanitized_converged, r.converged), _pct(r.ob_passes_all_converged, r.converged),

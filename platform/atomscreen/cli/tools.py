@@ -25,7 +25,8 @@ def add_commands(commands) -> None:
     add_db_option(current)
     current.set_defaults(func=cmd_db_current)
 
-    train = commands.add_parser("train", help="train an RM pseudo potential from a train YAML file and store it")
+    train = commands.add_parser("train", help="train an RM pseudo potential or a diffusion denoiser from a train YAML "
+                                              "file and store it")
     train.add_argument("config", metavar="TRAIN.yaml")
     add_db_option(train)
     train.add_argument("--output", help="also write the checkpoint to this file")
@@ -33,6 +34,8 @@ def add_commands(commands) -> None:
     train.add_argument("--batch-size", type=int, help="structures per step (default: the file's; larger fills a GPU)")
     train.add_argument("--max-seconds", type=float, help="stop after the epoch that passes this wall time")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--sample-every", type=int, default=0,
+                       help="denoisers: every N steps, score 32 DDPM samples and redraw OUTPUT.png (0: never)")
     train.set_defaults(func=cmd_train)
     _add_match(commands)
     _add_trajectory_energies(commands)
@@ -115,6 +118,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from atomscreen.store import add_model, migrate
 
     spec = load_campaign(args.config, root=TrainFileSpec)
+    if spec.kind == "denoiser":
+        return _train_denoiser(args, spec)
     structures = spec.dataset.read()
     overrides = {"batch_size": args.batch_size, "max_seconds": args.max_seconds}
     train_cfg = configs(spec, args.device, **overrides)[2]
@@ -132,9 +137,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         row = add_model(session, kind=checkpoint.kind, weights=checkpoint.weights_bytes(),
                         hyperparameters=checkpoint.hyperparameters(), training_data=checkpoint.training_data,
                         metrics=checkpoint.metrics, name=spec.name)
-    output = args.output or spec.output
-    if output:
-        path = Path(output) if args.output or Path(output).is_absolute() else Path(args.config).parent / output
+    path = _output(args, spec)
+    if path:
         checkpoint.save(path)
         out.print(f"checkpoint written to {path}")
     m = checkpoint.metrics
@@ -143,6 +147,49 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"(force MSE {m['val_force_mse']:.4g} (eV/Å)^2, stress MSE {m['val_stress_mse']:.4g}), "
               f"{m['train_time_s']:.0f} s, {m['epochs']} epochs ({m['train_time_s'] / m['epochs']:.2f} s each), "
               f"{m['steps']} steps of {train_cfg.batch_size} on {train_cfg.device}")
+    return 0
+
+
+def _output(args: argparse.Namespace, spec) -> Path | None:
+    output = args.output or spec.output
+    if not output:
+        return None
+    return Path(output) if args.output or Path(output).is_absolute() else Path(args.config).parent / output
+
+
+def _train_denoiser(args: argparse.Namespace, spec) -> int:
+    """`platform train` for kind: denoiser; resumable: a run stopped or killed continues from OUTPUT.resume.pt."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from atomscreen.compute.denoisers import train_denoiser_from_spec
+    from atomscreen.store import add_model, migrate
+
+    output = _output(args, spec)
+    resume = output.with_suffix(".resume.pt") if output else None
+    engine = open_engine(resolve_url(args.db, spec.database), must_exist=False)
+    migrate.upgrade(engine)
+    steps = int(spec.hyperparameters.get("steps", 1000))
+    out.print(f"training denoiser {spec.name!r} on {spec.dataset.label} ({steps} steps"
+              + (f", resuming from {resume}" if resume and resume.exists() else "") + ")")
+    with Progress(TextColumn("step {task.completed}/{task.total}"), BarColumn(), TextColumn("{task.fields[loss]}"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=err, disable=args.quiet) as bar:
+        task = bar.add_task("train", total=steps, loss="")
+        progress = lambda step, r: bar.update(task, completed=step, loss=f"loss {r['loss'] or 0:.4g}")  # noqa: E731
+        checkpoint = train_denoiser_from_spec(
+            spec, device=args.device, max_seconds=args.max_seconds, batch_size=args.batch_size, resume_path=resume,
+            progress=progress, sample_every=args.sample_every, figure=output.with_suffix(".png") if output else None)
+    with transaction(engine) as session:
+        row = add_model(session, kind=checkpoint.kind, weights=checkpoint.weights_bytes(),
+                        hyperparameters=checkpoint.hyperparameters(), training_data=checkpoint.training_data,
+                        metrics=checkpoint.metrics, name=spec.name)
+    if output:
+        checkpoint.save(output)
+        out.print(f"checkpoint written to {output}")
+    m = checkpoint.metrics
+    out.print(f"model {row.id} sha256 {row.sha256}: denoiser of {m['parameters']} parameters, {m['steps']} steps of "
+              f"{checkpoint.training['batch_size']} ({m['molecules_seen']} molecules) in {m['seconds']:.0f} s, best "
+              f"validation loss {m['best_val_loss']:.4g}; split {checkpoint.training_data['n_train']} / "
+              f"{checkpoint.training_data['n_validation']} / {checkpoint.training_data['n_test']}")
     return 0
 
 

@@ -79,13 +79,15 @@ def run_jobs(cluster: Cluster, jobs: Sequence[tuple[Any, str, Job]], models: dic
 
     client = cluster.get()
     gpu = {"GPU": 1} if cluster.has_gpu_workers() else None
-    used = sorted({job.model for _, _, job in jobs if job.model is not None})
+    used = sorted({name for _, _, job in jobs for name in (job.model, getattr(job, "time_model", None))
+                   if name is not None})
     shared = {name: client.scatter(models[name], broadcast=True, hash=False) for name in used}
     futures = {}
     for handle, key, job in jobs:
         dask_key = f"{key.replace('/', '-')}{tag}-{uuid.uuid4().hex[:8]}"
         model = shared[job.model] if job.model is not None else None
-        futures[client.submit(TASKS[job.kind], job, model, key=dask_key, resources=gpu)] = handle
+        extra = [shared[job.time_model]] if getattr(job, "time_model", None) is not None else []  # morered-as
+        futures[client.submit(TASKS[job.kind], job, model, *extra, key=dask_key, resources=gpu)] = handle
     for future in as_completed(futures):
         handle = futures[future]
         try:

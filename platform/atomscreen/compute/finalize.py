@@ -26,6 +26,7 @@ from atomscreen.store import (
     replace_matches,
     set_campaign_status,
     set_novelty,
+    set_qm9_novelty,
     structures,
     task_states,
     top_candidates,
@@ -161,6 +162,12 @@ def finish(engine: Engine, campaign_id: int, spec: CampaignSpec, cluster: Cluste
     notes, any_energy = analyse_campaign(engine, campaign_id)
     if spec.validity is not None:
         notes += mark_novelty(engine, campaign_id, spec)
+        if spec.validity.novelty_qm9:
+            from atomscreen.evaluate.generation import qm9_reference
+
+            with transaction(engine) as session:
+                n, n_smiles = set_qm9_novelty(session, campaign_id, qm9_reference())
+            notes.append(f"{n} of {n_smiles} molecules with an Open Babel SMILES are not in QM9")
     if spec.match is not None and any_energy:
         from atomscreen.evaluate.match import MatchSettings
 
@@ -170,7 +177,9 @@ def finish(engine: Engine, campaign_id: int, spec: CampaignSpec, cluster: Cluste
                            client=cluster.client, energy_column=spec.match.energy_column)
         notes.append(f"{n} unique structures, generated and re-scored together, match a structure of {label}")
     with transaction(engine) as session:
-        status, error = final_status(task_states(session, campaign_id), any_energy, spec.name)
+        # a campaign of diffusion generators alone stores molecules without energies
+        expects_energy = bool(spec.generators.rss_blocks)
+        status, error = final_status(task_states(session, campaign_id), any_energy or not expects_energy, spec.name)
         set_campaign_status(session, campaign_id, status, error, finished=True)
     return notes
 

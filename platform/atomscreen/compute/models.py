@@ -30,8 +30,9 @@ class ProvidedModel:
 
 
 def _provided(name: str, row: StoredModel) -> ProvidedModel:
-    return ProvidedModel(name, row.id, ModelRef(row.sha256, row.hyperparameters["model"], row.weights),
-                         dict(row.training_data))
+    ref = ModelRef(row.sha256, row.hyperparameters["model"], row.weights, row.kind,
+                   row.hyperparameters.get("schedule"))
+    return ProvidedModel(name, row.id, ref, dict(row.training_data))
 
 
 def training_recipe(block: TrainSpec, data_sha256: str) -> str:
@@ -85,7 +86,12 @@ def _provide(engine: Engine, spec: CampaignSpec, name: str, block: ModelSpec, re
     label = "" if name == DEFAULT_MODEL else f" {name!r}"
     recipe = None
     if block.checkpoint is not None:
-        checkpoint = Checkpoint.load(block.checkpoint)
+        if block.kind == "denoiser":
+            from atomscreen.diffusion.checkpoint import DenoiserCheckpoint
+
+            checkpoint = DenoiserCheckpoint.load(block.checkpoint)
+        else:
+            checkpoint = Checkpoint.load(block.checkpoint)
         reporter.message(f"model{label} from checkpoint {block.checkpoint}")
     else:
         train = block.train

@@ -19,10 +19,11 @@ from ase import Atoms
 from ase.units import GPa
 
 from atomscreen.atoms.random import RandomSpec, volume_per_atom
-from atomscreen.campaign import CampaignSpec, RSSSpec
+from atomscreen.campaign import CampaignSpec, DiffusionSpec, RSSSpec
 from atomscreen.chem import parse_formula
 from atomscreen.errors import AtomscreenError
 from atomscreen.jobs import (
+    DiffusionJob,
     Job,
     KickSettings,
     ReferenceJob,
@@ -151,9 +152,26 @@ def reference_tasks(spec: CampaignSpec, references: Sequence[Atoms]) -> list[Pla
     return tasks
 
 
+def diffusion_tasks(spec: CampaignSpec, block: DiffusionSpec) -> list[PlannedTask]:
+    """The tasks of one diffusion block: batch_size molecules of a composition per task, seeded per composition."""
+    seed = spec.seed if block.seed is None else block.seed
+    tasks = []
+    for formula in spec.compositions.expand():
+        composition_seed = zlib.crc32(formula.encode())
+        for start in range(0, block.samples_per_composition, block.batch_size):
+            count = min(block.batch_size, block.samples_per_composition - start)
+            job = DiffusionJob(formula, parse_formula(formula), start, count, seed, composition_seed, block.sampler,
+                               block.max_steps, block.trajectory_every, block.model, block.time_model)
+            task_seed = (seed * 1_000_003 + composition_seed + start) % 2**62
+            tasks.append(PlannedTask(f"{block.name}/{formula}/{start}", task_seed, job))
+    return tasks
+
+
 def generation_tasks(spec: CampaignSpec, training: Mapping[str, Mapping[str, Any]]) -> list[PlannedTask]:
-    """Every RSS block's tasks, then the hull references'; ``training`` maps model names to their training data."""
+    """Every RSS block's tasks, every diffusion block's, then the hull references'; ``training`` maps model names
+    to their training data."""
     tasks = [t for rss in spec.generators.rss_blocks for t in rss_tasks(spec, rss, training[rss.model])]
+    tasks += [t for block in spec.generators.diffusion_blocks for t in diffusion_tasks(spec, block)]
     return tasks + reference_tasks(spec, hull_references(spec))
 
 

@@ -96,8 +96,8 @@ def _validity(ctx: Context) -> list[plan.PlannedTask]:
     with transaction(ctx.engine) as session:
         queued = {s.structure_id for p in open_payloads(session, ctx.campaign_id, TaskKind.VALIDITY)
                   for s in from_json(TaskKind.VALIDITY, p).structures}
-        ids = [i for i in structure_ids(session, ctx.campaign_id, [Origin.RSS, Origin.RESCORE], unchecked=True)
-               if i not in queued]
+        ids = [i for i in structure_ids(session, ctx.campaign_id, [Origin.RSS, Origin.DIFFUSION, Origin.RESCORE],
+                                        unchecked=True) if i not in queued]
         molecules = [a for a in structures(session, ids=ids)
                      if not a.pbc.any() and a.info.get("relax_status") != "exploded"]
         n_existing = count_tasks(session, ctx.campaign_id, [TaskKind.VALIDITY])
@@ -105,7 +105,7 @@ def _validity(ctx: Context) -> list[plan.PlannedTask]:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("generation", (TaskKind.RSS, TaskKind.REFERENCE), lambda spec: True, _generation),
+    Stage("generation", (TaskKind.RSS, TaskKind.DIFFUSION, TaskKind.REFERENCE), lambda spec: True, _generation),
     Stage("re-scoring", (TaskKind.RESCORE,), lambda spec: spec.rescore is not None, _rescoring, needs_ranking=True,
           message=lambda spec: f"re-scoring the top {spec.rescore.top_k} unique candidates per composition with "
                                f"{spec.rescore.energy_method}"),
@@ -123,8 +123,11 @@ def same_spec(stored: str, submitted: str) -> bool:
 def submit(path: str | Path, engine: Engine, *, scheduler: str | None = None, reporter: Reporter = Reporter(),
            dashboard_address: str = ":8787", client=None) -> Outcome:
     """Validate and record ``path`` (or resume it if already recorded with the same content), then run it."""
+    from atomscreen.compute.denoisers import check_models
+
     path = Path(path)
     spec = load_campaign(path)
+    check_models(spec, str(path))  # checkpoints of the right kind, compositions a denoiser can make: before any write
     text = path.read_text()
     migrate.upgrade(engine)
     with transaction(engine) as session:
@@ -164,7 +167,7 @@ def _prepare_and_run(engine: Engine, campaign_id: int, spec: CampaignSpec, clust
     models = provide_models(engine, campaign_id, spec, reporter)
     if spec.compositions.from_training:
         try:
-            histogram = models[spec.generators.rss_blocks[0].model].training_data.get("compositions", {})
+            histogram = _composition_histogram(spec, models)
             spec = with_training_compositions(spec, histogram)
         except ValueError as exc:
             with transaction(engine) as session:
@@ -172,6 +175,14 @@ def _prepare_and_run(engine: Engine, campaign_id: int, spec: CampaignSpec, clust
             raise RunnerError(str(exc)) from None
         reporter.message(f"compositions: {', '.join(spec.compositions.expand())}")
     return run(engine, campaign_id, spec, models, cluster, reporter)
+
+
+def _composition_histogram(spec: CampaignSpec, models: dict[str, ProvidedModel]) -> dict[str, int]:
+    """What `from_training` draws from: the first RSS model's training set, else the first denoiser's test split
+    (MoreRed App. B.5 draws generation compositions from it)."""
+    if spec.generators.rss_blocks:
+        return models[spec.generators.rss_blocks[0].model].training_data.get("compositions", {})
+    return models[spec.generators.diffusion_blocks[0].model].training_data.get("test_compositions", {})
 
 
 def run(engine: Engine, campaign_id: int, spec: CampaignSpec, models: dict[str, ProvidedModel], cluster: Cluster,

@@ -19,6 +19,7 @@ import spglib
 from atomscreen.atoms.random import random_structure
 from atomscreen.jobs import (
     CheckOut,
+    DiffusionJob,
     ReferenceJob,
     RescoreJob,
     RssJob,
@@ -34,11 +35,13 @@ _MODELS: dict[tuple[str, str], Any] = {}
 
 @dataclass(frozen=True)
 class ModelRef:
-    """What a worker needs to rebuild a stored RM potential."""
+    """What a worker needs to rebuild a stored model (an RM potential, or a denoiser with its schedule)."""
 
     sha256: str
     config: dict[str, Any]
     weights: bytes
+    kind: str = "rm_potential"
+    schedule: dict[str, Any] | None = None  # denoisers
 
 
 def _device() -> str:
@@ -52,9 +55,15 @@ def _model(ref: ModelRef, device: str):
     if key not in _MODELS:
         import torch
 
-        from atomscreen.potentials.train import load_model
+        if ref.kind == "denoiser":
+            from atomscreen.diffusion.checkpoint import load_denoiser
+            from atomscreen.diffusion.schedule import schedule_from_dict
 
-        _MODELS[key] = load_model(ref.config, ref.weights, dtype=torch.float64, device=device)
+            _MODELS[key] = (load_denoiser(ref.config, ref.weights, device=device), schedule_from_dict(ref.schedule))
+        else:
+            from atomscreen.potentials.train import load_model
+
+            _MODELS[key] = load_model(ref.config, ref.weights, dtype=torch.float64, device=device)
     return _MODELS[key]
 
 
@@ -200,7 +209,62 @@ def validity_task(job: ValidityJob, model: ModelRef | None = None) -> TaskResult
     return TaskResult(time.perf_counter() - t0, checks=checks)
 
 
+def diffusion_task(job: DiffusionJob, model: ModelRef, time_model: ModelRef | None = None) -> TaskResult:
+    """Molecules of one composition generated from noise by reverse diffusion (seeded by composition and start, so
+    the same molecules however the samples are split into tasks), with their subsampled reverse trajectories."""
+    import torch
+
+    from atomscreen.diffusion.sample import sample
+
+    t0 = time.perf_counter()
+    _use_worker_threads()
+    device = _device()
+    denoiser, schedule = _model(model, device)
+    timer = _model(time_model, device)[0] if time_model is not None else None
+    numbers = torch.tensor([z for _ in range(job.count) for z in _numbers(job.counts)], device=device)
+    mol = torch.repeat_interleave(torch.arange(job.count, device=device), len(numbers) // job.count)
+    generator = torch.Generator(device=device).manual_seed(
+        (job.seed * 1_000_003 + job.composition_seed * 7919 + job.start) % 2**63)
+    out = sample(denoiser, schedule, denoiser.species(numbers), mol, job.count, sampler=job.sampler,
+                 max_steps=job.max_steps, generator=generator, time_model=timer, record_every=job.trajectory_every)
+    return TaskResult(time.perf_counter() - t0, _generated(job, numbers.cpu().numpy(), mol.cpu().numpy(), out),
+                      device=device)
+
+
+def _numbers(counts: dict[str, int]) -> list[int]:
+    from ase.data import atomic_numbers
+
+    return [atomic_numbers[e] for e, n in counts.items() for _ in range(n)]
+
+
+def _generated(job: DiffusionJob, numbers: np.ndarray, mol: np.ndarray, out) -> list[StructureOut]:
+    """One StructureOut per generated molecule: positions, status, reverse steps, frames (no energies)."""
+    from atomscreen.relax.trajectory import Trajectory
+
+    positions = out.positions.cpu().numpy()
+    frames = [(step, x.cpu().numpy()) for step, x in out.frames]
+    results = []
+    for k in range(job.count):
+        atoms = mol == k
+        steps, converged = int(out.steps[k]), bool(out.converged[k])
+        trajectory = None
+        if frames:
+            kept = [(s, x[atoms]) for s, x in frames if s <= steps]
+            if kept[-1][0] != steps:  # the molecule stopped between two recorded frames: its last positions
+                kept.append((steps, positions[atoms]))
+            trajectory = Trajectory(np.array([s for s, _ in kept]), np.full(len(kept), np.nan),
+                                    np.full(len(kept), np.nan), np.stack([x for _, x in kept]),
+                                    np.zeros((len(kept), 3, 3)))
+        info = {"sampler": job.sampler, "reverse_steps": steps, "converged": converged}
+        if out.final_time is not None:
+            info["final_t"] = int(out.final_time[k])
+        results.append(StructureOut(numbers[atoms], positions[atoms], np.zeros((3, 3)), np.zeros(3, dtype=bool), None,
+                                    None, steps, RelaxStatus.CONVERGED if converged else RelaxStatus.NOT_CONVERGED,
+                                    trajectory=trajectory, info=info))
+    return results
+
+
 TASKS: dict[TaskKind, Callable[..., TaskResult]] = {
     TaskKind.RSS: rss_task, TaskKind.REFERENCE: reference_task, TaskKind.RESCORE: rescore_task,
-    TaskKind.VALIDITY: validity_task,
+    TaskKind.VALIDITY: validity_task, TaskKind.DIFFUSION: diffusion_task,
 }

@@ -183,8 +183,10 @@ def _train_step(state: _State, schedule, data, split, cfg) -> float | None:
 
 def train_denoiser(data: MoleculeSet, split: Split, config: DenoiserConfig, cfg: DenoiserTraining, *,
                    source: str = "", resume_path: str | Path | None = None,
-                   progress: Callable[[int, dict], None] | None = None) -> DenoiserCheckpoint:
-    """Train (or continue from ``resume_path`` if it exists) and return the EMA weights as a checkpoint."""
+                   progress: Callable[[int, dict], None] | None = None,
+                   on_validate: Callable[[int, Denoiser, Schedule], dict] | None = None) -> DenoiserCheckpoint:
+    """Train (or continue from ``resume_path`` if it exists) and return the EMA weights as a checkpoint;
+    ``on_validate(step, ema_model, schedule)`` may add entries (e.g. sample quality) to each validation record."""
     schedule = polynomial_schedule()
     config = replace(config, elements=tuple(int(z) for z in np.unique(data.numbers)), max_atoms=int(data.sizes.max()))
     state = _new_state(config, cfg)
@@ -202,6 +204,8 @@ def train_denoiser(data: MoleculeSet, split: Split, config: DenoiserConfig, cfg:
         record = {"step": state.step, "loss": last, "lr": state.optimizer.param_groups[0]["lr"]}
         if state.step % cfg.validate_every == 0 or state.step == cfg.steps:
             record.update(validation_loss(state.ema.module, schedule, data, split, cfg))
+            if on_validate is not None:
+                record.update(on_validate(state.step, state.ema.module, schedule))
             state.best = min(state.best, record["val_loss"])
             state.plateau.step(record["val_loss"])
             state.history.append(record)

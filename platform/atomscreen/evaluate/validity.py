@@ -51,6 +51,9 @@ ENSEMBLE_ENERGY_FLOOR = 0.01  # kcal/mol: below it PoseBusters' energy ratio is 
 OPENBABEL_CHECKS = ("sanitization", "all_atoms_connected", "bond_lengths", "bond_angles", "internal_steric_clash",
                     "aromatic_ring_flatness", "double_bond_flatness", "internal_energy")
 OPENBABEL_COLUMNS = (*(f"ob_{c}" for c in OPENBABEL_CHECKS), "ob_passes_all")  # molecule_check columns
+# MoreRed Table B1's validity (G-SchNet's rule on Open Babel bonds: connected, standard valences) and the Open Babel
+# canonical SMILES its uniqueness and novelty compare (atomscreen.evaluate.generation)
+MORERED_COLUMNS = ("connected_valence", "ob_smiles")
 
 
 @dataclass
@@ -137,7 +140,7 @@ def _check_one(item: tuple[np.ndarray, np.ndarray]) -> dict:
     warnings.filterwarnings("ignore")
     numbers, positions = item
     atoms = Atoms(numbers=numbers, positions=positions)
-    checks: dict[str, bool | None] = {**dict.fromkeys(CHECKS), **_openbabel_checks(atoms)}
+    checks: dict[str, bool | None] = {**dict.fromkeys(CHECKS), **_openbabel_checks(atoms), **_morered(atoms)}
     try:
         mol = rdkit_molecule(atoms)
     except Exception as exc:  # no bond orders fit the geometry with charge 0
@@ -182,6 +185,16 @@ def _openbabel_checks(atoms: Atoms) -> dict[str, bool | None]:
     return {**checks, "ob_passes_all": not any(v is False for v in checks.values())}
 
 
+def _morered(atoms: Atoms) -> dict:
+    from atomscreen.evaluate.generation import connected_valence
+
+    try:
+        valid, smiles = connected_valence(atoms.numbers, atoms.positions)
+    except Exception:  # Open Babel could not read the geometry
+        return {"connected_valence": False, "ob_smiles": None}
+    return {"connected_valence": valid, "ob_smiles": smiles}
+
+
 def check_molecules(structures: Sequence[Atoms], timeout_s: float | None = 30.0) -> list[Validity]:
     """Validity of each molecule (perception and PoseBusters in a child process, ``timeout_s`` per molecule) and
     its EDM stability."""
@@ -195,7 +208,8 @@ def check_molecules(structures: Sequence[Atoms], timeout_s: float | None = 30.0)
             v = outcome.value
             out.append(Validity("ok", v["checks"], v["smiles"], error=v["note"], **common))
         else:
-            out.append(Validity(outcome.status, dict.fromkeys(CHECKS + OPENBABEL_COLUMNS), None, error=outcome.error,
+            out.append(Validity(outcome.status, dict.fromkeys(CHECKS + OPENBABEL_COLUMNS + MORERED_COLUMNS), None,
+                                error=outcome.error,
                                 **common))
     return out
 

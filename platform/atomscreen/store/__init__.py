@@ -45,6 +45,7 @@ from atomscreen.store.write import (
     replace_matches,
     set_campaign_status,
     set_novelty,
+    set_qm9_novelty,
     spec_hash,
 )
 from atomscreen.store.write_tasks import add_tasks, claim_tasks, record_task_failure, reset_running, write_task_result
@@ -56,7 +57,7 @@ __all__ = [
     "campaign_summaries", "claim_tasks", "clear_analysis", "composition_fields", "count_tasks", "export_structures",
     "get_campaign", "get_or_create_composition", "hull_methods", "hull_rows", "link_model", "make_engine",
     "model_by_recipe", "normalize_url", "open_payloads", "ranked", "ranked_methods", "record_task_failure",
-    "replace_matches", "report_rows", "reset_running", "resolve_url", "set_campaign_status", "set_novelty", "spec_hash",
-    "structure_ids", "structures", "task_states", "to_atoms", "top_candidates", "trajectory",
-    "transaction", "write_task_result",
+    "replace_matches", "report_rows", "reset_running", "resolve_url", "set_campaign_status", "set_novelty",
+    "set_qm9_novelty", "spec_hash", "structure_ids", "structures", "task_states", "to_atoms", "top_candidates",
+    "trajectory", "transaction", "write_task_result",
 ]

@@ -177,6 +177,7 @@ class Structure(Base):
     representative_id: Mapped[Optional[int]] = mapped_column(ForeignKey("structure.id", ondelete="SET NULL"),
                                                              index=True)
     origin: Mapped[str] = mapped_column(String(32), index=True)
+    sampler: Mapped[Optional[str]] = mapped_column(String(32), index=True)  # diffusion: ddpm, morered-jt, morered-as
     model_id: Mapped[Optional[int]] = mapped_column(ForeignKey("model.id"), index=True)  # the model that made it
     n_atoms: Mapped[int] = mapped_column(Integer)
     # pbc along the three cell vectors as 'T'/'F' characters, e.g. 'TTT' or 'FFF'
@@ -340,3 +341,8 @@ class MoleculeCheck(Base):
     ob_double_bond_flatness: Mapped[Optional[bool]] = mapped_column(Boolean)
     ob_internal_energy: Mapped[Optional[bool]] = mapped_column(Boolean)
     ob_passes_all: Mapped[Optional[bool]] = mapped_column(Boolean)
+    # MoreRed Table B1 (G-SchNet's rule): one fragment, standard valences on Open Babel's bonds; its canonical SMILES
+    # (uniqueness), and whether that SMILES is absent from all of QM9 (novelty; NULL: not assessed)
+    connected_valence: Mapped[Optional[bool]] = mapped_column(Boolean)
+    ob_smiles: Mapped[Optional[str]] = mapped_column(Text)
+    ob_novel: Mapped[Optional[bool]] = mapped_column(Boolean)

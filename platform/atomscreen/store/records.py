@@ -138,3 +138,4 @@ class ReportRows:
     failures: list[tuple[int, str, str]]  # (id, method, error)
     task_times: dict[str, float]  # formula (task group) -> summed wall time, s
     checks: list[dict[str, Any]]  # molecule_check rows as dicts
+    generated_converged: dict[int, bool] = field(default_factory=dict)  # diffusion: predicted step reached 0

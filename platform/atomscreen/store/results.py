@@ -118,8 +118,11 @@ def report_rows(session: Session, campaign: str) -> ReportRows:
         raise KeyError(f"no campaign named {campaign!r}")
     cid = row.id
     structs = session.execute(
-        select(Structure.id, Structure.origin, Structure.parent_id, Composition.formula, Composition.reduced_formula)
+        select(Structure.id, Structure.origin, Structure.parent_id, Composition.formula, Composition.reduced_formula,
+               Structure.sampler)
         .join(Composition, Composition.id == Structure.composition_id).where(Structure.campaign_id == cid)).all()
+    generated = session.execute(select(Structure.id, Structure.info).where(Structure.campaign_id == cid,
+                                                                           Structure.origin == "diffusion")).all()
     energies = session.execute(select(Energy.structure_id, Energy.method, Energy.per_atom, Energy.converged)
                                .join(Structure, Structure.id == Energy.structure_id)
                                .where(Structure.campaign_id == cid))
@@ -139,8 +142,11 @@ def report_rows(session: Session, campaign: str) -> ReportRows:
     checks = session.scalars(select(MoleculeCheck).where(MoleculeCheck.campaign_id == cid)
                              .order_by(MoleculeCheck.structure_id)).all()
     return ReportRows(
-        structures={sid: (origin, parent, formula, reduced) for sid, origin, parent, formula, reduced in structs},
+        # diffusion molecules appear as diffusion:SAMPLER, so each sampler gets its own rows
+        structures={sid: (f"{origin}:{sampler}" if sampler else origin, parent, formula, reduced)
+                    for sid, origin, parent, formula, reduced, sampler in structs},
         energies={(sid, m): (pa, conv) for sid, m, pa, conv in energies.all()},
         rankings=[tuple(r) for r in rankings], matches={sid: (name, rank) for sid, name, rank in matches},
         failures=[tuple(f) for f in failures], task_times=times,
-        checks=[{c.name: getattr(check, c.name) for c in MoleculeCheck.__table__.columns} for check in checks])
+        checks=[{c.name: getattr(check, c.name) for c in MoleculeCheck.__table__.columns} for check in checks],
+        generated_converged={sid: info.get("relax_status") == "converged" for sid, info in generated})

@@ -90,7 +90,8 @@ def _structure_row(atoms: Atoms, composition_id: int, origin: str, **columns: An
                      pbc="".join("T" if p else "F" for p in pbc), numbers=np.asarray(atoms.numbers),
                      positions=np.asarray(atoms.positions), cell=np.asarray(atoms.cell.array),
                      volume_per_atom=float(atoms.get_volume() / len(atoms)) if pbc.all() else None,
-                     info=_info(atoms), **columns)
+                     sampler=atoms.info.get("sampler") if origin == "diffusion" else None, info=_info(atoms),
+                     **columns)
 
 
 def add_structures(
@@ -267,3 +268,11 @@ def set_novelty(session: Session, campaign_id: int, known_smiles: set[str]) -> t
     for row in rows:
         row.novel = None if row.smiles is None else row.smiles not in known_smiles
     return sum(bool(r.novel) for r in rows), sum(r.smiles is not None for r in rows)
+
+
+def set_qm9_novelty(session: Session, campaign_id: int, known_smiles: set[str]) -> tuple[int, int]:
+    """Mark molecule checks ob_novel when their Open Babel SMILES is not in ``known_smiles``; (novel, with SMILES)."""
+    rows = session.scalars(select(MoleculeCheck).where(MoleculeCheck.campaign_id == campaign_id)).all()
+    for row in rows:
+        row.ob_novel = None if row.ob_smiles is None else row.ob_smiles not in known_smiles
+    return sum(bool(r.ob_novel) for r in rows), sum(r.ob_smiles is not None for r in rows)

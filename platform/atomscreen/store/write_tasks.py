@@ -79,8 +79,8 @@ def write_task_result(session: Session, task_id: int, result: TaskResult, *, met
                    task_id=task.id, model_id=model_id, parent_ids=[s.parent_id for _, s in kept],
                    task_indices=[i for i, _ in kept], spacegroups=[s.spacegroup for _, s in kept],
                    energies=[_energies(s, method, model_id) for _, s in kept],
-                   trajectories=[[] if s.trajectory is None else [TrajectoryRecord.of(method, s.trajectory)]
-                                 for _, s in kept])
+                   trajectories=[[] if s.trajectory is None else
+                                 [TrajectoryRecord.of(method or task.kind, s.trajectory)] for _, s in kept])
     task.status, task.error, task.finished_at, task.wall_time_s = TaskState.DONE, None, now(), float(result.wall_time_s)
     return len(result.structures) + len(result.checks)
 
