@@ -9,7 +9,7 @@ import pytest
 from ase.build import bulk, molecule
 from ase.units import GPa
 
-from atomscreen.campaign import parse_campaign
+from atomscreen.campaign import DiffusionSpec, parse_campaign
 from atomscreen.compute import plan
 from atomscreen.jobs import (
     JOB_TYPES,
@@ -46,7 +46,9 @@ def _jobs():
     reference = [t.job for t in plan.reference_tasks(spec, [diamond])]
     rescore = [t.job for t in plan.rescore_tasks(spec, [("C2", 3, diamond), ("reference", 4, diamond)])]
     validity = [t.job for t in plan.validity_tasks(spec, [water], 0)]
-    return rss + reference + rescore + validity
+    block = DiffusionSpec(sampler="morered-as", time_model="t", samples_per_composition=3, batch_size=2, max_steps=9)
+    diffusion = [t.job for t in plan.diffusion_tasks(spec, block)]
+    return rss + reference + rescore + validity + diffusion
 
 
 def test_every_job_kind_round_trips_through_json():

@@ -4,13 +4,23 @@ happens at the campaign's pressure."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from ase.build import bulk
 from ase.units import GPa
 
-from atomscreen.campaign import KickSpec, RelaxationSpec, RescoreSpec, RSSSpec, StageSpec, ValiditySpec, parse_campaign
+from atomscreen.campaign import (
+    DiffusionSpec,
+    KickSpec,
+    RelaxationSpec,
+    RescoreSpec,
+    RSSSpec,
+    StageSpec,
+    ValiditySpec,
+    parse_campaign,
+)
 from atomscreen.compute import plan
 from atomscreen.jobs import KickSettings, from_json, to_json
 from atomscreen.relax.schedule import RelaxStage
@@ -65,18 +75,31 @@ RESCORE_FIELDS = {
     "rescore.options": ({"accuracy": 0.3}, {"accuracy": 0.3}, lambda j: j.options),
 }
 VALIDITY_FIELDS = {"validity.timeout_s": (4.5, 4.5, lambda j: j.timeout_s)}
+DIFFUSION_FIELDS = {
+    "generators.diffusion.model": ("other", "other", lambda j: j.model),
+    "generators.diffusion.sampler": ("ddpm", "ddpm", lambda j: j.sampler),
+    "generators.diffusion.time_model": ("den", "den", lambda j: j.time_model),
+    "generators.diffusion.samples_per_composition": (5, 5, lambda j: j.start + j.count),
+    "generators.diffusion.max_steps": (321, 321, lambda j: j.max_steps),
+    "generators.diffusion.batch_size": (2, 2, lambda j: j.count),
+    "generators.diffusion.trajectory_every": (9, 9, lambda j: j.trajectory_every),
+    "generators.diffusion.seed": (77, 77, lambda j: j.seed),
+}
 DRIVER_ONLY = {  # used where the driver plans, not inside a task
     "generators.rss.name": "names the block's task keys",
     "rescore.top_k": "chooses the candidates to re-score",
     "rescore.batch_size": "structures per re-scoring task",
     "validity.batch_size": "molecules per validity task",
+    "validity.novelty_qm9": "marks novelty in the final analysis",
+    "generators.diffusion.name": "names the block's task keys",
 }
 BLOCKS = {"relaxation": RelaxationSpec, "generators.rss": RSSSpec, "generators.rss.kick": KickSpec,
-          "generators.rss.stages": StageSpec, "rescore": RescoreSpec, "validity": ValiditySpec}
+          "generators.rss.stages": StageSpec, "rescore": RescoreSpec, "validity": ValiditySpec,
+          "generators.diffusion": DiffusionSpec}
 
 
 def test_every_task_setting_is_mapped_to_its_job_or_listed_as_driver_only():
-    known = set(RSS_FIELDS) | set(RESCORE_FIELDS) | set(VALIDITY_FIELDS) | set(DRIVER_ONLY)
+    known = set(RSS_FIELDS) | set(RESCORE_FIELDS) | set(VALIDITY_FIELDS) | set(DIFFUSION_FIELDS) | set(DRIVER_ONLY)
     fields = {f"{path}.{name}" for path, block in BLOCKS.items() for name in block.model_fields}
     assert fields - known == set(), "a new campaign setting must reach its job (or be listed as driver-only)"
 
@@ -175,3 +198,19 @@ def test_rescoring_at_pressure_reaches_the_volume_where_minus_dE_dV_is_that_pres
     pressure = -np.gradient(eos.func(grid, *eos.eos_parameters), grid)  # eV/Å^3
     expected = grid[np.argmin(abs(pressure - 5.0 * GPa))]
     assert volume == pytest.approx(expected, rel=2e-3)
+
+
+@pytest.mark.parametrize("path", sorted(DIFFUSION_FIELDS))
+def test_diffusion_settings_reach_the_diffusion_jobs(path):
+    value, expected, read = DIFFUSION_FIELDS[path]
+    data = json.loads(json.dumps(BASE))
+    checkpoint = str(Path(__file__).resolve().parents[1] / "models" / "qm7b_like.pt")  # parsing only checks it exists
+    data["models"] = {name: {"kind": "denoiser", "checkpoint": checkpoint} for name in ("den", "other")}
+    block = {"model": "den", "samples_per_composition": 4}
+    if path == "generators.diffusion.time_model":
+        block["sampler"] = "morered-as"
+    block[path.rsplit(".", 1)[1]] = value
+    data["generators"] = {"diffusion": block}
+    spec = parse_campaign(data, source=path)
+    jobs = [_as_stored(t.job) for t in plan.diffusion_tasks(spec, spec.generators.diffusion_blocks[0])]
+    assert jobs and read(jobs[-1]) == expected

@@ -119,13 +119,10 @@ def train_denoiser_from_spec(spec: TrainFileSpec, *, device: str | None = None, 
         if figure is not None:
             from atomscreen.analysis.plots import training_figure
 
-            training_figure(state_history(), quality, figure)
+            training_figure(history, quality, figure)
         return {"sample_valid_pct": quality[-1][1]}
 
     history: list[dict] = []
-
-    def state_history() -> list[dict]:
-        return history
 
     def tracked(step: int, record: dict) -> None:
         if "val_loss" in record:

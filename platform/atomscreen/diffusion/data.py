@@ -98,3 +98,14 @@ def split(n: int, n_train: int, n_validation: int, seed: int) -> Split:
                          f"train={n_train}, validation={n_validation}")
     order = np.random.default_rng(seed).permutation(n)
     return Split(np.sort(order[:n_train]), np.sort(order[n_train:n_train + n_validation]), seed)
+
+
+def draw_compositions(histogram: dict[str, int], n: int, seed: int) -> list[str]:
+    """n compositions drawn at random with replacement, weighted by count (MoreRed App. B.5 draws generation
+    compositions from the molecules of the test split)."""
+    if n < 1 or not histogram:
+        raise ValueError(f"need n >= 1 and a non-empty composition histogram, got n={n}, {len(histogram)} entries")
+    formulas = sorted(histogram)
+    weights = np.array([histogram[f] for f in formulas], dtype=float)
+    picks = np.random.default_rng(seed).choice(len(formulas), size=n, p=weights / weights.sum())
+    return [formulas[k] for k in picks]
