@@ -52,7 +52,7 @@ def _table_b1(name: str, rows) -> None:
                   title=f"{name}: MoreRed Table B1 (valid: one fragment, standard valences on Open Babel bonds; U: "
                         "distinct canonical SMILES; N: not in QM9), % of molecules checked; conv.: relaxation "
                         "converged, or the adaptive sampler's predicted step reached 0 (DDPM: always)")
-    table.columns[0].no_wrap = True
+    table.columns[0].no_wrap = table.columns[1].no_wrap = True
     for r in rows:
         novel = "" if r.valid_unique_novel is None else _pct(r.valid_unique_novel, r.checked)
         atoms = "" if r.edm_atoms_stable is None else f"{100 * r.edm_atoms_stable:.0f}"
@@ -110,7 +110,7 @@ def _validity_table(name: str, rows) -> None:
              "not in the training set; EDM: valence stability")
     table = Table("formula", "from", "n", *CHECK_LABELS.values(), "all", "unique", "novel", "EDM stable", "timeout",
                   title=title)
-    table.columns[0].no_wrap = True
+    table.columns[0].no_wrap = table.columns[1].no_wrap = True
     for r in rows:
         rates = [("" if r.assessed[c] == 0 else f"{100 * r.passed[c] / r.assessed[c]:.0f}") for c in CHECK_LABELS]
         table.add_row(r.formula, _from(r.origin), str(r.checked), *rates,
@@ -131,7 +131,7 @@ def _denominators_table(name: str, rows) -> None:
                   title=f"{name}: RDKit sanitisation and all checks, over converged molecules (the RM paper counts "
                         "only these) and over every trial (exploded and unconverged ones included); OB: the second "
                         "checker (Open Babel bonds, PoseBusters' 2024 checks, the paper's list)")
-    table.columns[0].no_wrap = True
+    table.columns[0].no_wrap = table.columns[1].no_wrap = True
     for r in rows:
         sanitized = r.passed.get("sanitization", 0)
         table.add_row(r.formula, _from(r.origin), str(r.trials), _pct(r.converged, r.trials),
