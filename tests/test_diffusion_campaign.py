@@ -43,6 +43,19 @@ def test_platform_train_stores_a_denoiser_with_its_split(denoiser, capsys):
         assert len(row.training_data["split"]["validation_ids"]) == 40
 
 
+@pytest.mark.slow
+def test_platform_train_draws_the_sample_quality_figure(tmp_path):
+    spec = {"name": "fig", "kind": "denoiser", "dataset": {"format": "qm9", "limit": 100, "skip": 1000},
+            "split": {"train": 80, "validation": 10}, "hyperparameters": {**TINY, "steps": 20, "validate_every": 10},
+            "output": "fig.pt"}
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(spec))
+    assert main(["train", str(tmp_path / "train.yaml"), "--db", f"sqlite:///{tmp_path / 'm.db'}", "--quiet",
+                 "--sample-every", "20", "--sample-molecules", "4"]) == 0
+    assert (tmp_path / "fig.png").stat().st_size > 1000  # redrawn at step 20
+    last = DenoiserCheckpoint.load(tmp_path / "fig.pt").metrics["history"][-1]
+    assert last["step"] == 20 and 0.0 <= last["sample_valid_pct"] <= 100.0
+
+
 def _campaign(folder, checkpoint, **changes):
     spec = {"name": "gen", "seed": 1, "cluster": {"n_workers": 1}, "compositions": ["CH4O", "C2H6O"],
             "models": {"den": {"kind": "denoiser", "checkpoint": str(checkpoint)}},

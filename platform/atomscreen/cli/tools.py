@@ -35,7 +35,8 @@ def add_commands(commands) -> None:
     train.add_argument("--max-seconds", type=float, help="stop after the epoch that passes this wall time")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("--sample-every", type=int, default=0,
-                       help="denoisers: every N steps, score 32 DDPM samples and redraw OUTPUT.png (0: never)")
+                       help="denoisers: every N steps, score DDPM samples and redraw OUTPUT.png (0: never)")
+    train.add_argument("--sample-molecules", type=int, default=32, help="denoisers: molecules per sample score")
     train.set_defaults(func=cmd_train)
     _add_match(commands)
     _add_trajectory_energies(commands)
@@ -177,7 +178,8 @@ def _train_denoiser(args: argparse.Namespace, spec) -> int:
         progress = lambda step, r: bar.update(task, completed=step, loss=f"loss {r['loss'] or 0:.4g}")  # noqa: E731
         checkpoint = train_denoiser_from_spec(
             spec, device=args.device, max_seconds=args.max_seconds, batch_size=args.batch_size, resume_path=resume,
-            progress=progress, sample_every=args.sample_every, figure=output.with_suffix(".png") if output else None)
+            progress=progress, sample_every=args.sample_every, sample_molecules=args.sample_molecules,
+            figure=output.with_suffix(".png") if output else None)
     with transaction(engine) as session:
         row = add_model(session, kind=checkpoint.kind, weights=checkpoint.weights_bytes(),
                         hyperparameters=checkpoint.hyperparameters(), training_data=checkpoint.training_data,

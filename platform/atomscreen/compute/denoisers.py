@@ -97,9 +97,10 @@ def sample_quality(model, schedule, data, index, *, n: int, seed: int) -> float:
 def train_denoiser_from_spec(spec: TrainFileSpec, *, device: str | None = None, max_seconds: float | None = None,
                              batch_size: int | None = None, resume_path: Path | None = None,
                              progress: Callable[[int, dict], None] | None = None, sample_every: int = 0,
-                             figure: Path | None = None):
+                             sample_molecules: int = 32, figure: Path | None = None):
     """Train the denoiser a train file describes (resuming from ``resume_path`` if it exists); every
-    ``sample_every`` steps, DDPM samples of validation compositions are scored and ``figure`` redrawn."""
+    ``sample_every`` steps, ``sample_molecules`` DDPM samples of validation compositions are scored and ``figure``
+    redrawn."""
     from atomscreen.diffusion.data import from_atoms, split
     from atomscreen.diffusion.train import split_denoiser_hyperparameters, train_denoiser
 
@@ -115,7 +116,8 @@ def train_denoiser_from_spec(spec: TrainFileSpec, *, device: str | None = None, 
     def hook(step: int, model, schedule) -> dict:
         if not sample_every or step % sample_every:
             return {}
-        quality.append((step, sample_quality(model, schedule, data, molecules.validation, n=32, seed=step)))
+        quality.append((step, sample_quality(model, schedule, data, molecules.validation, n=sample_molecules,
+                                             seed=step)))
         if figure is not None:
             from atomscreen.analysis.plots import training_figure
 
