@@ -2,7 +2,7 @@
 RM model, the RM authors' protocol of examples/qm7b_like.yaml) on the same compositions drawn from the denoiser's QM9
 test split; plus sampling throughput and the model's size and training budget. JSON lines, one per method.
 
-    python scripts/bench_generation.py --n 1000 --rss-n 100 [--device cuda] [--out build/bench_generation.jsonl]
+    python scripts/bench_generation.py --n 1000 --rss-n 100 --jobs 2 [--device cuda] [--out build/bench.jsonl]
 
 Validity (V), uniqueness (U) and novelty against all of QM9 (N) follow the G-SchNet analysis MoreRed used
 (atomscreen.evaluate.generation); EDM atom and molecule stability beside them.
@@ -84,16 +84,41 @@ def run_rss(formulas, args) -> tuple[dict, list[Atoms], list[bool]]:
             "protocol": "examples/qm7b_like.yaml"}, molecules, converged
 
 
+def _method(method: str, args, formulas: list[str]) -> dict:
+    """One method's line: sampled (or RSS-relaxed) here, scored by MoreRed's rule against all of QM9."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    reference = qm9_reference()
+    if method == "rm-rss":
+        timing, molecules, converged = run_rss(formulas[:args.rss_n], args)
+        kept = [a for a, c in zip(molecules, converged) if c]
+        return {**timing, **_scores(molecules, reference), "device": "cpu", "threads": args.threads,
+                "valid_pct_of_converged": _scores(kept, reference)["valid_pct"] if kept else None}
+    checkpoint = DenoiserCheckpoint.load(args.model)
+    timing, molecules = run_diffusion(checkpoint, formulas, method, args)
+    return {**timing, **_scores(molecules, reference), **_model_info(checkpoint, args), "threads": args.threads}
+
+
+def _model_info(checkpoint, args) -> dict:
+    return {"parameters": count_parameters(checkpoint.build()[0]), "training_steps": checkpoint.metrics["steps"],
+            "training_batch": checkpoint.training["batch_size"], "training_seconds": checkpoint.metrics.get("seconds"),
+            "training_device": checkpoint.training["device"],
+            "model_file": str(args.model.relative_to(REPO) if args.model.is_relative_to(REPO) else args.model)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=REPO / "models" / "diffusion_qm9.pt")
     parser.add_argument("--n", type=int, default=1000, help="molecules per sampler")
     parser.add_argument("--rss-n", type=int, default=100, help="random-search molecules (the first of the same draw)")
-    parser.add_argument("--samplers", nargs="+", default=["ddpm", "morered-jt"])
+    parser.add_argument("--methods", nargs="+", default=["ddpm", "morered-jt", "rm-rss"])
     parser.add_argument("--max-steps", type=int, default=2000, help="adaptive samplers' cap (MoreRed App. B.5)")
     parser.add_argument("--batch", type=int, default=250, help="molecules sampled together")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=1, help="methods run side by side, one process each")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per method")
     parser.add_argument("--out", type=Path, default=None, help="also append the JSON lines here")
     parser.add_argument("--samples", type=Path, nargs="*", default=[],
                         help="score molecules saved by scripts/sample_denoiser.py (e.g. on the GPU) instead of "
@@ -101,29 +126,28 @@ def main() -> None:
     args = parser.parse_args()
     checkpoint = DenoiserCheckpoint.load(args.model)
     formulas = draw_compositions(checkpoint.training_data["test_compositions"], args.n, args.seed)
-    reference = qm9_reference()
-    model_info = {"parameters": count_parameters(checkpoint.build()[0]), "training_steps": checkpoint.metrics["steps"],
-                  "training_batch": checkpoint.training["batch_size"],
-                  "training_seconds": checkpoint.metrics["seconds"], "training_device": checkpoint.training["device"],
-                  "model_file": str(args.model.relative_to(REPO) if args.model.is_relative_to(REPO) else args.model)}
+    qm9_reference()  # computed once (cached) before the methods start
     lines = []
     for path in args.samples:
         with np.load(path) as data:
             result = dict(data)
         timing = json.loads(path.with_suffix(".json").read_text())
-        lines.append({**timing, **_scores(_molecules(result), reference), **model_info})
+        lines.append({**timing, **_scores(_molecules(result), qm9_reference()), **_model_info(checkpoint, args)})
         print(json.dumps(lines[-1]), flush=True)
-    for sampler in [] if args.samples else args.samplers:
-        timing, molecules = run_diffusion(checkpoint, formulas, sampler, args)
-        lines.append({**timing, **_scores(molecules, reference), **model_info})
-        print(json.dumps(lines[-1]), flush=True)
-    if args.rss_n:
-        timing, molecules, converged = run_rss(formulas[:args.rss_n], args)
-        kept = [a for a, c in zip(molecules, converged) if c]
-        over_converged = _scores(kept, reference) if kept else {}
-        lines.append({**timing, **_scores(molecules, reference), "device": "cpu",
-                      "valid_pct_of_converged": over_converged.get("valid_pct")})
-        print(json.dumps(lines[-1]), flush=True)
+    methods = [m for m in args.methods if not args.samples or m == "rm-rss"]
+    if args.jobs > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_method, m, args, formulas) for m in methods]
+            for future in futures:
+                lines.append(future.result())
+                print(json.dumps(lines[-1]), flush=True)
+    else:
+        for method in methods:
+            lines.append(_method(method, args, formulas))
+            print(json.dumps(lines[-1]), flush=True)
     if args.out is not None:
         with args.out.open("a") as stream:
             stream.writelines(json.dumps(line) + "\n" for line in lines)
