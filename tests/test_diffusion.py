@@ -187,3 +187,20 @@ def test_ddpm_with_the_exact_denoiser_of_one_molecule_returns_that_molecule():
     out = sample(oracle, schedule, torch.zeros(3 * n, dtype=torch.long), mol, 3, sampler="ddpm",
                  generator=torch.Generator().manual_seed(0))
     assert (out.positions - centre(x0, mol, 3)).abs().max().item() < 0.02  # sigma_1 = 0.0035 Å
+
+
+def test_morered_as_takes_the_step_from_the_separate_time_model(model64):
+    """AS: a time model that says 'step 0' everywhere stops every molecule before its first step, whatever the
+    denoiser's own time head says; without a time model AS is refused."""
+
+    class Done(Denoiser):
+        def time(self, s):
+            return torch.zeros(s.shape[0], dtype=s.dtype)
+
+    timer = Done(DenoiserConfig(features=8, interactions=1, radial=4)).double().eval()
+    species, _, mol = _molecules([4, 6], seed=10)
+    out = sample(model64, polynomial_schedule(T=10), species, mol, 2, sampler="morered-as", max_steps=5,
+                 time_model=timer, generator=torch.Generator().manual_seed(0))
+    assert out.steps.tolist() == [0, 0] and out.converged.all()
+    with pytest.raises(ValueError, match="morered-as needs a separate time model"):
+        sample(model64, polynomial_schedule(T=10), species, mol, 2, sampler="morered-as")

@@ -50,3 +50,33 @@ def test_the_authors_qm7b_model_gives_the_same_forces_on_cuda():
     cpu = compute(model, from_ase(molecules, dtype=torch.float64))
     gpu = compute(model.to("cuda"), from_ase(molecules, device="cuda", dtype=torch.float64))
     assert torch.allclose(gpu.forces.cpu(), cpu.forces, atol=1e-9) and torch.allclose(gpu.energy.cpu(), cpu.energy)
+
+
+@pytest.mark.gpu
+def test_the_denoiser_on_cuda_matches_cpu_and_trains_with_bf16_autocast():
+    """The same weights give the same noise and time on CUDA as on the CPU (float32), and a few training steps under
+    bf16 autocast on CUDA run and lower nothing to NaN (one code path for both devices)."""
+    from atomscreen.diffusion.data import MoleculeSet, split
+    from atomscreen.diffusion.painn import Denoiser, DenoiserConfig
+    from atomscreen.diffusion.train import DenoiserTraining, train_denoiser
+
+    torch.manual_seed(0)
+    model = Denoiser(DenoiserConfig(features=16, interactions=2, radial=8)).eval()
+    g = torch.Generator().manual_seed(1)
+    mol = torch.repeat_interleave(torch.arange(3), torch.tensor([5, 9, 7]))
+    x = torch.randn(21, 3, generator=g) * 1.3
+    species = torch.randint(0, 5, (21,), generator=g)
+    time = torch.tensor([0.2, 0.5, 0.9])
+    with torch.no_grad():
+        eps, tau = model(species, x, mol, 3, time=time)
+        cuda = model.to("cuda")
+        eps_c, tau_c = cuda(species.cuda(), x.cuda(), mol.cuda(), 3, time=time.cuda())
+    assert torch.allclose(eps, eps_c.cpu(), atol=1e-4) and torch.allclose(tau, tau_c.cpu(), atol=1e-4)
+    numbers = torch.tensor([6, 1, 1, 1, 1] * 40).numpy()
+    data = MoleculeSet(numbers, (torch.randn(200, 3, generator=g) * 1.0).double().numpy(),
+                       torch.full((40,), 5).numpy(), torch.arange(40).numpy())
+    checkpoint = train_denoiser(data, split(40, 30, 5, 0), DenoiserConfig(features=16, interactions=1, radial=8),
+                                DenoiserTraining(steps=10, batch_size=8, validate_every=5, validation_size=5,
+                                                 device="cuda", amp=True))
+    assert checkpoint.metrics["skipped_steps"] == 0
+    assert all(torch.isfinite(v).all() for v in checkpoint.state_dict.values())
