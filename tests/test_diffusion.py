@@ -158,6 +158,10 @@ def test_adaptive_sampler_stops_each_molecule_on_its_own():
     assert out.steps.tolist() == [0, 4] and out.converged.tolist() == [True, False]
     assert out.final_time.tolist() == [0, 5]
     assert math.isfinite(out.positions.sum().item())
+    # a looser stop (a documented variant): step 5 counts as arrived
+    loose = sample(model, polynomial_schedule(T=10), species, mol, 2, sampler="morered-jt", max_steps=4, stop_at=5,
+                   generator=torch.Generator().manual_seed(0))
+    assert loose.steps.tolist() == [0, 0] and loose.converged.all()
 
 
 class _Oracle(Denoiser):

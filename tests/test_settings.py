@@ -84,6 +84,7 @@ DIFFUSION_FIELDS = {
     "generators.diffusion.batch_size": (2, 2, lambda j: j.count),
     "generators.diffusion.trajectory_every": (9, 9, lambda j: j.trajectory_every),
     "generators.diffusion.seed": (77, 77, lambda j: j.seed),
+    "generators.diffusion.stop_at": (5, 5, lambda j: j.stop_at),
 }
 DRIVER_ONLY = {  # used where the driver plans, not inside a task
     "generators.rss.name": "names the block's task keys",

@@ -438,6 +438,9 @@ class DiffusionSpec(Spec):
     time_model: str | None = Field(default=None, description="morered-as: the denoiser whose time head sets the step")
     samples_per_composition: PositiveInt
     max_steps: PositiveInt = Field(default=2000, description="adaptive samplers' cap (MoreRed App. B.5: 2000)")
+    stop_at: NonNegativeInt = Field(
+        default=0, description="adaptive samplers: a molecule stops when its rounded predicted step is <= this "
+                               "(0: MoreRed's criterion; a looser stop saves steps, design spec pitfall 3)")
     batch_size: PositiveInt = Field(default=64, description="molecules per task, sampled together")
     trajectory_every: NonNegativeInt = Field(default=100, description="reverse steps between stored frames (0: none)")
     seed: int | None = Field(default=None, description="default: the campaign's seed")

@@ -182,6 +182,7 @@ class DiffusionJob:
     trajectory_every: int
     model: str = DEFAULT_MODEL
     time_model: str | None = None
+    stop_at: int = 0  # adaptive samplers stop at a rounded predicted step <= this
     kind: TaskKind = TaskKind.DIFFUSION
     energy_method = None  # generated molecules carry no energy
 

@@ -161,7 +161,8 @@ def diffusion_tasks(spec: CampaignSpec, block: DiffusionSpec) -> list[PlannedTas
         for start in range(0, block.samples_per_composition, block.batch_size):
             count = min(block.batch_size, block.samples_per_composition - start)
             job = DiffusionJob(formula, parse_formula(formula), start, count, seed, composition_seed, block.sampler,
-                               block.max_steps, block.trajectory_every, block.model, block.time_model)
+                               block.max_steps, block.trajectory_every, block.model, block.time_model,
+                               block.stop_at)
             task_seed = (seed * 1_000_003 + composition_seed + start) % 2**62
             tasks.append(PlannedTask(f"{block.name}/{formula}/{start}", task_seed, job))
     return tasks

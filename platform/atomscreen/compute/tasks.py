@@ -226,7 +226,8 @@ def diffusion_task(job: DiffusionJob, model: ModelRef, time_model: ModelRef | No
     generator = torch.Generator(device=device).manual_seed(
         (job.seed * 1_000_003 + job.composition_seed * 7919 + job.start) % 2**63)
     out = sample(denoiser, schedule, denoiser.species(numbers), mol, job.count, sampler=job.sampler,
-                 max_steps=job.max_steps, generator=generator, time_model=timer, record_every=job.trajectory_every)
+                 max_steps=job.max_steps, generator=generator, time_model=timer, record_every=job.trajectory_every,
+                 stop_at=job.stop_at)
     return TaskResult(time.perf_counter() - t0, _generated(job, numbers.cpu().numpy(), mol.cpu().numpy(), out),
                       device=device)
 

@@ -56,8 +56,9 @@ def _subset(species, mol, active):
 def sample(model: Denoiser, schedule: Schedule, species: torch.Tensor, mol: torch.Tensor, n_mol: int, *,
            sampler: str = "ddpm", max_steps: int | None = None, generator: torch.Generator | None = None,
            x: torch.Tensor | None = None, time_model: Denoiser | None = None, record_every: int = 0,
-           progress: Callable[[int, int], None] | None = None) -> Sampled:
-    """Reverse diffusion from x (default: x_T ~ N(0, I), centred) for molecules given by species and mol."""
+           stop_at: int = 0, progress: Callable[[int, int], None] | None = None) -> Sampled:
+    """Reverse diffusion from x (default: x_T ~ N(0, I), centred) for molecules given by species and mol; the
+    adaptive samplers stop a molecule when its rounded predicted step is <= ``stop_at`` (0: MoreRed's criterion)."""
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
     device = species.device
@@ -73,8 +74,10 @@ def sample(model: Denoiser, schedule: Schedule, species: torch.Tensor, mol: torc
     timer = time_model if sampler == "morered-as" else model
     if timer is None:
         raise ValueError("morered-as needs a separate time model (time_model)")
+    if not 0 <= stop_at < schedule.T:
+        raise ValueError(f"stop_at must lie in [0, {schedule.T}), got {stop_at}")
     return _adaptive(model, timer, schedule, species, mol, n_mol, x, cap, generator, record_every, frames,
-                     progress, joint=sampler == "morered-jt")
+                     progress, joint=sampler == "morered-jt", stop_at=stop_at)
 
 
 def _ddpm(model, schedule, species, mol, n_mol, x, generator, record_every, frames, progress) -> Sampled:
@@ -92,7 +95,7 @@ def _ddpm(model, schedule, species, mol, n_mol, x, generator, record_every, fram
 
 
 def _adaptive(model, timer, schedule, species, mol, n_mol, x, cap, generator, record_every, frames, progress,
-              joint: bool) -> Sampled:
+              joint: bool, stop_at: int = 0) -> Sampled:
     dtype = _net_dtype(model)
     steps = torch.zeros(n_mol, dtype=torch.long, device=x.device)
     active = torch.ones(n_mol, dtype=torch.bool, device=x.device)
@@ -109,7 +112,7 @@ def _adaptive(model, timer, schedule, species, mol, n_mol, x, cap, generator, re
         t_hat = torch.round(molecule_time(tau.to(torch.float64), sub_mol, n_sub) * schedule.T).long()
         index = torch.nonzero(active).squeeze(1)
         last_t[index] = t_hat
-        done = t_hat <= 0
+        done = t_hat <= stop_at
         converged[index[done]] = True
         t_step = t_hat.clamp(min=1)
         if not joint:
