@@ -116,7 +116,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from atomscreen.campaign import TrainFileSpec
     from atomscreen.compute.models import configs, train_from_spec
-    from atomscreen.store import add_model, migrate
+    from atomscreen.store import migrate
 
     spec = load_campaign(args.config, root=TrainFileSpec)
     if spec.kind == "denoiser":
@@ -134,14 +134,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         task = bar.add_task("train", total=n_epochs, loss="")
         checkpoint = train_from_spec(spec, structures, device=args.device, progress=lambda epoch, r: bar.update(
             task, completed=epoch, loss=f"val loss {r['val_loss']:.4g}"), **overrides)
-    with transaction(engine) as session:
-        row = add_model(session, kind=checkpoint.kind, weights=checkpoint.weights_bytes(),
-                        hyperparameters=checkpoint.hyperparameters(), training_data=checkpoint.training_data,
-                        metrics=checkpoint.metrics, name=spec.name)
-    path = _output(args, spec)
-    if path:
-        checkpoint.save(path)
-        out.print(f"checkpoint written to {path}")
+    row = _store(engine, spec.name, checkpoint, _output(args, spec))
     m = checkpoint.metrics
     out.print(f"model {row.id} sha256 {row.sha256}: {m['n_parameters']} parameters, "
               f"validation loss {m['val_loss']:.4g} "
@@ -149,6 +142,20 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"{m['train_time_s']:.0f} s, {m['epochs']} epochs ({m['train_time_s'] / m['epochs']:.2f} s each), "
               f"{m['steps']} steps of {train_cfg.batch_size} on {train_cfg.device}")
     return 0
+
+
+def _store(engine, name: str, checkpoint, path: Path | None):
+    """Store a trained model (an RM potential or a denoiser) in the model table and write its file; returns the row."""
+    from atomscreen.store import add_model
+
+    with transaction(engine) as session:
+        row = add_model(session, kind=checkpoint.kind, weights=checkpoint.weights_bytes(),
+                        hyperparameters=checkpoint.hyperparameters(), training_data=checkpoint.training_data,
+                        metrics=checkpoint.metrics, name=name)
+    if path:
+        checkpoint.save(path)
+        out.print(f"checkpoint written to {path}")
+    return row
 
 
 def _output(args: argparse.Namespace, spec) -> Path | None:
@@ -163,7 +170,7 @@ def _train_denoiser(args: argparse.Namespace, spec) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from atomscreen.compute.denoisers import train_denoiser_from_spec
-    from atomscreen.store import add_model, migrate
+    from atomscreen.store import migrate
 
     output = _output(args, spec)
     resume = output.with_suffix(".resume.pt") if output else None
@@ -180,13 +187,7 @@ def _train_denoiser(args: argparse.Namespace, spec) -> int:
             spec, device=args.device, max_seconds=args.max_seconds, batch_size=args.batch_size, resume_path=resume,
             progress=progress, sample_every=args.sample_every, sample_molecules=args.sample_molecules,
             figure=output.with_suffix(".png") if output else None)
-    with transaction(engine) as session:
-        row = add_model(session, kind=checkpoint.kind, weights=checkpoint.weights_bytes(),
-                        hyperparameters=checkpoint.hyperparameters(), training_data=checkpoint.training_data,
-                        metrics=checkpoint.metrics, name=spec.name)
-    if output:
-        checkpoint.save(output)
-        out.print(f"checkpoint written to {output}")
+    row = _store(engine, spec.name, checkpoint, output)
     m = checkpoint.metrics
     out.print(f"model {row.id} sha256 {row.sha256}: denoiser of {m['parameters']} parameters, {m['steps']} steps of "
               f"{checkpoint.training['batch_size']} ({m['molecules_seen']} molecules) in {m['seconds']:.0f} s, best "

@@ -11,15 +11,14 @@ from atomscreen.campaign import CampaignError, CampaignSpec, Problem, TrainFileS
 from atomscreen.chem import parse_formula
 
 
-def checkpoint_kind(path: str | Path) -> str | None:
-    """The ``kind`` recorded in a checkpoint file (None if it has none)."""
+def _contents(path: str | Path) -> Any:
+    """What torch.load reads from a checkpoint file (weights only)."""
     import torch
 
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
-    return data.get("kind") if isinstance(data, dict) else None
 
 
 def check_models(spec: CampaignSpec, source: str) -> None:
@@ -32,12 +31,13 @@ def check_models(spec: CampaignSpec, source: str) -> None:
     for name, block in spec.model_specs().items():
         if block.checkpoint is None:
             continue
-        kind = checkpoint_kind(block.checkpoint)
+        data = _contents(block.checkpoint)  # read once: its kind, and a denoiser's elements and sizes
+        kind = data.get("kind") if isinstance(data, dict) else None
         if kind != block.kind:
             problems.append(Problem(f"models.{name}.checkpoint", block.checkpoint,
                                     f"{block.checkpoint} is a checkpoint of kind {kind!r}, not {block.kind!r}"))
         elif kind == "denoiser":
-            denoisers[name] = DenoiserCheckpoint.load(block.checkpoint)
+            denoisers[name] = DenoiserCheckpoint.from_contents(data, block.checkpoint)
     for name in dict.fromkeys(b.model for b in spec.generators.diffusion_blocks):
         if name in denoisers:
             problems += _unmakeable(spec, name, denoisers[name])

@@ -73,6 +73,11 @@ class DenoiserCheckpoint:
             data = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
             raise ValueError(f"{path} is not a readable checkpoint: {exc}") from None
+        return cls.from_contents(data, path)
+
+    @classmethod
+    def from_contents(cls, data: Any, path) -> DenoiserCheckpoint:
+        """The checkpoint from the contents of file ``path`` as torch.load gave them (ValueError if not a denoiser)."""
         if not isinstance(data, dict) or data.get("kind") != KIND:
             kind = data.get("kind") if isinstance(data, dict) else type(data).__name__
             raise ValueError(f"{path} is not a denoiser checkpoint (kind {kind!r})")
