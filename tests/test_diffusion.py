@@ -120,6 +120,40 @@ def test_molecules_in_a_batch_do_not_see_each_other(model64):
     assert torch.allclose(eps[first], eps_alone, atol=1e-12)
 
 
+def _edge_list_backbone(model, species, x, mol):
+    """PaiNN (Schütt et al. 2021, eqs. 7-12) read literally: a message per ordered pair within the cutoff, summed
+    onto the receiving atom. The independent reference for the model's dense per-size-group evaluation."""
+    i, j = (k.reshape(-1) for k in torch.meshgrid(torch.arange(len(mol)), torch.arange(len(mol)), indexing="ij"))
+    d = x[i] - x[j]
+    r = d.norm(dim=-1)
+    keep = (mol[i] == mol[j]) & (i != j) & (r < model.config.cutoff)
+    i, j, d, r = i[keep], j[keep], d[keep], r[keep]
+    fcut = 0.5 * (torch.cos(math.pi * r / model.config.cutoff) + 1.0)
+    s = model.embedding(species).to(x.dtype)
+    v = torch.zeros(len(mol), 3, s.shape[1], dtype=x.dtype)
+    for block in model.interactions:
+        f = block.f
+        ds, dvv, dvs = (block.phi(s)[j] * block.filter(model.radial(r)) * fcut[:, None]).split(f, dim=-1)
+        s = s + torch.zeros_like(s).index_add_(0, i, ds)
+        v = v + torch.zeros_like(v).index_add_(0, i, v[j] * dvv[:, None] + dvs[:, None] * (d / r[:, None])[:, :, None])
+        uv, vv = block.U(v), block.V(v)
+        a_vv, a_sv, a_ss = block.update(torch.cat([s, vv.pow(2).sum(1).add(1e-8).sqrt()], -1)).split(f, dim=-1)
+        v = v + a_vv[:, None] * uv
+        s = s + a_sv * (uv * vv).sum(1) + a_ss
+    return s, v
+
+
+def test_dense_size_groups_equal_the_edge_list_reading_of_painn(model64):
+    species, x, mol = _molecules([6, 4, 11, 6, 4], seed=8)
+    x[mol == 2] *= 3.0  # the 11-atom molecule spans more than the 5 Å cutoff: some of its pairs must drop out
+    far = (x[mol == 2][:, None] - x[mol == 2][None]).norm(dim=-1) > model64.config.cutoff
+    assert far.any() and (~far).sum() > 11
+    s, v = model64.backbone(species, x, mol, 5)
+    s_ref, v_ref = _edge_list_backbone(model64, species, x, mol)
+    assert s.abs().max() > 0.1 and v.abs().max() > 0.01
+    assert torch.allclose(s, s_ref, atol=1e-10) and torch.allclose(v, v_ref, atol=1e-10)
+
+
 def test_unknown_element_is_named():
     model = Denoiser(DenoiserConfig(features=8, interactions=1, elements=(1, 6, 8)))
     with pytest.raises(ValueError, match=r"not \[7\]"):

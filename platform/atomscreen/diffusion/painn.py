@@ -42,19 +42,18 @@ class DenoiserConfig:
         return cls(**{**data, "elements": tuple(int(z) for z in data["elements"])})
 
 
-def all_pairs(mol: torch.Tensor, n_mol: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(i, j): every ordered pair of distinct atoms within each molecule (atoms grouped molecule by molecule)."""
+def size_groups(mol: torch.Tensor, n_mol: int) -> list[torch.Tensor]:
+    """Atom index tables [b, n], one per molecule size n: the b molecules of that size, atoms in order (atoms come
+    grouped molecule by molecule). Molecules never interact, so each group runs as dense [b, n, n] arrays."""
     counts = torch.bincount(mol, minlength=n_mol)
     starts = torch.cumsum(counts, 0) - counts
-    n_pairs = counts * counts
-    pair_mol = torch.repeat_interleave(torch.arange(n_mol, device=mol.device), n_pairs)
-    local = torch.arange(int(n_pairs.sum()), device=mol.device) - torch.repeat_interleave(
-        torch.cumsum(n_pairs, 0) - n_pairs, n_pairs)
-    size = counts[pair_mol]
-    i, j = local // size, local % size
-    keep = i != j
-    offset = starts[pair_mol]
-    return (i + offset)[keep], (j + offset)[keep]
+    groups = []
+    for n in torch.unique(counts).tolist():
+        if n == 0:
+            continue
+        members = torch.nonzero(counts == n).squeeze(1)
+        groups.append(starts[members][:, None] + torch.arange(n, device=mol.device))
+    return groups
 
 
 class _Radial(nn.Module):
@@ -65,8 +64,8 @@ class _Radial(nn.Module):
         self.width = cutoff / max(n - 1, 1)
 
     def forward(self, r: torch.Tensor) -> torch.Tensor:
-        """Gaussian radial functions [E, R]."""
-        return torch.exp(-0.5 * ((r[:, None] - self.centres.to(r.dtype)) / self.width) ** 2)
+        """Gaussian radial functions [..., R]."""
+        return torch.exp(-0.5 * ((r[..., None] - self.centres.to(r.dtype)) / self.width) ** 2)
 
     def envelope(self, r: torch.Tensor) -> torch.Tensor:
         """Cosine cutoff, applied to the filters (so a pair beyond the cutoff contributes exactly nothing)."""
@@ -74,7 +73,7 @@ class _Radial(nn.Module):
 
 
 class _Interaction(nn.Module):
-    """One PaiNN message + update block (Schütt et al. 2021, eqs. 7-12)."""
+    """One PaiNN message + update block (Schütt et al. 2021, eqs. 7-12) on one size group of molecules."""
 
     def __init__(self, f: int, radial: int):
         super().__init__()
@@ -85,19 +84,24 @@ class _Interaction(nn.Module):
         self.update = nn.Sequential(nn.Linear(2 * f, f), nn.SiLU(), nn.Linear(f, 3 * f))
         self.f = f
 
-    def forward(self, s, v, i, j, rbf, fcut, unit):
-        """s [N, F], v [N, 3, F]; pairs (i, j) with radial features rbf [E, R], cutoff fcut [E], unit [E, 3]."""
+    def forward(self, s, v, radial, unit, first: bool):
+        """s [b, n, F], v [b, n, 3, F]; ``radial`` [b, n, n, R + 1]: the radial functions times the cutoff, then the
+        cutoff itself (so one product gives filter(rbf) * fcut, bias included); unit [b, n, n, 3]: (x_i - x_j) / r,
+        zero on the diagonal. ``first``: v is still zero, so its message term is skipped."""
         f = self.f
-        w = self.phi(s)[j] * (self.filter(rbf) * fcut[:, None])
-        ds, dvv, dvs = w.split(f, dim=-1)
-        s = s + torch.zeros_like(s).index_add_(0, i, ds.to(s.dtype))
-        dv = v[j] * dvv[:, None, :] + dvs[:, None, :] * unit[:, :, None]
-        v = v + torch.zeros_like(v).index_add_(0, i, dv.to(v.dtype))
+        w = radial @ torch.cat([self.filter.weight, self.filter.bias[:, None]], 1).t()
+        w_s, w_vv, w_vs = w.split(f, dim=-1)
+        phi_s, phi_vv, phi_vs = self.phi(s).split(f, dim=-1)
+        s = s + torch.einsum("bijf,bjf->bif", w_s, phi_s)  # eq. 7: sum over neighbours j
+        dv = torch.einsum("bijf,bijc->bicf", w_vs * phi_vs[:, None], unit)  # eq. 8, the direction term
+        if not first:
+            dv = dv + torch.einsum("bijf,bjcf->bicf", w_vv, phi_vv[:, :, None, :] * v)
+        v = v + dv
         uv, vv = self.U(v), self.V(v)
-        norm = torch.sqrt((vv ** 2).sum(dim=1) + 1e-8)
+        norm = torch.sqrt((vv ** 2).sum(dim=2) + 1e-8)
         a_vv, a_sv, a_ss = self.update(torch.cat([s, norm], dim=-1)).split(f, dim=-1)
-        v = v + a_vv[:, None, :] * uv
-        s = s + a_sv * (uv * vv).sum(dim=1) + a_ss
+        v = v + a_vv[:, :, None, :] * uv
+        s = s + a_sv * (uv * vv).sum(dim=2) + a_ss
         return s, v
 
 
@@ -158,18 +162,31 @@ class Denoiser(nn.Module):
         return index
 
     def backbone(self, species, x, mol, n_mol):
-        """Scalar [N, F] and vector [N, 3, F] features. Every atom pair of a molecule is a candidate; pairs beyond the
-        cutoff are dropped, which changes nothing (their filters are zero) and saves work."""
-        i, j = all_pairs(mol, n_mol)
-        d = x[i] - x[j]
+        """Scalar [N, F] and vector [N, 3, F] features. Every atom pair of a molecule interacts (the cosine cutoff
+        still shapes the filters); molecules of one size are computed together as dense [b, n, n] arrays, far less
+        memory traffic than gathering and scattering an edge list."""
+        f = self.config.features
+        s_out = x.new_zeros(x.shape[0], f)
+        v_out = x.new_zeros(x.shape[0], 3, f)
+        for atoms in size_groups(mol, n_mol):
+            s, v = self._group(species[atoms], x[atoms])
+            flat = atoms.reshape(-1)
+            s_out = s_out.index_copy(0, flat, s.reshape(-1, f))
+            v_out = v_out.index_copy(0, flat, v.reshape(-1, 3, f))
+        return s_out, v_out
+
+    def _group(self, species, x):
+        """Backbone features of b molecules of n atoms: species [b, n], x [b, n, 3] -> [b, n, F], [b, n, 3, F]."""
+        n = x.shape[1]
+        d = x[:, :, None, :] - x[:, None, :, :]
         r = torch.sqrt((d ** 2).sum(-1) + 1e-12)
-        near = r < self.config.cutoff
-        i, j, d, r = i[near], j[near], d[near], r[near]
-        rbf, fcut, unit = self.radial(r), self.radial.envelope(r), d / r[:, None]
+        fcut = self.radial.envelope(r) * ~torch.eye(n, dtype=torch.bool, device=x.device)
+        radial = torch.cat([self.radial(r) * fcut[..., None], fcut[..., None]], dim=-1)
+        unit = d / r[..., None]
         s = self.embedding(species).to(x.dtype)
-        v = torch.zeros(s.shape[0], 3, s.shape[1], dtype=s.dtype, device=s.device)
-        for block in self.interactions:
-            s, v = block(s, v, i, j, rbf, fcut, unit)
+        v = s.new_zeros(*s.shape[:2], 3, s.shape[-1])
+        for k, block in enumerate(self.interactions):
+            s, v = block(s, v, radial, unit, first=k == 0)
         return s, v
 
     def time(self, s: torch.Tensor) -> torch.Tensor:
