@@ -23,29 +23,41 @@ SAMPLERS = ("ddpm", "morered-jt", "morered-as")
 
 @dataclass
 class Sampled:
-    """Generated positions and how each molecule got there."""
+    """Positions after reverse diffusion (generation or relaxation) and how each molecule got there."""
 
-    positions: torch.Tensor  # [N, 3] float64, Å, centred
+    positions: torch.Tensor  # [N, 3] float64, Å
     steps: torch.Tensor  # [n_mol] reverse steps taken
-    converged: torch.Tensor  # [n_mol] bool: DDPM always; adaptive: predicted step reached 0 before max_steps
+    converged: torch.Tensor  # [n_mol] bool: schedule ended (DDPM, ITP, polish) or rounded t̂ <= stop_at (AS, JT)
     frames: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (step, positions [N, 3]) subsampled
-    final_time: torch.Tensor | None = None  # [n_mol] last predicted t (adaptive samplers)
+    final_time: torch.Tensor | None = None  # [n_mol] last predicted step (adaptive samplers)
+    times: torch.Tensor | None = None  # [cap + 1, n_mol] the step before each reverse step (-1: stopped; see loops)
 
 
-def _step(x, eps_hat, t, mol, n_mol, schedule: Schedule, generator):
-    """x_{t-1} from x_t by MoreRed eq. 5 with per-molecule steps t [n_mol] (>= 1)."""
+NoiseFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
+"""(indices of the molecules being moved, their step counts so far, their atoms' molecule index 0..k-1, k) -> centred
+noise [atoms, 3] float64 for those atoms."""
+
+
+def generator_noise(generator: torch.Generator | None, device) -> NoiseFn:
+    """Noise drawn from one generator for the whole batch (generation: reproducible per task)."""
+    return lambda index, steps, mol, n_mol: centred_noise(mol, n_mol, generator=generator, dtype=torch.float64,
+                                                          device=device)
+
+
+def reverse_step(x: torch.Tensor, eps_hat: torch.Tensor, t: torch.Tensor, mol: torch.Tensor, n_mol: int,
+                 schedule: Schedule, noise: torch.Tensor) -> torch.Tensor:
+    """x_{t-1} from x_t by MoreRed eq. 5 with per-molecule steps t [n_mol] (>= 1) and centred noise [N, 3]."""
     abar, beta, var = (a.to(x.device)[t][mol][:, None] for a in
                        (schedule.alpha_bar, schedule.beta, schedule.posterior_variance))
     mean = (x - beta / (1.0 - abar).sqrt() * centre(eps_hat, mol, n_mol)) / (1.0 - beta).sqrt()
-    noise = centred_noise(mol, n_mol, generator=generator, dtype=x.dtype, device=x.device)
     return centre(mean + var.sqrt() * noise, mol, n_mol)
 
 
-def _net_dtype(model: torch.nn.Module) -> torch.dtype:
+def net_dtype(model: torch.nn.Module) -> torch.dtype:
     return next(model.parameters()).dtype
 
 
-def _subset(species, mol, active):
+def subset(species, mol, active):
     """Atoms of the active molecules and their molecule index renumbered 0..k-1."""
     atom_mask = active[mol]
     remap = torch.cumsum(active.long(), 0) - 1
@@ -65,45 +77,90 @@ def sample(model: Denoiser, schedule: Schedule, species: torch.Tensor, mol: torc
     if x is None:
         x = centred_noise(mol, n_mol, generator=generator, dtype=torch.float64, device=device)
     x = centre(x.to(torch.float64), mol, n_mol)
-    frames = [(0, x.clone())] if record_every else []
+    noise = generator_noise(generator, device)
     if sampler == "ddpm":
-        return _ddpm(model, schedule, species, mol, n_mol, x, generator, record_every, frames, progress)
+        start = torch.full((n_mol,), schedule.T, dtype=torch.long, device=device)
+        return scheduled(model, schedule, species, mol, n_mol, x, start, schedule.T, noise, record_every, progress)
     cap = max_steps if max_steps is not None else 2 * schedule.T
-    if cap < 1:
-        raise ValueError(f"max_steps must be at least 1, got {cap}")
     timer = time_model if sampler == "morered-as" else model
     if timer is None:
         raise ValueError("morered-as needs a separate time model (time_model)")
+    return adaptive(model, timer, schedule, species, mol, n_mol, x, cap, noise, joint=sampler == "morered-jt",
+                    stop_at=stop_at, record_every=record_every, progress=progress)
+
+
+def _active_atoms(species, x, mol, n_mol, active):
+    """(atom mask or None for all, species, positions, molecule index, count) of the active molecules."""
+    if bool(active.all()):
+        return None, species, x, mol, n_mol
+    atom_mask, sp, sub_mol, n_sub = subset(species, mol, active)
+    return atom_mask, sp, x[atom_mask], sub_mol, n_sub
+
+
+def _check(cap: int, stop_at: int, schedule: Schedule) -> None:
+    if cap < 1:
+        raise ValueError(f"max_steps must be at least 1, got {cap}")
     if not 0 <= stop_at < schedule.T:
         raise ValueError(f"stop_at must lie in [0, {schedule.T}), got {stop_at}")
-    return _adaptive(model, timer, schedule, species, mol, n_mol, x, cap, generator, record_every, frames,
-                     progress, joint=sampler == "morered-jt", stop_at=stop_at)
 
 
-def _ddpm(model, schedule, species, mol, n_mol, x, generator, record_every, frames, progress) -> Sampled:
-    dtype = _net_dtype(model)
-    for k, t in enumerate(range(schedule.T, 0, -1), start=1):
-        steps = torch.full((n_mol,), t, dtype=torch.long, device=x.device)
-        eps_hat, _ = model(species, x.to(dtype), mol, n_mol, time=steps.to(dtype) / schedule.T)
-        x = _step(x, eps_hat.to(torch.float64), steps, mol, n_mol, schedule, generator)
-        if record_every and (k % record_every == 0 or t == 1):
+def scheduled(model: Denoiser, schedule: Schedule, species, mol, n_mol: int, x: torch.Tensor, start: torch.Tensor,
+              cap: int, noise: NoiseFn, record_every: int = 0, progress=None, stop_at: int = 0) -> Sampled:
+    """The fixed schedule t = start_m, start_m - 1, ..., stop_at + 1 for each molecule m (MoreRed eq. 5; DDPM from T,
+    ITP from the predicted t̂_0, polish from n), at most ``cap`` steps. times[k] is each molecule's step after k
+    reverse steps."""
+    _check(cap, stop_at, schedule)
+    dtype = net_dtype(model)
+    remaining = start.to(device=x.device, dtype=torch.long).clone()
+    steps = torch.zeros(n_mol, dtype=torch.long, device=x.device)
+    times = torch.full((cap + 1, n_mol), -1, dtype=torch.long, device=x.device)
+    times[0] = remaining
+    frames = [(0, x.clone())] if record_every else []
+    k = 0
+    for k in range(1, cap + 1):
+        active = remaining > stop_at
+        if not bool(active.any()):
+            k -= 1
+            break
+        index = torch.nonzero(active).squeeze(1)
+        atom_mask, sp, xs, sub_mol, n_sub = _active_atoms(species, x, mol, n_mol, active)
+        t = remaining[index]
+        eps_hat, _ = model(sp, xs.to(dtype), sub_mol, n_sub, time=t.to(dtype) / schedule.T)
+        moved = reverse_step(xs, eps_hat.to(torch.float64), t, sub_mol, n_sub, schedule,
+                             noise(index, steps[index], sub_mol, n_sub))
+        if atom_mask is None:
+            x = moved
+        else:
+            x[atom_mask] = moved
+        remaining[index] -= 1
+        steps[index] += 1
+        times[k, index] = remaining[index]
+        if record_every and k % record_every == 0:
             frames.append((k, x.clone()))
         if progress is not None:
-            progress(k, schedule.T)
-    steps = torch.full((n_mol,), schedule.T, dtype=torch.long, device=x.device)
-    return Sampled(x, steps, torch.ones(n_mol, dtype=torch.bool, device=x.device), frames)
+            progress(k, cap)
+    if record_every and frames[-1][0] != k:
+        frames.append((k, x.clone()))
+    return Sampled(x, steps, remaining <= stop_at, frames, times=times)
 
 
-def _adaptive(model, timer, schedule, species, mol, n_mol, x, cap, generator, record_every, frames, progress,
-              joint: bool, stop_at: int = 0) -> Sampled:
-    dtype = _net_dtype(model)
+def adaptive(model: Denoiser, timer: Denoiser, schedule: Schedule, species, mol, n_mol: int, x: torch.Tensor,
+             cap: int, noise: NoiseFn, *, joint: bool, stop_at: int = 0, record_every: int = 0,
+             progress=None) -> Sampled:
+    """MoreRed Algorithm 2 (eq. 8): the step predicted at every iteration (joint: by the model's own time head, AS:
+    by ``timer``); a molecule stops when its rounded prediction is <= ``stop_at``, or after ``cap`` steps. times[k]
+    is the prediction before the (k+1)-th reverse step; a converged molecule's last entry is its stopping one."""
+    _check(cap, stop_at, schedule)
+    dtype = net_dtype(model)
     steps = torch.zeros(n_mol, dtype=torch.long, device=x.device)
     active = torch.ones(n_mol, dtype=torch.bool, device=x.device)
     converged = torch.zeros(n_mol, dtype=torch.bool, device=x.device)
     last_t = torch.full((n_mol,), schedule.T, dtype=torch.long, device=x.device)
+    times = torch.full((cap + 1, n_mol), -1, dtype=torch.long, device=x.device)
+    frames = [(0, x.clone())] if record_every else []
+    k = 0
     for k in range(1, cap + 1):
-        atom_mask, sp, sub_mol, n_sub = _subset(species, mol, active)
-        xs = x[atom_mask]
+        atom_mask, sp, xs, sub_mol, n_sub = _active_atoms(species, x, mol, n_mol, active)
         if joint:
             eps_hat, tau = model(sp, xs.to(dtype), sub_mol, n_sub)
         else:
@@ -112,14 +169,19 @@ def _adaptive(model, timer, schedule, species, mol, n_mol, x, cap, generator, re
         t_hat = torch.round(molecule_time(tau.to(torch.float64), sub_mol, n_sub) * schedule.T).long()
         index = torch.nonzero(active).squeeze(1)
         last_t[index] = t_hat
+        times[k - 1, index] = t_hat
         done = t_hat <= stop_at
         converged[index[done]] = True
         t_step = t_hat.clamp(min=1)
         if not joint:
             eps_hat, _ = model(sp, xs.to(dtype), sub_mol, n_sub, time=t_step.to(dtype) / schedule.T)
-        moved = _step(xs, eps_hat.to(torch.float64), t_step, sub_mol, n_sub, schedule, generator)
-        keep = ~done[sub_mol]
-        x[atom_mask] = torch.where(keep[:, None], moved, xs)
+        moved = reverse_step(xs, eps_hat.to(torch.float64), t_step, sub_mol, n_sub, schedule,
+                             noise(index, steps[index], sub_mol, n_sub))
+        kept = torch.where((~done[sub_mol])[:, None], moved, xs)
+        if atom_mask is None:
+            x = kept
+        else:
+            x[atom_mask] = kept
         steps[index[~done]] += 1
         active[index[done]] = False
         if record_every and k % record_every == 0:
@@ -130,4 +192,4 @@ def _adaptive(model, timer, schedule, species, mol, n_mol, x, cap, generator, re
             break
     if record_every and frames[-1][0] != k:
         frames.append((k, x.clone()))
-    return Sampled(x, steps, converged, frames, last_t)
+    return Sampled(x, steps, converged, frames, last_t, times)
