@@ -41,7 +41,7 @@ from atomscreen.store.engine import DatabaseURLError, normalize_url
 
 __all__ = ["CampaignError", "CampaignSpec", "hill_formula", "load_campaign", "parse_campaign", "parse_formula"]
 MAX_GRID_COMPOSITIONS = 10_000
-RESCORING_METHODS = ("xtb", "chgnet")
+RESCORING_METHODS = ("xtb", "chgnet", "dft")
 DATASET_FORMATS = ("auto", "extxyz", "ase", "cif", "cdvae-csv", "qm9", "ase-collection")
 ASE_COLLECTIONS = ("g2", "s22", "dcdft")
 _DOTTED = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
@@ -528,7 +528,8 @@ def _calculator_path(value: str) -> str:
 class RescoreSpec(Spec):
     """Re-score the top candidates of each composition with real physics (relaxed, or single points)."""
 
-    method: Annotated[str, AfterValidator(_rescore_method)] | None = Field(default=None, description="chgnet or xtb")
+    method: Annotated[str, AfterValidator(_rescore_method)] | None = Field(
+        default=None, description="chgnet, xtb or dft (PySCF; options xc, basis, ...: default B3LYP/6-31G(2df,p))")
     calculator: Annotated[str, AfterValidator(_calculator_path)] | None = Field(
         default=None, description="any ASE calculator: a factory 'module.path:function' called with no arguments")
     top_k: PositiveInt = Field(default=10, description="unique candidates per composition, lowest pseudo energy first")
@@ -550,13 +551,15 @@ class RescoreSpec(Spec):
     @model_validator(mode="after")
     def _one(self) -> RescoreSpec:
         if (self.method is None) == (self.calculator is None):
-            raise ValueError("give exactly one of method (chgnet or xtb) or calculator ('module.path:function')")
-        if self.method == "xtb":
+            raise ValueError("give exactly one of method (chgnet, xtb or dft) or calculator ('module.path:function')")
+        if self.method in ("xtb", "dft"):
             from atomscreen.evaluate.calculators import XTB_OPTIONS
+            from atomscreen.evaluate.dft import DFT_OPTIONS
 
-            unknown = sorted(set(self.options) - set(XTB_OPTIONS))
+            allowed = XTB_OPTIONS if self.method == "xtb" else DFT_OPTIONS
+            unknown = sorted(set(self.options) - set(allowed))
             if unknown:
-                raise ValueError(f"options {unknown} are not xtb options; allowed: {', '.join(XTB_OPTIONS)}")
+                raise ValueError(f"options {unknown} are not {self.method} options; allowed: {', '.join(allowed)}")
         return self
 
     @property

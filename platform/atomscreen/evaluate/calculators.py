@@ -1,8 +1,8 @@
 """ASE calculators for re-scoring, by name: ``chgnet`` (pretrained weights shipped in the package), ``xtb``
-(GFN2-xTB via xtb-python), or any factory ``module.path:function`` that returns an ASE calculator.
+(GFN2-xTB via xtb-python), ``dft`` (PySCF, evaluate.dft; B3LYP/6-31G(2df,p) by default), or any factory ``module.path:function`` that returns an ASE calculator.
 
 Calculators are built once per process and reused (loading CHGNet takes seconds); xtb's calculator keeps
-per-structure state, so a fresh one is made each time.
+per-structure state, so a fresh one is made each time (and so does DFT, whose density seeds the next geometry).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from atomscreen.evaluate.isolated import map_isolated
 from atomscreen.relax.ase_relax import CalcResult, CalcSettings, calculate
 from atomscreen.relax.trajectory import RelaxStatus
 
-BUILTIN_NAMES = {"chgnet": "chgnet", "xtb": "xtb_gfn2"}
+BUILTIN_NAMES = {"chgnet": "chgnet", "xtb": "xtb_gfn2", "dft": "dft"}
+FRESH_PER_STRUCTURE = ("xtb", "dft")  # calculators that keep per-structure state
 XTB_OPTIONS = ("accuracy", "electronic_temperature", "max_iterations", "solvent")
 _CACHE: dict[tuple[str, str, str], Any] = {}
 
@@ -58,6 +59,13 @@ def make_calculator(method: str, device: str = "cpu", options: dict[str, Any] | 
         except ImportError as exc:
             raise CalculatorError(f"xtb-python is not importable ({exc}); install the xtb package") from None
         return XTB(method="GFN2-xTB", **options)
+    if method == "dft":
+        from atomscreen.evaluate.dft import PySCFCalculator
+
+        try:
+            return PySCFCalculator(device=device, **options)
+        except (ValueError, ImportError) as exc:
+            raise CalculatorError(str(exc)) from None
     key = (method, device, repr(sorted(options.items())))
     if key in _CACHE:
         return _CACHE[key]
@@ -78,7 +86,8 @@ def make_calculator(method: str, device: str = "cpu", options: dict[str, Any] | 
         if not callable(getattr(calc, "get_potential_energy", None)):
             raise CalculatorError(f"calculator {method!r} returned {type(calc).__name__}, not an ASE calculator")
     else:
-        raise CalculatorError(f"unknown re-scoring method {method!r}; allowed: chgnet, xtb, or 'module.path:function'")
+        raise CalculatorError(f"unknown re-scoring method {method!r}; allowed: chgnet, xtb, dft, or "
+                              "'module.path:function'")
     _CACHE[key] = calc
     return calc
 
@@ -96,10 +105,11 @@ def calculate_all(structures: Sequence[Atoms], method: str, settings: CalcSettin
     longer than that many seconds comes back with status 'failed' and the reason. With a timeout each structure runs
     in a child process (on the CPU) that is killed when it is late; without one, here."""
     if timeout_s is None:
-        calc = None if method == "xtb" else make_calculator(method, device, options)
-        return [calculate(atoms, make_calculator(method, device, options) if method == "xtb" else calc, settings)
+        fresh = method in FRESH_PER_STRUCTURE
+        calc = None if fresh else make_calculator(method, device, options)
+        return [calculate(atoms, make_calculator(method, device, options) if fresh else calc, settings)
                 for atoms in structures]
-    if method == "xtb":
+    if method in FRESH_PER_STRUCTURE:
         make_calculator(method, "cpu", options)  # bad options fail the whole call here, not once per structure
     items = [(method, dict(options or {}), dataclasses.asdict(settings), atoms) for atoms in structures]
     out = []
