@@ -1,8 +1,8 @@
-"""ASE calculators for re-scoring, by name: ``chgnet`` (pretrained weights shipped in the package), ``xtb``
-(GFN2-xTB via xtb-python), ``dft`` (PySCF, evaluate.dft; B3LYP/6-31G(2df,p) by default), or any factory ``module.path:function`` that returns an ASE calculator.
-
-Calculators are built once per process and reused (loading CHGNet takes seconds); xtb's calculator keeps
-per-structure state, so a fresh one is made each time (and so does DFT, whose density seeds the next geometry).
+"""ASE calculators for re-scoring, by name: ``chgnet`` (pretrained weights shipped in the package), ``xtb`` (GFN2-xTB
+via xtb-python), ``dft`` (PySCF, evaluate.dft; B3LYP/6-31G(2df,p) by default), or any factory
+``module.path:function`` that returns an ASE calculator. Calculators are built once per process and reused (loading
+CHGNet takes seconds); xtb's calculator keeps per-structure state, so a fresh one is made each time (and so does DFT,
+whose density seeds the next geometry).
 """
 
 from __future__ import annotations

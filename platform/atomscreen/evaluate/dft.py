@@ -1,8 +1,9 @@
 """Kohn-Sham DFT (or Hartree-Fock) with PySCF as an ASE calculator, for re-scoring molecules: energy and analytic
-forces. The default is QM9's level, B3LYP/6-31G(2df,p) as Gaussian runs it: Gaussian's B3LYP (VWN3 correlation;
-PySCF calls it 'b3lypg') and Cartesian d shells for the Pople 6-31G family ('6D', Gaussian's default there; with them
-QM9's electronic energy of water is reproduced to 8 meV, with pure d shells it is 0.13 eV off). On CUDA, gpu4pyscf is used where installed. An SCF that does not converge raises SCFNotConverged, so the
-structure is recorded as failed instead of carrying an unconverged energy.
+forces. The default is QM9's level, B3LYP/6-31G(2df,p) as Gaussian runs it: Gaussian's B3LYP (VWN3 correlation; PySCF
+calls it 'b3lypg') and Cartesian d shells for the Pople 6-31G family ('6D', Gaussian's default there; with them QM9's
+electronic energy of water is reproduced to 8 meV, with pure d shells it is 0.13 eV off). On CUDA, gpu4pyscf is used
+where installed. An SCF that does not converge raises SCFNotConverged, so the structure is recorded as failed instead
+of carrying an unconverged energy.
 """
 
 from __future__ import annotations
