@@ -126,3 +126,14 @@ def test_keyed_noise_is_standard_normal_and_depends_only_on_seed_and_step():
     assert stats.kstest(first, "norm").pvalue > 1e-3 and abs(eps.mean().item()) < 1e-12
     other = keyed_noise(torch.arange(3000), torch.ones(3000, dtype=torch.long), mol, 3000)
     assert abs(float(np.corrcoef(eps.reshape(-1).numpy(), other.reshape(-1).numpy())[0, 1])) < 0.02
+
+
+def test_an_mmff_start_from_smiles_is_seeded_and_chemically_sensible():
+    from atomscreen.evaluate.conformers import mmff_conformer
+
+    a, b = mmff_conformer("CCO", seed=4), mmff_conformer("CCO", seed=4)
+    assert a.get_chemical_formula() == "C2H6O" and a.info["mmff_converged"]
+    assert np.array_equal(a.positions, b.positions)
+    assert 1.38 < a.get_distance(1, 2) < 1.46 and 1.48 < a.get_distance(0, 1) < 1.55  # C-O and C-C, Å
+    with pytest.raises(ValueError, match="cannot parse the SMILES 'C1CC'"):
+        mmff_conformer("C1CC")
