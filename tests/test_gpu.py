@@ -80,3 +80,26 @@ def test_the_denoiser_on_cuda_matches_cpu_and_trains_with_bf16_autocast():
                                                  device="cuda", amp=True))
     assert checkpoint.metrics["skipped_steps"] == 0
     assert all(torch.isfinite(v).all() for v in checkpoint.state_dict.values())
+
+
+def test_morered_relaxation_on_cuda_matches_cpu():
+    """Keyed noise is the same on both devices, so a relaxation is too (up to float32 network rounding)."""
+    from atomscreen.diffusion.forward import keyed_noise, noised
+    from atomscreen.diffusion.painn import Denoiser, DenoiserConfig
+    from atomscreen.diffusion.relax import relax
+    from atomscreen.diffusion.schedule import polynomial_schedule
+
+    mol = torch.tensor([0] * 7 + [1] * 5)
+    seeds, steps = torch.tensor([3, 9]), torch.tensor([0, 17])
+    assert torch.equal(keyed_noise(seeds, steps, mol, 2), keyed_noise(seeds.cuda(), steps.cuda(), mol.cuda(), 2).cpu())
+    torch.manual_seed(0)
+    model = Denoiser(DenoiserConfig(features=16, interactions=2, radial=8)).eval()
+    schedule = polynomial_schedule()
+    species = torch.tensor([1, 0, 0, 2, 0, 0, 0, 1, 1, 0, 0, 0])
+    x0 = torch.randn(12, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    x_t, _ = noised(x0, torch.tensor([80, 80]), mol, schedule, generator=torch.Generator().manual_seed(2))
+    cpu = relax(model, schedule, species, mol, 2, x_t, method="morered-itp", seeds=5, max_steps=100)
+    gpu = relax(model.to("cuda"), schedule, species.cuda(), mol.cuda(), 2, x_t.cuda(), method="morered-itp", seeds=5,
+                max_steps=100)
+    assert torch.equal(cpu.steps, gpu.steps.cpu())
+    assert torch.allclose(cpu.positions, gpu.positions.cpu(), atol=1e-4)
