@@ -194,24 +194,18 @@ def run_rm(refs, starts, args) -> dict:
             "converged": [r.converged for r in results], "wall_s": time.perf_counter() - started}
 
 
-def _xtb_energy(item) -> float:
+def _energy(item) -> float:
     from atomscreen.evaluate.calculators import single_points
 
-    numbers, positions = item
-    return single_points([Atoms(numbers=numbers, positions=positions)], "xtb")[0][0]
+    method, numbers, positions = item
+    return single_points([Atoms(numbers=numbers, positions=positions)], method)[0][0]
 
 
 def energies(refs, positions, method: str, args) -> list[float]:
-    items = [(a.numbers, x) for a, x in zip(refs, positions)]
+    """Single-point energies (eV, NaN where it failed) of ``method`` (xtb or dft) at each geometry."""
+    items = [(method, a.numbers, x) for a, x in zip(refs, positions)]
     with ProcessPoolExecutor(args.jobs) as pool:
-        return list(pool.map(_xtb_energy if method == "xtb" else _dft_energy, items, chunksize=4))
-
-
-def _dft_energy(item) -> float:
-    from atomscreen.evaluate.calculators import single_points
-
-    numbers, positions = item
-    return single_points([Atoms(numbers=numbers, positions=positions)], "dft")[0][0]
+        return list(pool.map(_energy, items, chunksize=4))
 
 
 def summarise(method, which, refs, starts, out, e_ref, e_ref_dft, args) -> dict:
