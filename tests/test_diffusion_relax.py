@@ -86,6 +86,20 @@ def test_batched_relaxation_equals_one_molecule_at_a_time(shipped, method):
     assert torch.equal(again.positions, batch.positions)
 
 
+def test_as_on_the_models_own_time_head_equals_two_separate_passes(shipped):
+    """AS with the denoiser as its own time model shares one backbone pass; a copy forces the two-call path."""
+    import copy
+
+    model, schedule, species, x0, mol, n = shipped
+    x_t, _ = noised(x0, torch.full((n,), 200), mol, schedule, generator=torch.Generator().manual_seed(3))
+    pick = mol < 4
+    shared = relax(model, schedule, species[pick], mol[pick], 4, x_t[pick], method="morered-as", seeds=5, max_steps=30)
+    twice = relax(model, schedule, species[pick], mol[pick], 4, x_t[pick], method="morered-as", seeds=5, max_steps=30,
+                  time_model=copy.deepcopy(model))
+    assert torch.allclose(shared.positions, twice.positions, atol=1e-9, rtol=0)
+    assert torch.equal(shared.steps, twice.steps) and torch.equal(shared.times, twice.times)
+
+
 def test_a_molecule_that_never_reaches_the_threshold_stops_at_max_steps_and_is_flagged():
     torch.manual_seed(0)
     model = Denoiser(DenoiserConfig(features=8, interactions=1, radial=4)).double().eval()

@@ -161,11 +161,13 @@ def adaptive(model: Denoiser, timer: Denoiser, schedule: Schedule, species, mol,
     k = 0
     for k in range(1, cap + 1):
         atom_mask, sp, xs, sub_mol, n_sub = _active_atoms(species, x, mol, n_mol, active)
+        shared = None
         if joint:
             eps_hat, tau = model(sp, xs.to(dtype), sub_mol, n_sub)
         else:
-            s, _ = timer.backbone(sp, xs.to(dtype), sub_mol, n_sub)
+            s, v = timer.backbone(sp, xs.to(dtype), sub_mol, n_sub)
             tau = timer.time(s)
+            shared = (s, v) if timer is model else None  # AS on the model's own time head: one backbone pass
         t_hat = torch.round(molecule_time(tau.to(torch.float64), sub_mol, n_sub) * schedule.T).long()
         index = torch.nonzero(active).squeeze(1)
         last_t[index] = t_hat
@@ -173,7 +175,9 @@ def adaptive(model: Denoiser, timer: Denoiser, schedule: Schedule, species, mol,
         done = t_hat <= stop_at
         converged[index[done]] = True
         t_step = t_hat.clamp(min=1)
-        if not joint:
+        if shared is not None:
+            eps_hat = model.noise(*shared, (t_step.to(dtype) / schedule.T)[sub_mol])
+        elif not joint:
             eps_hat, _ = model(sp, xs.to(dtype), sub_mol, n_sub, time=t_step.to(dtype) / schedule.T)
         moved = reverse_step(xs, eps_hat.to(torch.float64), t_step, sub_mol, n_sub, schedule,
                              noise(index, steps[index], sub_mol, n_sub))
