@@ -255,8 +255,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="processes for xTB and DFT")
     parser.add_argument("--dft", type=int, default=0, help="DFT single points for the first K molecules per set")
     parser.add_argument("--dft-options", type=json.loads, default={},
-                        help='PySCF options as JSON, e.g. \'{"basis": "6-31g*", "density_fit": true}\' (default: QM9\'s '
-                             'B3LYP/6-31G(2df,p), ~20 min per QM9 molecule on one core)')
+                        help='PySCF options as JSON, e.g. \'{"basis": "6-31g*", "density_fit": true}\' (default: '
+                             'QM9\'s B3LYP/6-31G(2df,p), ~20 min per QM9 molecule on one core)')
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)

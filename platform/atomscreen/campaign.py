@@ -491,11 +491,30 @@ class GeneratorsSpec(Spec):
         return _listed(self.rss)
 
 
-class RelaxationSpec(Spec):
-    """Batched FIRE settings."""
+RELAXERS = ("fire", "morered_itp", "morered_as", "morered_jt")
 
+
+class RelaxationSpec(Spec):
+    """How generated structures relax: batched FIRE on the pseudo potential (RSS), then, with a morered_* method,
+    every generated molecule (RSS's after FIRE, and diffusion's) again by reverse diffusion on a denoiser."""
+
+    method: Literal["fire", "morered_itp", "morered_as", "morered_jt"] = Field(
+        default="fire", description="fire: the generators' structures are final; morered_itp / morered_as / "
+                                    "morered_jt (MoreRed): each generated molecule is also relaxed by reverse "
+                                    "diffusion on `model` and stored as its child (origin diffusion_relax), which "
+                                    "re-scoring then starts from")
+    model: str | None = Field(default=None, description="morered_*: the denoiser (a model of kind denoiser)")
+    time_model: str | None = Field(
+        default=None, description="morered_itp / morered_as: a separate time predictor (a denoiser whose time head "
+                                  "reads the step; default: the denoiser's own)")
     fmax: PositiveFloat = Field(default=0.05, description="eV/Å")
-    max_steps: PositiveInt = 500
+    max_steps: PositiveInt | None = Field(
+        default=None, description="FIRE's step cap (default 500), and MoreRed's reverse-step cap with a morered_* "
+                                  "method (default 1000, MoreRed §3.2)")
+    stop_at: NonNegativeInt = Field(
+        default=0, description="morered_as / morered_jt: a molecule has converged when its rounded predicted step is "
+                               "<= this (0: MoreRed's criterion)")
+    batch_size: PositiveInt = Field(default=64, description="morered_*: molecules per task, relaxed together")
     cell: bool = True
     constant_volume: bool = Field(
         default=False, description="relax the cell shape at fixed volume (energy versus volume scans)")
@@ -509,7 +528,29 @@ class RelaxationSpec(Spec):
             raise ValueError("constant_volume relaxes the cell shape: it needs cell: true")
         if self.constant_volume and self.pressure_gpa:
             raise ValueError("pressure_gpa has no effect at constant volume: set one or the other")
+        if (self.method == "fire") != (self.model is None):
+            raise ValueError(f"method {self.method} " + ("takes no model (FIRE runs on each generator's own model)"
+                                                         if self.method == "fire" else
+                                                         "needs model: the denoiser that relaxes the molecules"))
+        if self.time_model is not None and self.method not in ("morered_itp", "morered_as"):
+            raise ValueError("time_model (a separate time predictor) goes with morered_itp or morered_as; morered_jt "
+                             "reads the time from the denoiser itself")
         return self
+
+    @property
+    def fire_max_steps(self) -> int:
+        """FIRE's step cap."""
+        return 500 if self.max_steps is None else self.max_steps
+
+    @property
+    def reverse_max_steps(self) -> int:
+        """MoreRed's reverse-step cap."""
+        return 1000 if self.max_steps is None else self.max_steps
+
+    @property
+    def diffusion_method(self) -> str | None:
+        """The science module's name of the MoreRed variant (morered-jt ...), None for FIRE alone."""
+        return None if self.method == "fire" else self.method.replace("_", "-")
 
 
 def _rescore_method(value: str) -> str:
@@ -523,6 +564,17 @@ def _calculator_path(value: str) -> str:
     if not _DOTTED.fullmatch(value):
         raise ValueError("an ASE calculator factory is written 'module.path:function', e.g. 'mace.calculators:mace_mp'")
     return value
+
+
+class PolishSpec(Spec):
+    """Diffusion polish before re-scoring (Rothchild et al. 2024): the last ``steps`` reverse steps on the denoiser
+    ``model`` from each candidate's geometry, atom types fixed; molecules only."""
+
+    model: str = Field(description="a model of kind denoiser")
+    steps: PositiveInt = Field(default=20, description="reverse steps n, t = n ... 1 (the paper: 20 or 50)")
+    compare: bool = Field(
+        default=True, description="also relax each candidate unpolished (a second relaxation) so `platform report` "
+                                  "shows the optimizer steps and energy the polish saved")
 
 
 class RescoreSpec(Spec):
@@ -547,6 +599,8 @@ class RescoreSpec(Spec):
         default_factory=dict,
         description="keyword arguments of the calculator (xtb: accuracy, electronic_temperature, max_iterations, "
                     "solvent)")
+    polish: PolishSpec | None = Field(
+        default=None, description="diffusion polish of each candidate before the calculator (molecules)")
 
     @model_validator(mode="after")
     def _one(self) -> RescoreSpec:
@@ -560,6 +614,9 @@ class RescoreSpec(Spec):
             unknown = sorted(set(self.options) - set(allowed))
             if unknown:
                 raise ValueError(f"options {unknown} are not {self.method} options; allowed: {', '.join(allowed)}")
+        if self.polish is not None and self.polish.compare and not self.relax:
+            raise ValueError("polish.compare counts the optimizer steps the polish saves: it needs relax: true (or "
+                             "set polish.compare: false)")
         return self
 
     @property
@@ -669,6 +726,19 @@ class CampaignSpec(Spec):
                                  f"{known[model].kind}")
         return value
 
+    @field_validator("relaxation")
+    @classmethod
+    def _relaxation_models(cls, value: RelaxationSpec, info: ValidationInfo) -> RelaxationSpec:
+        _denoisers(info.data, [("relaxation.model", value.model), ("relaxation.time_model", value.time_model)])
+        return value
+
+    @field_validator("rescore")
+    @classmethod
+    def _polish_model(cls, value: RescoreSpec | None, info: ValidationInfo) -> RescoreSpec | None:
+        if value is not None and value.polish is not None:
+            _denoisers(info.data, [("rescore.polish.model", value.polish.model)])
+        return value
+
     @field_validator("hull")
     @classmethod
     def _hull_energy(cls, value: HullSpec, info: ValidationInfo) -> HullSpec:
@@ -715,6 +785,18 @@ class CampaignSpec(Spec):
     def pseudo_methods(self) -> list[str]:
         """Energy method names of the pseudo energies the RSS blocks produce (rm_pseudo, rm_pseudo:NAME)."""
         return _pseudo_methods(self.generators)
+
+
+def _denoisers(data: dict[str, Any], uses: list[tuple[str, str | None]]) -> None:
+    """Each named model in ``uses`` ((field, name) pairs) is defined by the campaign and is a denoiser."""
+    known = _model_specs(data)
+    for where, name in uses:
+        if name is None or not known:
+            continue
+        if name not in known:
+            raise ValueError(f"{where} = {name!r} is not a model of this campaign; models here: {', '.join(known)}")
+        if known[name].kind != "denoiser":
+            raise ValueError(f"{where} needs a model of kind denoiser; {name!r} is of kind {known[name].kind}")
 
 
 def _model_specs(data: dict[str, Any]) -> dict[str, ModelSpec]:

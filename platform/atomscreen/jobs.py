@@ -29,9 +29,9 @@ from atomscreen.relax.loop import RelaxSettings
 from atomscreen.relax.schedule import RelaxStage
 from atomscreen.relax.trajectory import RelaxStatus, Trajectory
 
-__all__ = ["DEFAULT_MODEL", "PSEUDO", "CheckOut", "DiffusionJob", "Job", "Origin", "ReferenceJob", "RescoreJob",
-           "RssJob", "StructureIn", "StructureOut", "TaskKind", "TaskResult", "ValidityJob", "from_json",
-           "pseudo_method", "to_json"]
+__all__ = ["DEFAULT_MODEL", "PSEUDO", "CheckOut", "DiffusionJob", "DiffusionRelaxJob", "Job", "Origin",
+           "PolishSettings", "ReferenceJob", "RescoreJob", "RssJob", "StructureIn", "StructureOut", "TaskKind",
+           "TaskResult", "ValidityJob", "from_json", "pseudo_method", "to_json", "worker_models"]
 
 JOB_VERSION = 2
 
@@ -44,6 +44,7 @@ class TaskKind(StrEnum):
     RESCORE = "rescore"
     VALIDITY = "validity"
     DIFFUSION = "diffusion"
+    DIFFUSION_RELAX = "diffusion_relax"
 
 
 class Origin(StrEnum):
@@ -54,6 +55,7 @@ class Origin(StrEnum):
     RESCORE = "rescore"
     IMPORT = "import"
     DIFFUSION = "diffusion"
+    DIFFUSION_RELAX = "diffusion_relax"
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,17 @@ class ReferenceJob:
 
 
 @dataclass(frozen=True)
+class PolishSettings:
+    """Diffusion polish before a calculator (Rothchild et al. 2024): the last ``steps`` reverse steps on the denoiser
+    ``model``, each molecule's noise keyed by ``seed`` and its parent id; ``compare``: also relax it unpolished."""
+
+    model: str
+    steps: int
+    compare: bool = True
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class RescoreJob:
     """Candidates relaxed (or single-pointed) with a real calculator; ``formula`` is the group (or 'reference')."""
 
@@ -149,8 +162,9 @@ class RescoreJob:
     structures: tuple[StructureIn, ...]
     timeout_s: float | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    polish: PolishSettings | None = None
     kind: TaskKind = TaskKind.RESCORE
-    model = None  # a calculator, not a stored model
+    model = None  # a calculator, not a stored model (a polish denoiser is not what made the energies)
 
 
 @dataclass(frozen=True)
@@ -187,9 +201,37 @@ class DiffusionJob:
     energy_method = None  # generated molecules carry no energy
 
 
-Job = Union[RssJob, ReferenceJob, RescoreJob, ValidityJob, DiffusionJob]
+@dataclass(frozen=True)
+class DiffusionRelaxJob:
+    """Stored molecules of one composition relaxed by reverse diffusion (MoreRed ITP / AS / JT) on the denoiser named
+    ``model``; each molecule's noise is keyed by ``seed`` and its parent id, so batching never changes a result."""
+
+    formula: str
+    count: int
+    method: str  # morered-itp, morered-as, morered-jt
+    max_steps: int
+    stop_at: int
+    trajectory_every: int
+    seed: int
+    structures: tuple[StructureIn, ...]  # each with parent_id: the stored molecule relaxed
+    model: str = DEFAULT_MODEL
+    time_model: str | None = None
+    kind: TaskKind = TaskKind.DIFFUSION_RELAX
+    energy_method = None  # relaxed molecules carry no energy
+
+
+Job = Union[RssJob, ReferenceJob, RescoreJob, ValidityJob, DiffusionJob, DiffusionRelaxJob]
 JOB_TYPES: dict[TaskKind, type] = {TaskKind.RSS: RssJob, TaskKind.REFERENCE: ReferenceJob, TaskKind.RESCORE: RescoreJob,
-                                   TaskKind.VALIDITY: ValidityJob, TaskKind.DIFFUSION: DiffusionJob}
+                                   TaskKind.VALIDITY: ValidityJob, TaskKind.DIFFUSION: DiffusionJob,
+                                   TaskKind.DIFFUSION_RELAX: DiffusionRelaxJob}
+
+
+def worker_models(job: Job) -> tuple[str, ...]:
+    """Names of the models a job's task function takes after the job, in order: its model and time model, or the
+    denoiser a re-scoring job polishes with."""
+    if isinstance(job, RescoreJob):
+        return () if job.polish is None else (job.polish.model,)
+    return tuple(n for n in (job.model, getattr(job, "time_model", None)) if n is not None)
 
 
 @dataclass

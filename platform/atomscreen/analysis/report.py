@@ -79,6 +79,38 @@ class ValidityStats:
 
 
 @dataclass
+class RelaxationStats:
+    """MoreRed relaxation of one composition's generated molecules from one source (rss, diffusion:SAMPLER): how
+    many, how many reached the stopping step, median reverse steps, first predicted step and displacement (Å)."""
+
+    formula: str
+    source: str
+    method: str
+    n: int
+    converged: int
+    median_steps: float
+    median_t0: float
+    median_displacement: float
+
+
+@dataclass
+class PolishStats:
+    """Diffusion polish before the calculator's relaxation, per composition (and 'all'): median optimizer steps from
+    the polished and (compare: true) the unpolished geometry, the median per-structure saving (%), the median final
+    energy of polished minus unpolished (meV per molecule) over the ``compared`` pairs where both converged."""
+
+    formula: str
+    method: str
+    polish_steps: int
+    n: int
+    median_steps: float
+    median_unpolished_steps: float | None
+    median_saved_pct: float | None
+    median_energy_change_mev: float | None
+    compared: int
+
+
+@dataclass
 class CampaignReport:
     """Per-composition statistics and the funnel's comparison of pseudo and re-scored energies."""
 
@@ -91,6 +123,8 @@ class CampaignReport:
     lowest: list[LowestCheck]
     failures: list[tuple[int, str, str]]  # (structure id, method, error)
     validity: list[ValidityStats] = field(default_factory=list)
+    relaxation: list[RelaxationStats] = field(default_factory=list)
+    polish: list[PolishStats] = field(default_factory=list)
 
 
 def pearson(pairs: list[tuple[int, float, float]]) -> float | None:
@@ -113,16 +147,66 @@ def campaign_report(rows: Any) -> CampaignReport:
              for formula in sorted({f for o, _, f, _ in info.values() if o == "rss"}, key=lambda f: (len(f), f))]
     matched_unique = sum(1 for s, m, _ in rankings if m == PSEUDO and s in rows.matches)
     return CampaignReport(stats, rescore_method, pearson(pairs), len(pairs), pairs, matched_unique,
-                          _lowest(rows, [PSEUDO] + methods), list(rows.failures), _validity(rows))
+                          _lowest(rows, [PSEUDO] + methods), list(rows.failures), _validity(rows), _relaxation(rows),
+                          _polish(rows, rescore_method))
+
+
+def _generated_parent(info, sid: int | None) -> int | None:
+    """The generated structure a structure descends from: through a MoreRed relaxation to the molecule it relaxed."""
+    while sid in info and info[sid][0].startswith("diffusion_relax"):
+        sid = info[sid][1]
+    return sid
+
+
+def _relaxation(rows: Any) -> list[RelaxationStats]:
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for sid, values in rows.relaxed.items():
+        origin, parent, formula, _ = rows.structures[sid]
+        source = rows.structures[parent][0] if parent in rows.structures else "?"
+        groups.setdefault((formula, source, origin.partition(":")[2]), []).append(values)
+    out = []
+    for (formula, source, method), members in sorted(groups.items(), key=lambda g: (len(g[0][0]), g[0])):
+        out.append(RelaxationStats(formula, source, method, len(members), sum(bool(m["converged"]) for m in members),
+                                   float(np.median([m["reverse_steps"] for m in members])),
+                                   float(np.median([m["t0"] for m in members])),
+                                   float(np.median([m["displacement_rmsd"] for m in members]))))
+    return out
+
+
+def _polish(rows: Any, method: str | None) -> list[PolishStats]:
+    groups: dict[str, list[dict]] = {}
+    for sid, values in rows.polished.items():
+        groups.setdefault(rows.structures[sid][2], []).append(values)
+    ordered = sorted(groups.items(), key=lambda g: (len(g[0]), g[0]))
+    if len(groups) > 1:
+        ordered.append(("all", [m for _, members in ordered for m in members]))
+    out = []
+    for formula, members in ordered:
+        both = [m for m in members if m["unpolished_steps"] is not None and m["unpolished_status"] == "converged"
+                and m["unpolished_energy"] is not None and m["steps"] is not None]
+        unpolished = [m["unpolished_steps"] for m in members if m["unpolished_steps"] is not None]
+        saved = [100.0 * (m["unpolished_steps"] - m["steps"]) / m["unpolished_steps"] for m in both
+                 if m["unpolished_steps"]]
+        change = [1000.0 * (m["energy"] - m["unpolished_energy"]) for m in both]
+        out.append(PolishStats(formula, method or "?", int(members[0]["polish_steps"]), len(members),
+                               float(np.median([m["steps"] for m in members if m["steps"] is not None] or [np.nan])),
+                               float(np.median(unpolished)) if unpolished else None,
+                               float(np.median(saved)) if saved else None,
+                               float(np.median(change)) if change else None, len(both)))
+    return out
 
 
 def _pairs(info, energy, method: str | None) -> list[tuple[int, float, float]]:
     """(re-scored id, pseudo energy of its parent, re-scored energy) of every re-scored generated structure."""
     if method is None:
         return []
-    return [(sid, energy[(parent, PSEUDO)][0], energy[(sid, method)][0]) for sid, (origin, parent, _, _) in info.items()
-            if origin == "rescore" and parent in info and info[parent][0] != "reference" and (sid, method) in energy
-            and (parent, PSEUDO) in energy]
+    out = []
+    for sid, (origin, parent, _, _) in info.items():
+        parent = _generated_parent(info, parent)
+        if origin == "rescore" and parent in info and info[parent][0] != "reference" and (sid, method) in energy \
+                and (parent, PSEUDO) in energy:
+            out.append((sid, energy[(parent, PSEUDO)][0], energy[(sid, method)][0]))
+    return out
 
 
 def _composition(formula: str, rows: Any, method: str | None, pairs) -> CompositionStats:

@@ -34,6 +34,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 0
     _composition_table(args.name, report)
     _funnel_lines(report)
+    if report.relaxation:
+        _relaxation_table(args.name, report.relaxation)
+    if report.polish:
+        _polish_table(args.name, report.polish)
     if report.validity:
         _validity_table(args.name, report.validity)
         _denominators_table(args.name, report.validity)
@@ -42,8 +46,41 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _from(origin: str) -> str:
-    """How a row's origin is shown: gen. (RSS), resc. (after re-scoring), diffusion:SAMPLER."""
+    """How a row's origin is shown: gen. (RSS), resc. (after re-scoring), diffusion:SAMPLER, relaxed:METHOD."""
+    if origin.startswith("diffusion_relax:"):
+        return "relaxed:" + origin.partition(":")[2]
     return {"rss": "gen.", "rescore": "resc."}.get(origin, origin)
+
+
+def _relaxation_table(name: str, rows) -> None:
+    """MoreRed relaxation of the generated molecules, per composition, source and method."""
+    table = Table("formula", "from", "method", "n", "conv. %", "steps", "t̂0", "moved Å",
+                  title=f"{name}: relaxation by reverse diffusion (medians: reverse steps, first predicted step t̂0, "
+                        "RMSD from the generated geometry); conv.: the predicted step reached the threshold before "
+                        "max_steps")
+    table.columns[0].no_wrap = table.columns[1].no_wrap = True
+    for r in rows:
+        table.add_row(r.formula, _from(r.source), r.method, str(r.n), _pct(r.converged, r.n), f"{r.median_steps:.0f}",
+                      f"{r.median_t0:.0f}", f"{r.median_displacement:.3f}")
+    wide(120).print(table)
+
+
+def _polish_table(name: str, rows) -> None:
+    """Diffusion polish before re-scoring: optimizer steps with and without it, the steps saved."""
+    table = Table("formula", "n", "polish", "steps", "unpolished", "saved %", "ΔE meV", "pairs",
+                  title=f"{name}: diffusion polish before {rows[0].method} (medians: optimizer steps from the polished "
+                        "and from the unpolished geometry, per-structure steps saved, final energy polished minus "
+                        "unpolished, over pairs where both converged)")
+    for r in rows:
+        table.add_row(r.formula, str(r.n), str(r.polish_steps), f"{r.median_steps:.0f}",
+                      _num(r.median_unpolished_steps, 0), _num(r.median_saved_pct, 1),
+                      _num(r.median_energy_change_mev, 1), str(r.compared))
+    wide(120).print(table)
+    overall = rows[-1]
+    if overall.median_saved_pct is not None:
+        out.print(f"optimizer steps saved by the polish: {overall.median_saved_pct:.1f}% (median per structure over "
+                  f"{overall.compared} pairs; {overall.median_steps:.0f} vs {overall.median_unpolished_steps:.0f} "
+                  "steps)")
 
 
 def _table_b1(name: str, rows) -> None:

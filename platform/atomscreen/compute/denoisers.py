@@ -22,8 +22,9 @@ def _contents(path: str | Path) -> Any:
 
 
 def check_models(spec: CampaignSpec, source: str) -> None:
-    """Every checkpoint is of its model's kind, and every diffusion block's compositions use only its denoiser's
-    elements and sizes; a CampaignError naming the file or composition otherwise (before anything is stored)."""
+    """Every checkpoint is of its model's kind, the compositions use only the elements and sizes of every denoiser
+    that generates, relaxes or polishes, and a polish fits in its schedule; a CampaignError naming the file,
+    composition or field otherwise (before anything is stored)."""
     from atomscreen.diffusion.checkpoint import DenoiserCheckpoint
 
     problems: list[Problem] = []
@@ -38,9 +39,16 @@ def check_models(spec: CampaignSpec, source: str) -> None:
                                     f"{block.checkpoint} is a checkpoint of kind {kind!r}, not {block.kind!r}"))
         elif kind == "denoiser":
             denoisers[name] = DenoiserCheckpoint.from_contents(data, block.checkpoint)
-    for name in dict.fromkeys(b.model for b in spec.generators.diffusion_blocks):
+    polish = spec.rescore.polish if spec.rescore is not None else None
+    used = [b.model for b in spec.generators.diffusion_blocks] + [spec.relaxation.model, spec.relaxation.time_model]
+    for name in dict.fromkeys(n for n in used + [polish and polish.model] if n is not None):
         if name in denoisers:
             problems += _unmakeable(spec, name, denoisers[name])
+    if polish is not None and polish.model in denoisers:
+        T = int(denoisers[polish.model].schedule["T"])
+        if polish.steps > T:
+            problems.append(Problem("rescore.polish.steps", polish.steps, f"{polish.steps} reverse steps, more than "
+                                    f"the {T} of the denoiser {polish.model!r}'s schedule"))
     if problems:
         raise CampaignError(source, problems)
 

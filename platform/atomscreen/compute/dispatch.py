@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 
 from atomscreen.campaign import ClusterSpec
 from atomscreen.compute.tasks import TASKS, ModelRef
-from atomscreen.jobs import Job
+from atomscreen.jobs import Job, worker_models
 
 
 @dataclass
@@ -79,15 +79,13 @@ def run_jobs(cluster: Cluster, jobs: Sequence[tuple[Any, str, Job]], models: dic
 
     client = cluster.get()
     gpu = {"GPU": 1} if cluster.has_gpu_workers() else None
-    used = sorted({name for _, _, job in jobs for name in (job.model, getattr(job, "time_model", None))
-                   if name is not None})
+    used = sorted({name for _, _, job in jobs for name in worker_models(job)})
     shared = {name: client.scatter(models[name], broadcast=True, hash=False) for name in used}
     futures = {}
     for handle, key, job in jobs:
         dask_key = f"{key.replace('/', '-')}{tag}-{uuid.uuid4().hex[:8]}"
-        model = shared[job.model] if job.model is not None else None
-        extra = [shared[job.time_model]] if getattr(job, "time_model", None) is not None else []  # morered-as
-        futures[client.submit(TASKS[job.kind], job, model, *extra, key=dask_key, resources=gpu)] = handle
+        given = [shared[name] for name in worker_models(job)]  # model (and time model), or a polish denoiser
+        futures[client.submit(TASKS[job.kind], job, *given, key=dask_key, resources=gpu)] = handle
     for future in as_completed(futures):
         handle = futures[future]
         try:

@@ -24,8 +24,10 @@ from atomscreen.chem import parse_formula
 from atomscreen.errors import AtomscreenError
 from atomscreen.jobs import (
     DiffusionJob,
+    DiffusionRelaxJob,
     Job,
     KickSettings,
+    PolishSettings,
     ReferenceJob,
     RescoreJob,
     RssJob,
@@ -63,9 +65,9 @@ def relax_settings(spec: CampaignSpec, *, periodic: bool, max_systems: int) -> R
     """The campaign's relaxation block in science units; molecules relax without a cell and without pressure."""
     r = spec.relaxation
     if not periodic:
-        return RelaxSettings(fmax=r.fmax, max_steps=r.max_steps, trajectory_every=r.trajectory_every,
+        return RelaxSettings(fmax=r.fmax, max_steps=r.fire_max_steps, trajectory_every=r.trajectory_every,
                              max_systems=max_systems)
-    return RelaxSettings(fmax=r.fmax, max_steps=r.max_steps, cell=r.cell, constant_volume=r.constant_volume,
+    return RelaxSettings(fmax=r.fmax, max_steps=r.fire_max_steps, cell=r.cell, constant_volume=r.constant_volume,
                          pressure=r.pressure_gpa * GPa, trajectory_every=r.trajectory_every, max_systems=max_systems)
 
 
@@ -181,6 +183,13 @@ def rescore_tasks(spec: CampaignSpec, candidates: Sequence[tuple[str, int, Atoms
     'reference')."""
     block = spec.rescore
     settings = calc_settings(spec)
+    polish = None
+    if block.polish is not None:
+        periodic = sorted({a.get_chemical_formula() for _, _, a in candidates if a.pbc.any()})
+        if periodic:
+            raise PlanError(f"rescore.polish relaxes molecules by diffusion; candidates {', '.join(periodic)} are "
+                            "periodic: remove polish, or generate molecules (generators.rss.periodic: false)")
+        polish = PolishSettings(block.polish.model, block.polish.steps, block.polish.compare, spec.seed)
     groups: dict[str, list[tuple[int, Atoms]]] = {}
     for group, parent_id, atoms in candidates:
         groups.setdefault(group, []).append((parent_id, atoms))
@@ -190,8 +199,32 @@ def rescore_tasks(spec: CampaignSpec, candidates: Sequence[tuple[str, int, Atoms
             chunk = members[start:start + block.batch_size]
             structures = tuple(StructureIn.from_atoms(a, parent_id=pid) for pid, a in chunk)
             job = RescoreJob(block.method or block.calculator, block.energy_method, settings, SYMPREC, group,
-                             len(chunk), structures, block.timeout_s, dict(block.options))
+                             len(chunk), structures, block.timeout_s, dict(block.options), polish)
             key = f"rescore/{group}/{start}"
+            tasks.append(PlannedTask(key, (spec.seed * 1_000_003 + zlib.crc32(key.encode())) % 2**62, job))
+    return tasks
+
+
+def diffusion_relax_tasks(spec: CampaignSpec, molecules: Sequence[Atoms]) -> list[PlannedTask]:
+    """MoreRed relaxation of stored ``molecules`` (structure ids in info), batched per formula (relaxation.batch_size
+    per task); the seed keys each molecule's noise with its id, so the split into tasks never changes a result."""
+    r = spec.relaxation
+    periodic = sorted({a.get_chemical_formula() for a in molecules if a.pbc.any()})
+    if periodic:
+        raise PlanError(f"relaxation.method {r.method} relaxes molecules by diffusion; generated structures "
+                        f"{', '.join(periodic)} are periodic: use method fire, or generate molecules "
+                        "(generators.rss.periodic: false)")
+    groups: dict[str, list[Atoms]] = {}
+    for a in molecules:
+        groups.setdefault(a.info["formula"], []).append(a)
+    tasks = []
+    for formula, members in sorted(groups.items()):
+        for start in range(0, len(members), r.batch_size):
+            chunk = members[start:start + r.batch_size]
+            structures = tuple(StructureIn.from_atoms(a, parent_id=a.info["structure_id"]) for a in chunk)
+            job = DiffusionRelaxJob(formula, len(chunk), r.diffusion_method, r.reverse_max_steps, r.stop_at,
+                                    r.trajectory_every, spec.seed, structures, r.model, r.time_model)
+            key = f"diffusion_relax/{formula}/{start}"
             tasks.append(PlannedTask(key, (spec.seed * 1_000_003 + zlib.crc32(key.encode())) % 2**62, job))
     return tasks
 

@@ -31,6 +31,7 @@ from atomscreen.store import (
     add_tasks,
     campaign_names,
     campaign_summaries,
+    children,
     claim_tasks,
     count_tasks,
     get_campaign,
@@ -78,11 +79,24 @@ def _generation(ctx: Context) -> list[plan.PlannedTask]:
     return plan.generation_tasks(ctx.spec, {name: m.training_data for name, m in ctx.models.items()})
 
 
+def _diffusion_relaxation(ctx: Context) -> list[plan.PlannedTask]:
+    """MoreRed relaxation of every generated molecule the generators keep (not exploded; rss.select)."""
+    with transaction(ctx.engine) as session:
+        ids = structure_ids(session, ctx.campaign_id, [Origin.RSS, Origin.DIFFUSION])
+        molecules = [a for a in structures(session, ids=ids)
+                     if a.info.get("relax_status") != "exploded" and a.info.get("selected", True)]
+    return plan.diffusion_relax_tasks(ctx.spec, molecules)
+
+
 def _rescoring(ctx: Context) -> list[plan.PlannedTask]:
-    """Re-scoring of the top-K unique candidates per composition (by every pseudo energy) and of every reference."""
+    """Re-scoring of the top-K unique candidates per composition (by every pseudo energy) and of every reference;
+    after a MoreRed relaxation stage, each candidate's relaxed child is what is re-scored."""
     with transaction(ctx.engine) as session:
         top = [i for method in ctx.spec.pseudo_methods
                for i in top_candidates(session, ctx.campaign_id, method=method, top_k=ctx.spec.rescore.top_k)]
+        if ctx.spec.relaxation.diffusion_method is not None:
+            relaxed = children(session, ctx.campaign_id, Origin.DIFFUSION_RELAX)
+            top = [relaxed.get(i, i) for i in top]
         refs = structure_ids(session, ctx.campaign_id, [Origin.REFERENCE])
         by_id = {a.info["structure_id"]: a for a in structures(session, ids=list(top) + refs)}
     candidates = sorted(((by_id[i].info["formula"], i, by_id[i]) for i in dict.fromkeys(top)), key=lambda c: c[0])
@@ -96,7 +110,8 @@ def _validity(ctx: Context) -> list[plan.PlannedTask]:
     with transaction(ctx.engine) as session:
         queued = {s.structure_id for p in open_payloads(session, ctx.campaign_id, TaskKind.VALIDITY)
                   for s in from_json(TaskKind.VALIDITY, p).structures}
-        ids = [i for i in structure_ids(session, ctx.campaign_id, [Origin.RSS, Origin.DIFFUSION, Origin.RESCORE],
+        ids = [i for i in structure_ids(session, ctx.campaign_id, [Origin.RSS, Origin.DIFFUSION,
+                                                                   Origin.DIFFUSION_RELAX, Origin.RESCORE],
                                         unchecked=True) if i not in queued]
         molecules = [a for a in structures(session, ids=ids)
                      if not a.pbc.any() and a.info.get("relax_status") != "exploded"]
@@ -106,6 +121,10 @@ def _validity(ctx: Context) -> list[plan.PlannedTask]:
 
 STAGES: tuple[Stage, ...] = (
     Stage("generation", (TaskKind.RSS, TaskKind.DIFFUSION, TaskKind.REFERENCE), lambda spec: True, _generation),
+    Stage("relaxation", (TaskKind.DIFFUSION_RELAX,), lambda spec: spec.relaxation.diffusion_method is not None,
+          _diffusion_relaxation,
+          message=lambda spec: f"relaxing every generated molecule by {spec.relaxation.diffusion_method} on "
+                               f"{spec.relaxation.model!r} (at most {spec.relaxation.reverse_max_steps} steps)"),
     Stage("re-scoring", (TaskKind.RESCORE,), lambda spec: spec.rescore is not None, _rescoring, needs_ranking=True,
           message=lambda spec: f"re-scoring the top {spec.rescore.top_k} unique candidates per composition with "
                                f"{spec.rescore.energy_method}"),

@@ -20,6 +20,7 @@ from atomscreen.atoms.random import random_structure
 from atomscreen.jobs import (
     CheckOut,
     DiffusionJob,
+    DiffusionRelaxJob,
     ReferenceJob,
     RescoreJob,
     RssJob,
@@ -180,7 +181,8 @@ def reference_task(job: ReferenceJob, model: ModelRef) -> TaskResult:
 
 
 def rescore_task(job: RescoreJob, model: ModelRef | None = None) -> TaskResult:
-    """Candidates relaxed (or single-pointed) with a real calculator; a structure that fails is reported, not raised."""
+    """Candidates relaxed (or single-pointed) with a real calculator, after a diffusion polish on ``model`` if the job
+    asks (and, to measure what it saves, unpolished too); a structure that fails is reported, not raised."""
     from atomscreen.evaluate.calculators import calculate_all, make_calculator
 
     t0 = time.perf_counter()
@@ -191,11 +193,103 @@ def rescore_task(job: RescoreJob, model: ModelRef | None = None) -> TaskResult:
                             category=UserWarning)
     if job.timeout_s is None:  # a calculator that cannot be made fails the whole task
         make_calculator(job.method, device=device, options=job.options)
-    results = calculate_all([s.to_atoms() for s in job.structures], job.method, job.settings, options=job.options,
-                            timeout_s=job.timeout_s, device=device, threads=worker_threads())
-    out = [_out(r, job.symprec, parent_id=s.parent_id, error=r.error, wall_time_s=r.wall_time_s)
-           for s, r in zip(job.structures, results)]
+    starts = [s.to_atoms() for s in job.structures]
+
+    def calculate(atoms):
+        return calculate_all(atoms, job.method, job.settings, options=job.options, timeout_s=job.timeout_s,
+                             device=device, threads=worker_threads())
+
+    infos: list[dict] = [{} for _ in starts]
+    if job.polish is not None:
+        if model is None:
+            raise ValueError("a re-scoring job with polish needs its denoiser")
+        polished = _polished(job, starts, model, device)
+        if job.polish.compare:
+            for info, r in zip(infos, calculate(starts)):
+                info.update(unpolished_steps=r.n_steps, unpolished_status=str(r.status),
+                            unpolished_energy=r.energy if r.energy is not None and np.isfinite(r.energy) else None)
+        for info, a, p in zip(infos, starts, polished):
+            info.update(polish_steps=job.polish.steps,
+                        polish_rmsd=float(np.sqrt(((a.positions - p.positions) ** 2).sum(1).mean())))
+        starts = polished
+    results = calculate(starts)
+    out = [_out(r, job.symprec, parent_id=s.parent_id, error=r.error, wall_time_s=r.wall_time_s, info=info)
+           for s, r, info in zip(job.structures, results, infos)]
     return TaskResult(time.perf_counter() - t0, out, device=device)
+
+
+def molecule_seed(seed: int, structure_id: int) -> int:
+    """The reverse-noise seed of one stored molecule: the same in any batch, task split or re-run."""
+    return (seed * 1_000_003 + structure_id) % 2**62
+
+
+def _batched(atoms_list, denoiser, device):
+    """(species, positions [N, 3] float64, molecule index) of molecules for the denoiser."""
+    import torch
+
+    numbers = torch.tensor(np.concatenate([a.numbers for a in atoms_list]), device=device)
+    x = torch.tensor(np.concatenate([a.positions for a in atoms_list]), dtype=torch.float64, device=device)
+    sizes = torch.tensor([len(a) for a in atoms_list], device=device)
+    mol = torch.repeat_interleave(torch.arange(len(atoms_list), device=device), sizes)
+    return denoiser.species(numbers), x, mol
+
+
+def _polished(job: RescoreJob, starts, model: ModelRef, device: str):
+    """The candidates after the last ``polish.steps`` reverse steps (Rothchild et al.), atom types and cells kept."""
+    import torch
+
+    from atomscreen.diffusion.relax import polish
+
+    denoiser, schedule = _model(model, device)
+    species, x, mol = _batched(starts, denoiser, device)
+    seeds = torch.tensor([molecule_seed(job.polish.seed, s.parent_id or 0) for s in job.structures], device=device)
+    out = polish(denoiser, schedule, species, mol, len(starts), x, steps=job.polish.steps, seeds=seeds)
+    positions = out.positions.cpu().numpy()
+    offsets = np.cumsum([0] + [len(a) for a in starts])
+    polished = []
+    for k, a in enumerate(starts):
+        b = a.copy()
+        b.positions = positions[offsets[k]:offsets[k + 1]]
+        polished.append(b)
+    return polished
+
+
+def diffusion_relax_task(job: DiffusionRelaxJob, model: ModelRef, time_model: ModelRef | None = None) -> TaskResult:
+    """Stored molecules relaxed together by reverse diffusion (MoreRed), each with its own predicted time and its own
+    stopping step; the predicted step before every reverse step, the step count and subsampled frames come back."""
+    import torch
+
+    from atomscreen.diffusion.relax import relax
+
+    t0 = time.perf_counter()
+    _use_worker_threads()
+    device = _device()
+    denoiser, schedule = _model(model, device)
+    timer = _model(time_model, device)[0] if time_model is not None else None
+    starts = [s.to_atoms() for s in job.structures]
+    species, x, mol = _batched(starts, denoiser, device)
+    seeds = torch.tensor([molecule_seed(job.seed, s.parent_id) for s in job.structures], device=device)
+    out = relax(denoiser, schedule, species, mol, job.count, x, method=job.method, seeds=seeds,
+                max_steps=job.max_steps, stop_at=job.stop_at, time_model=timer, record_every=job.trajectory_every)
+    positions, mol_np = out.positions.cpu().numpy(), mol.cpu().numpy()
+    frames = [(step, f.cpu().numpy()) for step, f in out.frames]
+    times = out.times.cpu().numpy()
+    results = []
+    for k, (s, a) in enumerate(zip(job.structures, starts)):
+        atoms = mol_np == k
+        steps, converged = int(out.steps[k]), bool(out.converged[k])
+        predicted = [int(t) for t in times[:, k] if t >= 0]
+        info = {"sampler": job.method, "reverse_steps": steps, "converged": converged, "t0": predicted[0],
+                "predicted_steps": predicted,
+                "displacement_rmsd": float(np.sqrt(((positions[atoms] - a.positions) ** 2).sum(1).mean()))}
+        if out.final_time is not None:
+            info["final_t"] = int(out.final_time[k])
+        results.append(StructureOut(np.asarray(a.numbers), positions[atoms], np.asarray(a.cell.array),
+                                    np.asarray(a.pbc), None, None, steps,
+                                    RelaxStatus.CONVERGED if converged else RelaxStatus.NOT_CONVERGED,
+                                    trajectory=_own_trajectory(frames, atoms, steps, positions[atoms]),
+                                    parent_id=s.parent_id, info=info))
+    return TaskResult(time.perf_counter() - t0, results, device=device)
 
 
 def validity_task(job: ValidityJob, model: ModelRef | None = None) -> TaskResult:
@@ -240,22 +334,13 @@ def _numbers(counts: dict[str, int]) -> list[int]:
 
 def _generated(job: DiffusionJob, numbers: np.ndarray, mol: np.ndarray, out) -> list[StructureOut]:
     """One StructureOut per generated molecule: positions, status, reverse steps, frames (no energies)."""
-    from atomscreen.relax.trajectory import Trajectory
-
     positions = out.positions.cpu().numpy()
     frames = [(step, x.cpu().numpy()) for step, x in out.frames]
     results = []
     for k in range(job.count):
         atoms = mol == k
         steps, converged = int(out.steps[k]), bool(out.converged[k])
-        trajectory = None
-        if frames:
-            kept = [(s, x[atoms]) for s, x in frames if s <= steps]
-            if kept[-1][0] != steps:  # the molecule stopped between two recorded frames: its last positions
-                kept.append((steps, positions[atoms]))
-            trajectory = Trajectory(np.array([s for s, _ in kept]), np.full(len(kept), np.nan),
-                                    np.full(len(kept), np.nan), np.stack([x for _, x in kept]),
-                                    np.zeros((len(kept), 3, 3)))
+        trajectory = _own_trajectory(frames, atoms, steps, positions[atoms])
         info = {"sampler": job.sampler, "reverse_steps": steps, "converged": converged}
         if out.final_time is not None:
             info["final_t"] = int(out.final_time[k])
@@ -265,7 +350,22 @@ def _generated(job: DiffusionJob, numbers: np.ndarray, mol: np.ndarray, out) -> 
     return results
 
 
+def _own_trajectory(frames, atoms: np.ndarray, steps: int, last: np.ndarray):
+    """One molecule's frames of a batched reverse run (those up to its own stopping step, then its last positions),
+    without energies; None if nothing was recorded."""
+    from atomscreen.relax.trajectory import Trajectory
+
+    if not frames:
+        return None
+    kept = [(s, x[atoms]) for s, x in frames if s <= steps]
+    if kept[-1][0] != steps:  # the molecule stopped between two recorded frames: its last positions
+        kept.append((steps, last))
+    return Trajectory(np.array([s for s, _ in kept]), np.full(len(kept), np.nan), np.full(len(kept), np.nan),
+                      np.stack([x for _, x in kept]), np.zeros((len(kept), 3, 3)))
+
+
 TASKS: dict[TaskKind, Callable[..., TaskResult]] = {
     TaskKind.RSS: rss_task, TaskKind.REFERENCE: reference_task, TaskKind.RESCORE: rescore_task,
     TaskKind.VALIDITY: validity_task, TaskKind.DIFFUSION: diffusion_task,
+    TaskKind.DIFFUSION_RELAX: diffusion_relax_task,
 }

@@ -35,8 +35,8 @@ class SCFNotConverged(AtomscreenError, RuntimeError):
 class PySCFCalculator(Calculator):
     """ASE calculator: PySCF RKS/UKS (or RHF/UHF for xc 'hf') on an isolated molecule. Energies eV, forces eV/Å;
     spin is 2S (default: 0 for an even electron count, else 1); cartesian: d shells as Gaussian would (None) or
-    forced; density_fit: Coulomb and exchange from PySCF's default auxiliary basis (2x faster with
-    forces; measured error 5 meV on C7H9NO at 6-31G*, 0.03 meV on water). The converged density seeds the next geometry."""
+    forced; density_fit: Coulomb and exchange from PySCF's default auxiliary basis (2x faster with forces; measured
+    error 5 meV on C7H9NO at 6-31G*, 0.03 meV on water). The converged density seeds the next geometry."""
 
     implemented_properties = ["energy", "forces"]
 

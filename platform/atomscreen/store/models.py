@@ -177,7 +177,7 @@ class Structure(Base):
     representative_id: Mapped[Optional[int]] = mapped_column(ForeignKey("structure.id", ondelete="SET NULL"),
                                                              index=True)
     origin: Mapped[str] = mapped_column(String(32), index=True)
-    sampler: Mapped[Optional[str]] = mapped_column(String(32), index=True)  # diffusion: ddpm, morered-jt, morered-as
+    sampler: Mapped[Optional[str]] = mapped_column(String(32), index=True)  # ddpm, morered-itp/-as/-jt
     model_id: Mapped[Optional[int]] = mapped_column(ForeignKey("model.id"), index=True)  # the model that made it
     n_atoms: Mapped[int] = mapped_column(Integer)
     # pbc along the three cell vectors as 'T'/'F' characters, e.g. 'TTT' or 'FFF'

@@ -138,6 +138,17 @@ def structure_ids(session: Session, campaign_id: int, origins: Sequence[str], *,
     return list(session.scalars(query.order_by(Structure.id)))
 
 
+def children(session: Session, campaign_id: int, origin: str) -> dict[int, int]:
+    """parent id -> id of the campaign's structure of ``origin`` made from it (the first, if several)."""
+    query = select(Structure.parent_id, Structure.id).where(Structure.campaign_id == campaign_id,
+                                                            Structure.origin == origin,
+                                                            Structure.parent_id.is_not(None))
+    out: dict[int, int] = {}
+    for parent, sid in session.execute(query.order_by(Structure.id)):
+        out.setdefault(parent, sid)
+    return out
+
+
 def top_candidates(session: Session, campaign_id: int, *, method: str | None = None, top_k: int | None = None,
                    order: str = "score") -> list[int]:
     """Ids of the best ``top_k`` unique structures per composition by ``method`` (every method if None): the one

@@ -138,4 +138,9 @@ class ReportRows:
     failures: list[tuple[int, str, str]]  # (id, method, error)
     task_times: dict[str, float]  # formula (task group) -> summed wall time, s
     checks: list[dict[str, Any]]  # molecule_check rows as dicts
-    generated_converged: dict[int, bool] = field(default_factory=dict)  # diffusion: predicted step reached 0
+    generated_converged: dict[int, bool] = field(default_factory=dict)  # diffusion(_relax): predicted step reached 0
+    # diffusion_relax: id -> reverse_steps, converged, t0 (first predicted step), displacement_rmsd (Å)
+    relaxed: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # re-scored after a polish: id -> polish_steps, polish_rmsd, steps and energy (eV) of the calculator's relaxation
+    # from the polished geometry, and unpolished_steps / unpolished_energy / unpolished_status from the unpolished one
+    polished: dict[int, dict[str, Any]] = field(default_factory=dict)

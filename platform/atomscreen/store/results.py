@@ -121,8 +121,11 @@ def report_rows(session: Session, campaign: str) -> ReportRows:
         select(Structure.id, Structure.origin, Structure.parent_id, Composition.formula, Composition.reduced_formula,
                Structure.sampler)
         .join(Composition, Composition.id == Structure.composition_id).where(Structure.campaign_id == cid)).all()
-    generated = session.execute(select(Structure.id, Structure.info).where(Structure.campaign_id == cid,
-                                                                           Structure.origin == "diffusion")).all()
+    generated = session.execute(select(Structure.id, Structure.origin, Structure.info).where(
+        Structure.campaign_id == cid, Structure.origin.in_(("diffusion", "diffusion_relax")))).all()
+    polished = session.execute(select(Structure.id, Structure.info, Energy.total, Energy.n_steps)
+                               .join(Energy, Energy.structure_id == Structure.id)
+                               .where(Structure.campaign_id == cid, Structure.origin == "rescore")).all()
     energies = session.execute(select(Energy.structure_id, Energy.method, Energy.per_atom, Energy.converged)
                                .join(Structure, Structure.id == Energy.structure_id)
                                .where(Structure.campaign_id == cid))
@@ -149,4 +152,10 @@ def report_rows(session: Session, campaign: str) -> ReportRows:
         rankings=[tuple(r) for r in rankings], matches={sid: (name, rank) for sid, name, rank in matches},
         failures=[tuple(f) for f in failures], task_times=times,
         checks=[{c.name: getattr(check, c.name) for c in MoleculeCheck.__table__.columns} for check in checks],
-        generated_converged={sid: info.get("relax_status") == "converged" for sid, info in generated})
+        generated_converged={sid: info.get("relax_status") == "converged" for sid, _, info in generated},
+        relaxed={sid: {k: info.get(k) for k in ("reverse_steps", "converged", "t0", "displacement_rmsd")}
+                 for sid, origin, info in generated if origin == "diffusion_relax"},
+        polished={sid: {"polish_steps": info["polish_steps"], "polish_rmsd": info.get("polish_rmsd"), "steps": steps,
+                        "energy": total, **{k: info.get(k) for k in ("unpolished_steps", "unpolished_energy",
+                                                                     "unpolished_status")}}
+                  for sid, info, total, steps in polished if (info or {}).get("polish_steps")})

@@ -90,7 +90,8 @@ def _structure_row(atoms: Atoms, composition_id: int, origin: str, **columns: An
                      pbc="".join("T" if p else "F" for p in pbc), numbers=np.asarray(atoms.numbers),
                      positions=np.asarray(atoms.positions), cell=np.asarray(atoms.cell.array),
                      volume_per_atom=float(atoms.get_volume() / len(atoms)) if pbc.all() else None,
-                     sampler=atoms.info.get("sampler") if origin == "diffusion" else None, info=_info(atoms),
+                     sampler=atoms.info.get("sampler") if origin in ("diffusion", "diffusion_relax") else None,
+                     info=_info(atoms),
                      **columns)
 
 
