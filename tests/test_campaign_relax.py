@@ -18,7 +18,7 @@ from atomscreen.compute.tasks import molecule_seed
 from atomscreen.diffusion.checkpoint import DenoiserCheckpoint
 from atomscreen.diffusion.relax import relax
 from atomscreen.evaluate.calculators import method_name
-from atomscreen.store import make_engine, report_rows, transaction, trajectory
+from atomscreen.store import make_engine, report_rows, trajectory, transaction
 from atomscreen.store.models import CalculationFailure, Campaign, MoleculeCheck, Structure, Task
 
 DENOISER = REPO / "models" / "diffusion_qm9.pt"
@@ -100,6 +100,40 @@ def test_a_campaign_relaxes_generated_molecules_by_morered_and_polishes_before_x
     assert "relaxed:morered-jt" in printed  # the relaxed molecules' validity rows
 
 
+def test_platform_relax_relaxes_chosen_stored_molecules_once(tmp_path, capsys):
+    """`platform relax` on molecules of a FIRE-only campaign: children equal to the science function's result, a second
+    run adds nothing, and bad requests are named."""
+    db = f"sqlite:///{tmp_path / 'p.db'}"
+    path = _campaign(tmp_path, name="plain", relaxation={"max_steps": 60}, rescore=None, validity=None,
+                     generators={"rss": {"samples_per_composition": 2, "periodic": False, "box": [10.0, 5.0, 5.0],
+                                         "min_separation": 0.7}})
+    assert main(["submit", str(path), "--db", db, "--quiet", "--dashboard-address", ":0"]) == 0
+    engine = make_engine(db)
+    with transaction(engine) as session:
+        ids = sorted(session.scalars(select(Structure.id).where(Structure.origin == "rss")))
+    command = ["relax", "plain", "--structures", *map(str, ids), "--method", "morered_itp", "--model", "den",
+               "--max-steps", "30", "--seed", "4", "--db", db]
+    assert main(command) == 0
+    assert main(command) == 0  # again: already relaxed, nothing added
+    printed = capsys.readouterr().out
+    assert "stored 2 relaxed molecule(s)" in printed and "2 molecule(s) already relaxed" in printed
+    with transaction(engine) as session:
+        children = session.scalars(select(Structure).where(Structure.origin == "diffusion_relax")).all()
+        assert sorted(c.parent_id for c in children) == ids and {c.sampler for c in children} == {"morered-itp"}
+        parent = session.get(Structure, ids[0])
+        child = next(c for c in children if c.parent_id == ids[0])
+        model, schedule = DenoiserCheckpoint.load(DENOISER).build()
+        alone = relax(model, schedule, model.species(torch.tensor(parent.numbers)),
+                      torch.zeros(parent.n_atoms, dtype=torch.long), 1, torch.tensor(parent.positions),
+                      method="morered-itp", seeds=torch.tensor([molecule_seed(4, parent.id)]), max_steps=30)
+        assert torch.allclose(alone.positions, torch.tensor(child.positions), atol=1e-5)
+        assert child.info["t0"] == int(alone.times[0, 0]) and child.info["reverse_steps"] == int(alone.steps[0])
+    for structure, model, message in [("99999", "den", "not in campaign"), (str(ids[0]), "default", "of kind"),
+                                      (str(ids[0]), "nope", "neither a model")]:
+        assert main(["relax", "plain", "--structures", structure, "--model", model, "--db", db]) == 1
+        assert message in capsys.readouterr().err
+
+
 def test_relaxation_and_polish_settings_are_checked_before_anything_is_written(tmp_path, capsys):
     db = f"sqlite:///{tmp_path / 'bad.db'}"
     bad = [({"relaxation": {"method": "morered_jt"}}, "needs model"),
@@ -123,7 +157,8 @@ def test_dft_failures_are_recorded_per_structure_and_the_campaign_goes_on(tmp_pa
                                                       "box": [10.0, 5.0, 5.0], "min_separation": 0.7}},
                "models": {}, "relaxation": {"fmax": 0.05, "max_steps": 200},
                "rescore": {"method": "dft", "top_k": 2, **rescore}, "validity": {"timeout_s": 60}}
-    assert main(["submit", str(_campaign(tmp_path, **changes)), "--db", db, "--quiet", "--dashboard-address", ":0"]) == 0
+    path = _campaign(tmp_path, **changes)
+    assert main(["submit", str(path), "--db", db, "--quiet", "--dashboard-address", ":0"]) == 0
     with transaction(make_engine(db)) as session:
         failures = session.scalars(select(CalculationFailure)).all()
         assert len(failures) == 2  # both candidates

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from ase.build import bulk, molecule
@@ -13,7 +14,9 @@ from atomscreen.campaign import DiffusionSpec, parse_campaign
 from atomscreen.compute import plan
 from atomscreen.jobs import (
     JOB_TYPES,
+    DiffusionRelaxJob,
     KickSettings,
+    PolishSettings,
     ReferenceJob,
     RescoreJob,
     RssJob,
@@ -22,10 +25,12 @@ from atomscreen.jobs import (
     ValidityJob,
     from_json,
     to_json,
+    worker_models,
 )
 from atomscreen.relax.ase_relax import CalcSettings
 from atomscreen.relax.loop import RelaxSettings
 
+DENOISER = Path(__file__).resolve().parents[1] / "models" / "diffusion_qm9.pt"
 SPEC = {
     "name": "c", "seed": 7, "compositions": ["C2", "Si2C"],
     "model": {"train": {"dataset": {"format": "ase-collection", "name": "g2"}}},
@@ -48,7 +53,13 @@ def _jobs():
     validity = [t.job for t in plan.validity_tasks(spec, [water], 0)]
     block = DiffusionSpec(sampler="morered-as", time_model="t", samples_per_composition=3, batch_size=2, max_steps=9)
     diffusion = [t.job for t in plan.diffusion_tasks(spec, block)]
-    return rss + reference + rescore + validity + diffusion
+    molecules = parse_campaign({**SPEC, "models": {"den": {"kind": "denoiser", "checkpoint": str(DENOISER)}},
+                                "relaxation": {"method": "morered_as", "model": "den", "time_model": "den",
+                                               "stop_at": 2, "batch_size": 3},
+                                "rescore": {"method": "xtb", "polish": {"model": "den", "steps": 50}}}, source="test")
+    relaxed = [t.job for t in plan.diffusion_relax_tasks(molecules, [water])]
+    polished = [t.job for t in plan.rescore_tasks(molecules, [("H2O", 12, water)])]
+    return rss + reference + rescore + validity + diffusion + relaxed + polished
 
 
 def test_every_job_kind_round_trips_through_json():
@@ -68,7 +79,12 @@ def test_jobs_carry_the_science_settings_in_science_units():
     assert rss.random.min_separation == {"C-C": 1.2, "C-Si": 1.5, "Si-Si": 2.0}
     rescore = next(j for j in _jobs() if isinstance(j, RescoreJob))
     assert isinstance(rescore.settings, CalcSettings) and rescore.settings.pressure == pytest.approx(3.0 * GPa)
-    assert rescore.timeout_s == 9.5 and rescore.options == {"accuracy": 0.5}
+    assert rescore.timeout_s == 9.5 and rescore.options == {"accuracy": 0.5} and rescore.polish is None
+    relaxed = next(j for j in _jobs() if isinstance(j, DiffusionRelaxJob))
+    assert (relaxed.method, relaxed.max_steps, relaxed.stop_at, relaxed.seed) == ("morered-as", 1000, 2, 7)
+    assert relaxed.structures[0].parent_id == 12 and worker_models(relaxed) == ("den", "den")
+    polished = [j for j in _jobs() if isinstance(j, RescoreJob)][-1]
+    assert polished.polish == PolishSettings("den", 50, True, 7) and worker_models(polished) == ("den",)
 
 
 def test_payloads_stored_before_the_contract_decode_to_the_same_jobs():

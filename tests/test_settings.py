@@ -14,6 +14,7 @@ from ase.units import GPa
 from atomscreen.campaign import (
     DiffusionSpec,
     KickSpec,
+    PolishSpec,
     RelaxationSpec,
     RescoreSpec,
     RSSSpec,
@@ -86,6 +87,22 @@ DIFFUSION_FIELDS = {
     "generators.diffusion.seed": (77, 77, lambda j: j.seed),
     "generators.diffusion.stop_at": (5, 5, lambda j: j.stop_at),
 }
+RELAX_FIELDS = {  # a molecule campaign relaxing by MoreRed (base: morered_jt on 'den')
+    "relaxation.method": ("morered_itp", "morered-itp", lambda j: j.method),
+    "relaxation.model": ("den2", "den2", lambda j: j.model),
+    "relaxation.time_model": ("den2", "den2", lambda j: j.time_model),
+    "relaxation.max_steps": (321, 321, lambda j: j.max_steps),
+    "relaxation.stop_at": (4, 4, lambda j: j.stop_at),
+    "relaxation.batch_size": (1, 1, lambda j: j.count),
+    "relaxation.trajectory_every": (6, 6, lambda j: j.trajectory_every),
+}
+POLISH_FIELDS = {
+    "rescore.polish": ({"model": "den"}, ("den", 20, True), lambda j: (j.polish.model, j.polish.steps,
+                                                                       j.polish.compare)),
+    "rescore.polish.model": ("den2", "den2", lambda j: j.polish.model),
+    "rescore.polish.steps": (50, 50, lambda j: j.polish.steps),
+    "rescore.polish.compare": (False, False, lambda j: j.polish.compare),
+}
 DRIVER_ONLY = {  # used where the driver plans, not inside a task
     "generators.rss.name": "names the block's task keys",
     "rescore.top_k": "chooses the candidates to re-score",
@@ -96,11 +113,12 @@ DRIVER_ONLY = {  # used where the driver plans, not inside a task
 }
 BLOCKS = {"relaxation": RelaxationSpec, "generators.rss": RSSSpec, "generators.rss.kick": KickSpec,
           "generators.rss.stages": StageSpec, "rescore": RescoreSpec, "validity": ValiditySpec,
-          "generators.diffusion": DiffusionSpec}
+          "generators.diffusion": DiffusionSpec, "rescore.polish": PolishSpec}
 
 
 def test_every_task_setting_is_mapped_to_its_job_or_listed_as_driver_only():
     known = set(RSS_FIELDS) | set(RESCORE_FIELDS) | set(VALIDITY_FIELDS) | set(DIFFUSION_FIELDS) | set(DRIVER_ONLY)
+    known |= set(RELAX_FIELDS) | set(POLISH_FIELDS)
     fields = {f"{path}.{name}" for path, block in BLOCKS.items() for name in block.model_fields}
     assert fields - known == set(), "a new campaign setting must reach its job (or be listed as driver-only)"
 
@@ -150,6 +168,45 @@ def test_rescoring_settings_reach_the_rescore_jobs(path):
     (task,) = plan.rescore_tasks(spec, [("C2", 1, bulk("C", "diamond", a=3.57))])
     job = _as_stored(task.job)
     assert read(job) == pytest.approx(expected) if isinstance(expected, float) else read(job) == expected
+
+
+DENOISER = str(Path(__file__).resolve().parents[1] / "models" / "diffusion_qm9.pt")
+
+
+def _molecule_spec(path: str, value):
+    data = json.loads(json.dumps(BASE))
+    data["models"] = {name: {"kind": "denoiser", "checkpoint": DENOISER} for name in ("den", "den2")}
+    data["relaxation"] = {"method": "morered_jt", "model": "den"}
+    data["rescore"] = {"method": "xtb", "polish": {"model": "den"}}
+    if path == "relaxation.time_model":
+        data["relaxation"]["method"] = "morered_as"
+    *parents, leaf = path.split(".")
+    node = data
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+    return parse_campaign(data, source=path)
+
+
+@pytest.mark.parametrize("path", sorted(RELAX_FIELDS))
+def test_diffusion_relaxation_settings_reach_the_relaxation_jobs(path):
+    from ase.build import molecule
+
+    value, expected, read = RELAX_FIELDS[path]
+    molecules = [molecule("H2O"), molecule("H2O")]
+    for k, a in enumerate(molecules):
+        a.info.update(structure_id=k + 1, formula="H2O")
+    tasks = plan.diffusion_relax_tasks(_molecule_spec(path, value), molecules)
+    assert read(_as_stored(tasks[0].job)) == expected
+
+
+@pytest.mark.parametrize("path", sorted(POLISH_FIELDS))
+def test_polish_settings_reach_the_rescore_jobs(path):
+    from ase.build import molecule
+
+    value, expected, read = POLISH_FIELDS[path]
+    (task,) = plan.rescore_tasks(_molecule_spec(path, value), [("H2O", 1, molecule("H2O"))])
+    assert read(_as_stored(task.job)) == expected
 
 
 def test_validity_settings_reach_the_validity_jobs():

@@ -1,4 +1,4 @@
-"""Database and model commands: db upgrade/downgrade/current, train, match, trajectory-energies."""
+"""Database and model commands: db upgrade/downgrade/current, train, match, trajectory-energies, relax."""
 
 from __future__ import annotations
 
@@ -40,6 +40,47 @@ def add_commands(commands) -> None:
     train.set_defaults(func=cmd_train)
     _add_match(commands)
     _add_trajectory_energies(commands)
+    _add_relax(commands)
+
+
+def _add_relax(commands) -> None:
+    relax = commands.add_parser("relax", help="relax stored molecules by reverse diffusion (MoreRed ITP / AS / JT)")
+    relax.add_argument("name", help="the campaign")
+    which = relax.add_mutually_exclusive_group(required=True)
+    which.add_argument("--structures", type=int, nargs="+", metavar="ID", help="structure ids")
+    which.add_argument("--origin", help="every molecule of this origin that did not explode (e.g. rss, diffusion, "
+                                        "rescore, import)")
+    relax.add_argument("--method", default="morered_jt", choices=["morered_itp", "morered_as", "morered_jt"])
+    relax.add_argument("--model", required=True, help="a denoiser of the campaign (its name under models:) or a "
+                                                      "denoiser checkpoint file")
+    relax.add_argument("--time-model", help="morered_itp / morered_as: a separate time predictor (default: the "
+                                            "denoiser's own time head)")
+    relax.add_argument("--max-steps", type=int, default=1000, help="reverse-step cap (MoreRed: 1000)")
+    relax.add_argument("--stop-at", type=int, default=0, help="converged when the rounded predicted step is <= this")
+    relax.add_argument("--trajectory-every", type=int, default=10, help="reverse steps between stored frames")
+    relax.add_argument("--batch-size", type=int, default=64, help="molecules relaxed together")
+    relax.add_argument("--seed", type=int, help="default: the campaign's seed")
+    add_db_option(relax)
+    relax.set_defaults(func=cmd_relax)
+
+
+def cmd_relax(args: argparse.Namespace) -> int:
+    """Relax stored molecules by reverse diffusion and store them as children (origin diffusion_relax)."""
+    from atomscreen.compute.relax_stored import relax_stored, structures_of_origin
+
+    engine = campaign_engine(args)
+    ids = args.structures or structures_of_origin(engine, args.name, args.origin)
+    outcome = relax_stored(engine, args.name, ids, method=args.method, model=args.model, time_model=args.time_model,
+                           max_steps=args.max_steps, stop_at=args.stop_at, trajectory_every=args.trajectory_every,
+                           seed=args.seed, batch_size=args.batch_size,
+                           progress=lambda done, total: out.print(f"relaxed {done}/{total}"))
+    if outcome.skipped:
+        out.print(f"{len(outcome.skipped)} molecule(s) already relaxed by {args.method} on this model: skipped")
+    if outcome.new_ids:
+        out.print(f"stored {len(outcome.new_ids)} relaxed molecule(s) (origin diffusion_relax, ids "
+                  f"{outcome.new_ids[0]}..{outcome.new_ids[-1]}); {outcome.converged} reached the stopping step "
+                  f"within {args.max_steps}")
+    return 0
 
 
 def _add_match(commands) -> None:

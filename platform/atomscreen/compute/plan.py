@@ -214,19 +214,31 @@ def diffusion_relax_tasks(spec: CampaignSpec, molecules: Sequence[Atoms]) -> lis
         raise PlanError(f"relaxation.method {r.method} relaxes molecules by diffusion; generated structures "
                         f"{', '.join(periodic)} are periodic: use method fire, or generate molecules "
                         "(generators.rss.periodic: false)")
+    tasks = []
+    for start, job in diffusion_relax_jobs(molecules, r.diffusion_method, max_steps=r.reverse_max_steps,
+                                           stop_at=r.stop_at, trajectory_every=r.trajectory_every, seed=spec.seed,
+                                           model=r.model, time_model=r.time_model, batch_size=r.batch_size):
+        key = f"diffusion_relax/{job.formula}/{start}"
+        tasks.append(PlannedTask(key, (spec.seed * 1_000_003 + zlib.crc32(key.encode())) % 2**62, job))
+    return tasks
+
+
+def diffusion_relax_jobs(molecules: Sequence[Atoms], method: str, *, max_steps: int, stop_at: int,
+                         trajectory_every: int, seed: int, model: str, time_model: str | None,
+                         batch_size: int) -> list[tuple[int, DiffusionRelaxJob]]:
+    """(start, job) pairs relaxing stored ``molecules`` (ids in info) by ``method``, ``batch_size`` of one formula
+    per job."""
     groups: dict[str, list[Atoms]] = {}
     for a in molecules:
         groups.setdefault(a.info["formula"], []).append(a)
-    tasks = []
+    jobs = []
     for formula, members in sorted(groups.items()):
-        for start in range(0, len(members), r.batch_size):
-            chunk = members[start:start + r.batch_size]
+        for start in range(0, len(members), batch_size):
+            chunk = members[start:start + batch_size]
             structures = tuple(StructureIn.from_atoms(a, parent_id=a.info["structure_id"]) for a in chunk)
-            job = DiffusionRelaxJob(formula, len(chunk), r.diffusion_method, r.reverse_max_steps, r.stop_at,
-                                    r.trajectory_every, spec.seed, structures, r.model, r.time_model)
-            key = f"diffusion_relax/{formula}/{start}"
-            tasks.append(PlannedTask(key, (spec.seed * 1_000_003 + zlib.crc32(key.encode())) % 2**62, job))
-    return tasks
+            jobs.append((start, DiffusionRelaxJob(formula, len(chunk), method, max_steps, stop_at, trajectory_every,
+                                                  seed, structures, model, time_model)))
+    return jobs
 
 
 def validity_tasks(spec: CampaignSpec, molecules: Sequence[Atoms], first_index: int) -> list[PlannedTask]:

@@ -49,7 +49,14 @@ from atomscreen.store.write import (
     set_qm9_novelty,
     spec_hash,
 )
-from atomscreen.store.write_tasks import add_tasks, claim_tasks, record_task_failure, reset_running, write_task_result
+from atomscreen.store.write_tasks import (
+    add_tasks,
+    claim_tasks,
+    record_task_failure,
+    reset_running,
+    write_structures,
+    write_task_result,
+)
 
 __all__ = [
     "DEFAULT_URL", "CampaignSummary", "ClaimedTask", "EnergyRecord", "MatchRow", "MethodAnalysis", "NewTask",
@@ -60,5 +67,5 @@ __all__ = [
     "make_engine", "model_by_recipe", "normalize_url", "open_payloads", "ranked", "ranked_methods",
     "record_task_failure", "replace_matches", "report_rows", "reset_running", "resolve_url", "set_campaign_status",
     "set_novelty", "set_qm9_novelty", "spec_hash", "structure_ids", "structures", "task_states", "to_atoms",
-    "top_candidates", "trajectory", "transaction", "write_task_result",
+    "top_candidates", "trajectory", "transaction", "write_structures", "write_task_result",
 ]

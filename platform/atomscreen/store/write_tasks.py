@@ -70,19 +70,28 @@ def write_task_result(session: Session, task_id: int, result: TaskResult, *, met
                                       status=c.status, error=c.error, passes_all=c.passes_all, smiles=c.smiles,
                                       atoms_stable=c.atoms_stable, molecule_stable=c.molecule_stable,
                                       wall_time_s=c.wall_time_s, **c.checks) for c in result.checks)
-    kept = [(i, s) for i, s in enumerate(result.structures) if s.status != "failed"]
-    for s in result.structures:
-        if s.status == "failed":
-            session.add(CalculationFailure(campaign_id=task.campaign_id, structure_id=s.parent_id, task_id=task.id,
-                                           method=method, error=s.error or "unknown error", wall_time_s=s.wall_time_s))
-    add_structures(session, [_atoms(s) for _, s in kept], origin=task.kind, campaign_id=task.campaign_id,
-                   task_id=task.id, model_id=model_id, parent_ids=[s.parent_id for _, s in kept],
-                   task_indices=[i for i, _ in kept], spacegroups=[s.spacegroup for _, s in kept],
-                   energies=[_energies(s, method, model_id) for _, s in kept],
-                   trajectories=[[] if s.trajectory is None else
-                                 [TrajectoryRecord.of(method or task.kind, s.trajectory)] for _, s in kept])
+    write_structures(session, task.campaign_id, task.kind, result.structures, method=method, model_id=model_id,
+                     task_id=task.id)
     task.status, task.error, task.finished_at, task.wall_time_s = TaskState.DONE, None, now(), float(result.wall_time_s)
     return len(result.structures) + len(result.checks)
+
+
+def write_structures(session: Session, campaign_id: int, origin: str, outs: Sequence[StructureOut], *,
+                     method: str | None = None, model_id: int | None = None, task_id: int | None = None) -> list[int]:
+    """Store structures as a task returns them (energies under ``method``, trajectories under ``method`` or the
+    origin) and a calculation failure for each failed one; returns the new ids."""
+    kept = [(i, s) for i, s in enumerate(outs) if s.status != "failed"]
+    for s in outs:
+        if s.status == "failed":
+            session.add(CalculationFailure(campaign_id=campaign_id, structure_id=s.parent_id, task_id=task_id,
+                                           method=method, error=s.error or "unknown error", wall_time_s=s.wall_time_s))
+    return add_structures(session, [_atoms(s) for _, s in kept], origin=origin, campaign_id=campaign_id,
+                          task_id=task_id, model_id=model_id, parent_ids=[s.parent_id for _, s in kept],
+                          task_indices=[i for i, _ in kept] if task_id is not None else None,
+                          spacegroups=[s.spacegroup for _, s in kept],
+                          energies=[_energies(s, method, model_id) for _, s in kept],
+                          trajectories=[[] if s.trajectory is None else
+                                        [TrajectoryRecord.of(method or origin, s.trajectory)] for _, s in kept])
 
 
 def _atoms(s: StructureOut) -> Atoms:
