@@ -14,7 +14,7 @@ from sqlalchemy import func, inspect, select
 
 from atomscreen.analysis.report import campaign_report
 from atomscreen.cli import main
-from atomscreen.compute.tasks import molecule_seed
+from atomscreen.compute.diffusion_tasks import molecule_seed
 from atomscreen.diffusion.checkpoint import DenoiserCheckpoint
 from atomscreen.diffusion.relax import relax
 from atomscreen.evaluate.calculators import method_name

@@ -11,11 +11,19 @@ from typing import Callable, Sequence
 from sqlalchemy.engine import Engine
 
 from atomscreen.compute import plan
-from atomscreen.compute.tasks import ModelRef, diffusion_relax_task
+from atomscreen.compute.diffusion_tasks import diffusion_relax_task
+from atomscreen.compute.workers import ModelRef
 from atomscreen.errors import AtomscreenError
 from atomscreen.jobs import Origin
-from atomscreen.store import add_model, campaign_models, get_campaign, structures, transaction, write_structures
-from atomscreen.store.models import Structure
+from atomscreen.store import (
+    add_model,
+    campaign_models,
+    children,
+    get_campaign,
+    structures,
+    transaction,
+    write_structures,
+)
 
 
 class RelaxError(AtomscreenError, ValueError):
@@ -61,8 +69,28 @@ def relax_stored(engine: Engine, campaign: str, structure_ids: Sequence[int], *,
                  progress: Callable[[int, int], None] = lambda done, total: None) -> RelaxOutcome:
     """Relax the campaign's molecules ``structure_ids`` by ``method`` (morered_itp / morered_as / morered_jt) on the
     denoiser ``model``; seeds default to the campaign's, each molecule's noise keyed by its id."""
-    from sqlalchemy import select
+    name = _method(method, time_model, max_steps, stop_at)
+    campaign_id, spec_seed, found = _molecules(engine, campaign, structure_ids)
+    model_id, ref = _denoiser(engine, campaign_id, model)
+    timer = _denoiser(engine, campaign_id, time_model)[1] if time_model is not None else None
+    with transaction(engine) as session:
+        skipped = children(session, campaign_id, Origin.DIFFUSION_RELAX, parents=structure_ids, sampler=name,
+                           model_id=model_id)
+    todo = [found[i] for i in dict.fromkeys(structure_ids) if i not in skipped]
+    jobs = plan.diffusion_relax_jobs(todo, name, max_steps=max_steps, stop_at=stop_at,
+                                     trajectory_every=trajectory_every, seed=spec_seed if seed is None else seed,
+                                     model=model, time_model=time_model, batch_size=batch_size)
+    outs = []
+    for _, job in jobs:
+        outs += diffusion_relax_task(job, ref, timer).structures
+        progress(len(outs), len(todo))
+    with transaction(engine) as session:  # all or nothing
+        new_ids = write_structures(session, campaign_id, Origin.DIFFUSION_RELAX, outs, model_id=model_id)
+    return RelaxOutcome(new_ids, sum(o.info["converged"] for o in outs), skipped)
 
+
+def _method(method: str, time_model: str | None, max_steps: int, stop_at: int) -> str:
+    """The science name of ``method`` (morered_jt -> morered-jt), after checking the settings that go with it."""
     from atomscreen.diffusion.relax import METHODS
 
     name = method.replace("_", "-")
@@ -72,6 +100,12 @@ def relax_stored(engine: Engine, campaign: str, structure_ids: Sequence[int], *,
         raise RelaxError("--time-model goes with morered_itp or morered_as; morered_jt reads the denoiser's own time")
     if max_steps < 1 or stop_at < 0:
         raise RelaxError(f"--max-steps must be >= 1 and --stop-at >= 0, got {max_steps} and {stop_at}")
+    return name
+
+
+def _molecules(engine: Engine, campaign: str, structure_ids: Sequence[int]):
+    """(campaign id, campaign seed, {id: Atoms}) of the chosen molecules, which must be the campaign's and not
+    periodic."""
     with transaction(engine) as session:
         row = get_campaign(session, campaign)
         if row is None:
@@ -84,24 +118,7 @@ def relax_stored(engine: Engine, campaign: str, structure_ids: Sequence[int], *,
     periodic = [i for i in structure_ids if found[i].pbc.any()]
     if periodic:
         raise RelaxError(f"structures {periodic} are periodic: relaxation by diffusion treats molecules")
-    model_id, ref = _denoiser(engine, campaign_id, model)
-    timer = _denoiser(engine, campaign_id, time_model)[1] if time_model is not None else None
-    with transaction(engine) as session:
-        query = select(Structure.parent_id, Structure.id).where(
-            Structure.campaign_id == campaign_id, Structure.origin == Origin.DIFFUSION_RELAX,
-            Structure.sampler == name, Structure.model_id == model_id, Structure.parent_id.in_(list(structure_ids)))
-        skipped = dict(session.execute(query).all())
-    todo = [found[i] for i in dict.fromkeys(structure_ids) if i not in skipped]
-    jobs = plan.diffusion_relax_jobs(todo, name, max_steps=max_steps, stop_at=stop_at,
-                                     trajectory_every=trajectory_every, seed=spec_seed if seed is None else seed,
-                                     model=model, time_model=time_model, batch_size=batch_size)
-    outs = []
-    for _, job in jobs:
-        outs += diffusion_relax_task(job, ref, timer).structures
-        progress(len(outs), len(todo))
-    with transaction(engine) as session:  # all or nothing
-        new_ids = write_structures(session, campaign_id, Origin.DIFFUSION_RELAX, outs, model_id=model_id)
-    return RelaxOutcome(new_ids, sum(o.info["converged"] for o in outs), skipped)
+    return campaign_id, spec_seed, found
 
 
 def structures_of_origin(engine: Engine, campaign: str, origin: str) -> list[int]:

@@ -2,7 +2,8 @@
 
 Same job and model, same result; they never open the database. Models arrive
 as :class:`ModelRef` (scattered to every worker once) and are built once per
-worker process, cached by the sha256 of their weights.
+worker process, cached by the sha256 of their weights (workers.py); the
+diffusion tasks live in diffusion_tasks.py.
 """
 
 from __future__ import annotations
@@ -10,17 +11,16 @@ from __future__ import annotations
 import dataclasses
 import time
 import warnings
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 import spglib
 
 from atomscreen.atoms.random import random_structure
+from atomscreen.compute.diffusion_tasks import diffusion_relax_task, diffusion_task, polished_molecules
+from atomscreen.compute.workers import ModelRef, _device, _model, _use_worker_threads, worker_threads
 from atomscreen.jobs import (
     CheckOut,
-    DiffusionJob,
-    DiffusionRelaxJob,
     ReferenceJob,
     RescoreJob,
     RssJob,
@@ -31,63 +31,8 @@ from atomscreen.jobs import (
 )
 from atomscreen.relax.trajectory import RelaxStatus
 
-_MODELS: dict[tuple[str, str], Any] = {}
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """What a worker needs to rebuild a stored model (an RM potential, or a denoiser with its schedule)."""
-
-    sha256: str
-    config: dict[str, Any]
-    weights: bytes
-    kind: str = "rm_potential"
-    schedule: dict[str, Any] | None = None  # denoisers
-
-
-def _device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _model(ref: ModelRef, device: str):
-    key = (ref.sha256, device)
-    if key not in _MODELS:
-        import torch
-
-        if ref.kind == "denoiser":
-            from atomscreen.diffusion.checkpoint import load_denoiser
-            from atomscreen.diffusion.schedule import schedule_from_dict
-
-            _MODELS[key] = (load_denoiser(ref.config, ref.weights, device=device), schedule_from_dict(ref.schedule))
-        else:
-            from atomscreen.potentials.train import load_model
-
-            _MODELS[key] = load_model(ref.config, ref.weights, dtype=torch.float64, device=device)
-    return _MODELS[key]
-
-
-def worker_threads() -> int:
-    """The Dask worker's thread count (1 off a worker); torch uses as many (one process per worker)."""
-    try:
-        from distributed import get_worker
-
-        return max(1, get_worker().state.nthreads)
-    except ValueError:  # not on a Dask worker
-        return 1
-
-
-def _use_worker_threads() -> None:
-    """On a Dask worker, torch gets the worker's thread count (no oversubscription); elsewhere it is left alone."""
-    import torch
-
-    try:
-        from distributed import get_worker
-
-        torch.set_num_threads(max(1, get_worker().state.nthreads))
-    except ValueError:  # not on a Dask worker
-        pass
+__all__ = ["TASKS", "ModelRef", "diffusion_relax_task", "diffusion_task", "reference_task", "rescore_task", "rss_task",
+           "spacegroup_number", "structure_rng", "validity_task", "worker_threads"]
 
 
 def structure_rng(job: RssJob, k: int, round_: int | None = None, *, stage: int | None = None) -> np.random.Generator:
@@ -203,7 +148,7 @@ def rescore_task(job: RescoreJob, model: ModelRef | None = None) -> TaskResult:
     if job.polish is not None:
         if model is None:
             raise ValueError("a re-scoring job with polish needs its denoiser")
-        polished = _polished(job, starts, model, device)
+        polished = polished_molecules(job, starts, model, device)
         if job.polish.compare:
             for info, r in zip(infos, calculate(starts)):
                 info.update(unpolished_steps=r.n_steps, unpolished_status=str(r.status),
@@ -218,80 +163,6 @@ def rescore_task(job: RescoreJob, model: ModelRef | None = None) -> TaskResult:
     return TaskResult(time.perf_counter() - t0, out, device=device)
 
 
-def molecule_seed(seed: int, structure_id: int) -> int:
-    """The reverse-noise seed of one stored molecule: the same in any batch, task split or re-run."""
-    return (seed * 1_000_003 + structure_id) % 2**62
-
-
-def _batched(atoms_list, denoiser, device):
-    """(species, positions [N, 3] float64, molecule index) of molecules for the denoiser."""
-    import torch
-
-    numbers = torch.tensor(np.concatenate([a.numbers for a in atoms_list]), device=device)
-    x = torch.tensor(np.concatenate([a.positions for a in atoms_list]), dtype=torch.float64, device=device)
-    sizes = torch.tensor([len(a) for a in atoms_list], device=device)
-    mol = torch.repeat_interleave(torch.arange(len(atoms_list), device=device), sizes)
-    return denoiser.species(numbers), x, mol
-
-
-def _polished(job: RescoreJob, starts, model: ModelRef, device: str):
-    """The candidates after the last ``polish.steps`` reverse steps (Rothchild et al.), atom types and cells kept."""
-    import torch
-
-    from atomscreen.diffusion.relax import polish
-
-    denoiser, schedule = _model(model, device)
-    species, x, mol = _batched(starts, denoiser, device)
-    seeds = torch.tensor([molecule_seed(job.polish.seed, s.parent_id or 0) for s in job.structures], device=device)
-    out = polish(denoiser, schedule, species, mol, len(starts), x, steps=job.polish.steps, seeds=seeds)
-    positions = out.positions.cpu().numpy()
-    offsets = np.cumsum([0] + [len(a) for a in starts])
-    polished = []
-    for k, a in enumerate(starts):
-        b = a.copy()
-        b.positions = positions[offsets[k]:offsets[k + 1]]
-        polished.append(b)
-    return polished
-
-
-def diffusion_relax_task(job: DiffusionRelaxJob, model: ModelRef, time_model: ModelRef | None = None) -> TaskResult:
-    """Stored molecules relaxed together by reverse diffusion (MoreRed), each with its own predicted time and its own
-    stopping step; the predicted step before every reverse step, the step count and subsampled frames come back."""
-    import torch
-
-    from atomscreen.diffusion.relax import relax
-
-    t0 = time.perf_counter()
-    _use_worker_threads()
-    device = _device()
-    denoiser, schedule = _model(model, device)
-    timer = _model(time_model, device)[0] if time_model is not None else None
-    starts = [s.to_atoms() for s in job.structures]
-    species, x, mol = _batched(starts, denoiser, device)
-    seeds = torch.tensor([molecule_seed(job.seed, s.parent_id) for s in job.structures], device=device)
-    out = relax(denoiser, schedule, species, mol, job.count, x, method=job.method, seeds=seeds,
-                max_steps=job.max_steps, stop_at=job.stop_at, time_model=timer, record_every=job.trajectory_every)
-    positions, mol_np = out.positions.cpu().numpy(), mol.cpu().numpy()
-    frames = [(step, f.cpu().numpy()) for step, f in out.frames]
-    times = out.times.cpu().numpy()
-    results = []
-    for k, (s, a) in enumerate(zip(job.structures, starts)):
-        atoms = mol_np == k
-        steps, converged = int(out.steps[k]), bool(out.converged[k])
-        predicted = [int(t) for t in times[:, k] if t >= 0]
-        info = {"sampler": job.method, "reverse_steps": steps, "converged": converged, "t0": predicted[0],
-                "predicted_steps": predicted,
-                "displacement_rmsd": float(np.sqrt(((positions[atoms] - a.positions) ** 2).sum(1).mean()))}
-        if out.final_time is not None:
-            info["final_t"] = int(out.final_time[k])
-        results.append(StructureOut(np.asarray(a.numbers), positions[atoms], np.asarray(a.cell.array),
-                                    np.asarray(a.pbc), None, None, steps,
-                                    RelaxStatus.CONVERGED if converged else RelaxStatus.NOT_CONVERGED,
-                                    trajectory=_own_trajectory(frames, atoms, steps, positions[atoms]),
-                                    parent_id=s.parent_id, info=info))
-    return TaskResult(time.perf_counter() - t0, results, device=device)
-
-
 def validity_task(job: ValidityJob, model: ModelRef | None = None) -> TaskResult:
     """Chemical validity checks of molecules (each in a child process with a time limit); never raises per molecule."""
     from atomscreen.evaluate.validity import check_molecules
@@ -301,67 +172,6 @@ def validity_task(job: ValidityJob, model: ModelRef | None = None) -> TaskResult
     checks = [CheckOut(s.structure_id, r.status, r.error, r.checks, r.passes_all, r.smiles, r.atoms_stable,
                        r.molecule_stable, r.wall_time_s) for s, r in zip(job.structures, results)]
     return TaskResult(time.perf_counter() - t0, checks=checks)
-
-
-def diffusion_task(job: DiffusionJob, model: ModelRef, time_model: ModelRef | None = None) -> TaskResult:
-    """Molecules of one composition generated from noise by reverse diffusion (seeded by composition and start, so
-    the same molecules however the samples are split into tasks), with their subsampled reverse trajectories."""
-    import torch
-
-    from atomscreen.diffusion.sample import sample
-
-    t0 = time.perf_counter()
-    _use_worker_threads()
-    device = _device()
-    denoiser, schedule = _model(model, device)
-    timer = _model(time_model, device)[0] if time_model is not None else None
-    numbers = torch.tensor([z for _ in range(job.count) for z in _numbers(job.counts)], device=device)
-    mol = torch.repeat_interleave(torch.arange(job.count, device=device), len(numbers) // job.count)
-    generator = torch.Generator(device=device).manual_seed(
-        (job.seed * 1_000_003 + job.composition_seed * 7919 + job.start) % 2**63)
-    out = sample(denoiser, schedule, denoiser.species(numbers), mol, job.count, sampler=job.sampler,
-                 max_steps=job.max_steps, generator=generator, time_model=timer, record_every=job.trajectory_every,
-                 stop_at=job.stop_at)
-    return TaskResult(time.perf_counter() - t0, _generated(job, numbers.cpu().numpy(), mol.cpu().numpy(), out),
-                      device=device)
-
-
-def _numbers(counts: dict[str, int]) -> list[int]:
-    from ase.data import atomic_numbers
-
-    return [atomic_numbers[e] for e, n in counts.items() for _ in range(n)]
-
-
-def _generated(job: DiffusionJob, numbers: np.ndarray, mol: np.ndarray, out) -> list[StructureOut]:
-    """One StructureOut per generated molecule: positions, status, reverse steps, frames (no energies)."""
-    positions = out.positions.cpu().numpy()
-    frames = [(step, x.cpu().numpy()) for step, x in out.frames]
-    results = []
-    for k in range(job.count):
-        atoms = mol == k
-        steps, converged = int(out.steps[k]), bool(out.converged[k])
-        trajectory = _own_trajectory(frames, atoms, steps, positions[atoms])
-        info = {"sampler": job.sampler, "reverse_steps": steps, "converged": converged}
-        if out.final_time is not None:
-            info["final_t"] = int(out.final_time[k])
-        results.append(StructureOut(numbers[atoms], positions[atoms], np.zeros((3, 3)), np.zeros(3, dtype=bool), None,
-                                    None, steps, RelaxStatus.CONVERGED if converged else RelaxStatus.NOT_CONVERGED,
-                                    trajectory=trajectory, info=info))
-    return results
-
-
-def _own_trajectory(frames, atoms: np.ndarray, steps: int, last: np.ndarray):
-    """One molecule's frames of a batched reverse run (those up to its own stopping step, then its last positions),
-    without energies; None if nothing was recorded."""
-    from atomscreen.relax.trajectory import Trajectory
-
-    if not frames:
-        return None
-    kept = [(s, x[atoms]) for s, x in frames if s <= steps]
-    if kept[-1][0] != steps:  # the molecule stopped between two recorded frames: its last positions
-        kept.append((steps, last))
-    return Trajectory(np.array([s for s, _ in kept]), np.full(len(kept), np.nan), np.full(len(kept), np.nan),
-                      np.stack([x for _, x in kept]), np.zeros((len(kept), 3, 3)))
 
 
 TASKS: dict[TaskKind, Callable[..., TaskResult]] = {

@@ -138,11 +138,19 @@ def structure_ids(session: Session, campaign_id: int, origins: Sequence[str], *,
     return list(session.scalars(query.order_by(Structure.id)))
 
 
-def children(session: Session, campaign_id: int, origin: str) -> dict[int, int]:
-    """parent id -> id of the campaign's structure of ``origin`` made from it (the first, if several)."""
+def children(session: Session, campaign_id: int, origin: str, *, parents: Sequence[int] | None = None,
+             sampler: str | None = None, model_id: int | None = None) -> dict[int, int]:
+    """parent id -> id of the campaign's structure of ``origin`` made from it (the first, if several), optionally
+    only of these ``parents`` and made by this ``sampler`` and ``model_id``."""
     query = select(Structure.parent_id, Structure.id).where(Structure.campaign_id == campaign_id,
                                                             Structure.origin == origin,
                                                             Structure.parent_id.is_not(None))
+    if parents is not None:
+        query = query.where(Structure.parent_id.in_(list(parents)))
+    if sampler is not None:
+        query = query.where(Structure.sampler == sampler)
+    if model_id is not None:
+        query = query.where(Structure.model_id == model_id)
     out: dict[int, int] = {}
     for parent, sid in session.execute(query.order_by(Structure.id)):
         out.setdefault(parent, sid)

@@ -123,9 +123,6 @@ def report_rows(session: Session, campaign: str) -> ReportRows:
         .join(Composition, Composition.id == Structure.composition_id).where(Structure.campaign_id == cid)).all()
     generated = session.execute(select(Structure.id, Structure.origin, Structure.info).where(
         Structure.campaign_id == cid, Structure.origin.in_(("diffusion", "diffusion_relax")))).all()
-    polished = session.execute(select(Structure.id, Structure.info, Energy.total, Energy.n_steps)
-                               .join(Energy, Energy.structure_id == Structure.id)
-                               .where(Structure.campaign_id == cid, Structure.origin == "rescore")).all()
     energies = session.execute(select(Energy.structure_id, Energy.method, Energy.per_atom, Energy.converged)
                                .join(Structure, Structure.id == Energy.structure_id)
                                .where(Structure.campaign_id == cid))
@@ -138,10 +135,6 @@ def report_rows(session: Session, campaign: str) -> ReportRows:
                                       CalculationFailure.error)
                                .where(CalculationFailure.campaign_id == cid)
                                .order_by(CalculationFailure.structure_id)).all()
-    times: dict[str, float] = {}
-    for formula, wall in session.execute(select(Task.formula, Task.wall_time_s).where(Task.campaign_id == cid)).all():
-        if formula and wall is not None:
-            times[formula] = times.get(formula, 0.0) + float(wall)
     checks = session.scalars(select(MoleculeCheck).where(MoleculeCheck.campaign_id == cid)
                              .order_by(MoleculeCheck.structure_id)).all()
     return ReportRows(
@@ -150,12 +143,29 @@ def report_rows(session: Session, campaign: str) -> ReportRows:
                     for sid, origin, parent, formula, reduced, sampler in structs},
         energies={(sid, m): (pa, conv) for sid, m, pa, conv in energies.all()},
         rankings=[tuple(r) for r in rankings], matches={sid: (name, rank) for sid, name, rank in matches},
-        failures=[tuple(f) for f in failures], task_times=times,
+        failures=[tuple(f) for f in failures], task_times=_task_times(session, cid),
         checks=[{c.name: getattr(check, c.name) for c in MoleculeCheck.__table__.columns} for check in checks],
         generated_converged={sid: info.get("relax_status") == "converged" for sid, _, info in generated},
         relaxed={sid: {k: info.get(k) for k in ("reverse_steps", "converged", "t0", "displacement_rmsd")}
                  for sid, origin, info in generated if origin == "diffusion_relax"},
-        polished={sid: {"polish_steps": info["polish_steps"], "polish_rmsd": info.get("polish_rmsd"), "steps": steps,
-                        "energy": total, **{k: info.get(k) for k in ("unpolished_steps", "unpolished_energy",
-                                                                     "unpolished_status")}}
-                  for sid, info, total, steps in polished if (info or {}).get("polish_steps")})
+        polished=_polished(session, cid))
+
+
+def _task_times(session: Session, cid: int) -> dict[str, float]:
+    """Summed task wall time per formula (task group), s."""
+    times: dict[str, float] = {}
+    for formula, wall in session.execute(select(Task.formula, Task.wall_time_s).where(Task.campaign_id == cid)).all():
+        if formula and wall is not None:
+            times[formula] = times.get(formula, 0.0) + float(wall)
+    return times
+
+
+def _polished(session: Session, cid: int) -> dict[int, dict[str, Any]]:
+    """Re-scored structures that were polished first: the polish and both relaxations' steps and energies."""
+    rows = session.execute(select(Structure.id, Structure.info, Energy.total, Energy.n_steps)
+                           .join(Energy, Energy.structure_id == Structure.id)
+                           .where(Structure.campaign_id == cid, Structure.origin == "rescore")).all()
+    return {sid: {"polish_steps": info["polish_steps"], "polish_rmsd": info.get("polish_rmsd"), "steps": steps,
+                  "energy": total, **{k: info.get(k) for k in ("unpolished_steps", "unpolished_energy",
+                                                               "unpolished_status")}}
+            for sid, info, total, steps in rows if (info or {}).get("polish_steps")}
