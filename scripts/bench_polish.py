@@ -32,8 +32,7 @@ KCAL = units.kcal / units.mol  # eV per kcal/mol
 def molecules(checkpoint: DenoiserCheckpoint, n: int, skip: int, seed: int) -> list[tuple[Atoms, Atoms]]:
     """(QM9 geometry, ETKDG + MMFF94 start from its SMILES) for the first n test-split molecules RDKit can embed
     whose start has the QM9 molecule's formula."""
-    ids = checkpoint.training_data["split"]
-    known = set(ids["train_ids"]) | set(ids["validation_ids"])
+    known = checkpoint.seen_ids()
     out = []
     for atoms in read_qm9(limit=40 * n, skip=skip):
         if atoms.info["qm9_index"] in known:

@@ -49,8 +49,7 @@ def rmsd(a: np.ndarray, b: np.ndarray) -> float:
 def references(checkpoint: DenoiserCheckpoint, n: int, skip: int) -> list[Atoms]:
     """The first n QM9 test-split molecules (of the checkpoint's split) from row ``skip`` on that RDKit can type
     for MMFF94 (bonds perceived from the coordinates, atom order kept)."""
-    ids = checkpoint.training_data["split"]
-    known = set(ids["train_ids"]) | set(ids["validation_ids"])
+    known = checkpoint.seen_ids()
     out = []
     for atoms in read_qm9(limit=40 * n, skip=skip):
         if atoms.info["qm9_index"] in known:

@@ -9,13 +9,13 @@
 #   python scripts/pack_qm9.py build/device/qm9.npz --float32      # for the denoiser (issue 15)
 #   python -c "import yaml, json; print(json.dumps(yaml.safe_load(open('examples/train_diffusion_qm9_gpu.yaml'))))" \
 #       > build/device/diffusion-qm9-gpu.json
-# then on the device: SECTIONS="diffusion" bash scripts/gpu_check.sh  (SECTIONS: any of gpu relax rm diffusion;
-# default all; TRAIN_SECONDS sets the RM training budget, DIFFUSION_SECONDS the denoiser's)
+# then on the device: SECTIONS="diffusion" bash scripts/gpu_check.sh  (SECTIONS: any of gpu relax rm diffusion
+# morered; default all; TRAIN_SECONDS sets the RM training budget, DIFFUSION_SECONDS the denoiser's)
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_check}
 TRAIN_SECONDS=${TRAIN_SECONDS:-330}
 DIFFUSION_SECONDS=${DIFFUSION_SECONDS:-400}
-SECTIONS=${SECTIONS:-"gpu relax rm diffusion"}
+SECTIONS=${SECTIONS:-"gpu relax morered rm diffusion"}
 has() { [[ " $SECTIONS " == *" $1 "* ]]; }
 mkdir -p "$OUT"
 python -m pip install --no-index --no-deps -q build/device/wheels/*.whl > "$OUT/pip.txt" 2>&1
@@ -34,6 +34,13 @@ echo "== bench_relax --device cuda"
 timeout 150 python scripts/bench_relax.py --device cuda --dtype float32 --n 1024 --ase-subset 16 \
     > "$OUT/bench_relax_cuda.jsonl" 2> "$OUT/bench_relax_cuda.err"
 echo "rc=$?"; tail -n 1 "$OUT/bench_relax_cuda.jsonl"
+fi
+
+if has morered; then
+echo "== MoreRed relaxation throughput, 128 molecules, cpu baseline then cuda"
+timeout 240 python scripts/bench_morered_throughput.py --devices cpu cuda --n 128 --max-steps 100 \
+    --data build/device/qm9.npz > "$OUT/bench_morered_throughput.jsonl" 2> "$OUT/bench_morered_throughput.err"
+echo "rc=$?"; tail -n 3 "$OUT/bench_morered_throughput.jsonl"
 fi
 
 if has rm; then

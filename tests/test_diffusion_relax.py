@@ -22,8 +22,7 @@ from atomscreen.diffusion.schedule import polynomial_schedule
 @pytest.fixture(scope="module")
 def shipped():
     checkpoint = DenoiserCheckpoint.load(REPO / "models" / "diffusion_qm9.pt")
-    ids = checkpoint.training_data["split"]
-    known = set(ids["train_ids"]) | set(ids["validation_ids"])
+    known = checkpoint.seen_ids()
     test = [a for a in read_qm9(limit=200, skip=60_000) if a.info["qm9_index"] not in known][:40]
     data = from_atoms(test)
     numbers, x0, mol = data.batch(range(len(data)))

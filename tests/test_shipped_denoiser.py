@@ -67,8 +67,7 @@ def _predictions(model: Denoiser, schedule, molecules, steps: torch.Tensor):
 
 def test_the_shipped_denoiser_predicts_time_and_noise_on_test_molecules(shipped):
     checkpoint, _ = shipped
-    ids = checkpoint.training_data["split"]
-    known = set(ids["train_ids"]) | set(ids["validation_ids"])
+    known = checkpoint.seen_ids()
     test = [a for a in read_qm9(limit=400, skip=60_000) if a.info["qm9_index"] not in known][:100]
     assert len(test) >= 60
     model, schedule = checkpoint.build()

@@ -48,6 +48,12 @@ class DenoiserCheckpoint:
     def config(self) -> DenoiserConfig:
         return DenoiserConfig.from_dict(self.model)
 
+    def seen_ids(self) -> set[int]:
+        """Ids of the molecules the denoiser was trained or validated on; every other molecule of its data set is its
+        test split."""
+        split = self.training_data["split"]
+        return set(split["train_ids"]) | set(split["validation_ids"])
+
     def weights_bytes(self) -> bytes:
         buffer = io.BytesIO()
         torch.save(self.state_dict, buffer)
