@@ -57,7 +57,15 @@ def _describe(path: str, spec) -> str:
         shown += f"{'; ' if formulas else ''}and the {spec.compositions.from_training} most common of the training set"
     generators = ", ".join(f"{b.name} (model {b.model})" if b.model != "default" else b.name
                            for b in spec.generators.rss_blocks + spec.generators.diffusion_blocks)
-    return f"{path}: campaign {spec.name!r}, {len(formulas)} composition(s) ({shown}); generators: {generators}"
+    stages = []
+    if spec.relaxation.diffusion_method is not None:
+        stages.append(f"relaxation {spec.relaxation.method} (model {spec.relaxation.model})")
+    if spec.rescore is not None:
+        polish = spec.rescore.polish
+        stages.append(f"re-scoring {spec.rescore.energy_method}"
+                      + (f" after a {polish.steps}-step polish (model {polish.model})" if polish else ""))
+    return (f"{path}: campaign {spec.name!r}, {len(formulas)} composition(s) ({shown}); generators: {generators}"
+            + "".join(f"; {s}" for s in stages))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
