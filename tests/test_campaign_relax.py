@@ -34,8 +34,8 @@ def _campaign(folder, **changes):
                     "batch_size": 3},
             "diffusion": {"name": "jt", "model": "den", "sampler": "morered-jt", "samples_per_composition": 2,
                           "max_steps": 60, "trajectory_every": 20}},
-        "relaxation": {"method": "morered_jt", "model": "den", "max_steps": 40, "fmax": 0.05, "trajectory_every": 10,
-                       "batch_size": 4},
+        "relaxation": {"method": "morered_jt", "model": "den", "reverse_max_steps": 40, "max_steps": 100,
+                       "fmax": 0.05, "trajectory_every": 10, "batch_size": 4},
         "rescore": {"method": "xtb", "top_k": 2, "optimizer": "bfgs", "fmax": 0.05, "max_steps": 150,
                     "polish": {"model": "den", "steps": 10}},
         "validity": {"timeout_s": 60},
@@ -146,7 +146,9 @@ def test_relaxation_and_polish_settings_are_checked_before_anything_is_written(t
            ({"relaxation": {"method": "morered_jt", "model": "default"}}, "needs a model of kind denoiser"),
            ({"relaxation": {"method": "morered_jt", "model": "den", "time_model": "den"}}, "time_model"),
            ({"rescore": {"method": "xtb", "polish": {"model": "den", "steps": 5000}}}, "5000 reverse steps"),
-           ({"rescore": {"method": "xtb", "relax": False, "polish": {"model": "den"}}}, "polish.compare")]
+           ({"rescore": {"method": "xtb", "relax": False, "polish": {"model": "den"}}}, "polish.compare"),
+           ({"relaxation": {"method": "morered_jt", "model": "den", "stop_at": 1000}}, "relaxation.stop_at"),
+           ({"generators": {"rss": {"samples_per_composition": 2, "periodic": True}}}, "make crystals")]
     for changes, message in bad:
         assert main(["submit", str(_campaign(tmp_path, **changes)), "--db", db, "--quiet"]) != 0
         assert message in capsys.readouterr().err

@@ -91,7 +91,7 @@ RELAX_FIELDS = {  # a molecule campaign relaxing by MoreRed (base: morered_jt on
     "relaxation.method": ("morered_itp", "morered-itp", lambda j: j.method),
     "relaxation.model": ("den2", "den2", lambda j: j.model),
     "relaxation.time_model": ("den2", "den2", lambda j: j.time_model),
-    "relaxation.max_steps": (321, 321, lambda j: j.max_steps),
+    "relaxation.reverse_max_steps": (321, 321, lambda j: j.max_steps),
     "relaxation.stop_at": (4, 4, lambda j: j.stop_at),
     "relaxation.batch_size": (1, 1, lambda j: j.count),
     "relaxation.trajectory_every": (6, 6, lambda j: j.trajectory_every),

@@ -508,12 +508,11 @@ class RelaxationSpec(Spec):
         default=None, description="morered_itp / morered_as: a separate time predictor (a denoiser whose time head "
                                   "reads the step; default: the denoiser's own)")
     fmax: PositiveFloat = Field(default=0.05, description="eV/Å")
-    max_steps: PositiveInt | None = Field(
-        default=None, description="FIRE's step cap (default 500), and MoreRed's reverse-step cap with a morered_* "
-                                  "method (default 1000, MoreRed §3.2)")
+    max_steps: PositiveInt = Field(default=500, description="FIRE's step cap")
+    reverse_max_steps: PositiveInt = Field(default=1000, description="morered_*: the reverse-step cap (MoreRed §3.2)")
     stop_at: NonNegativeInt = Field(
-        default=0, description="morered_as / morered_jt: a molecule has converged when its rounded predicted step is "
-                               "<= this (0: MoreRed's criterion)")
+        default=0, description="morered_*: a molecule has converged when its step is <= this (AS / JT: the rounded "
+                               "predicted step; ITP: its scheduled step; 0: MoreRed's criterion)")
     batch_size: PositiveInt = Field(default=64, description="morered_*: molecules per task, relaxed together")
     cell: bool = True
     constant_volume: bool = Field(
@@ -533,19 +532,9 @@ class RelaxationSpec(Spec):
                                                          if self.method == "fire" else
                                                          "needs model: the denoiser that relaxes the molecules"))
         if self.time_model is not None and self.method not in ("morered_itp", "morered_as"):
-            raise ValueError("time_model (a separate time predictor) goes with morered_itp or morered_as; morered_jt "
-                             "reads the time from the denoiser itself")
+            raise ValueError(f"time_model (a separate time predictor) needs method morered_itp or morered_as, not "
+                             f"{self.method}")
         return self
-
-    @property
-    def fire_max_steps(self) -> int:
-        """FIRE's step cap."""
-        return 500 if self.max_steps is None else self.max_steps
-
-    @property
-    def reverse_max_steps(self) -> int:
-        """MoreRed's reverse-step cap."""
-        return 1000 if self.max_steps is None else self.max_steps
 
     @property
     def diffusion_method(self) -> str | None:
@@ -730,6 +719,8 @@ class CampaignSpec(Spec):
     @classmethod
     def _relaxation_models(cls, value: RelaxationSpec, info: ValidationInfo) -> RelaxationSpec:
         _denoisers(info.data, [("relaxation.model", value.model), ("relaxation.time_model", value.time_model)])
+        if value.diffusion_method is not None:
+            _molecules_only(info.data, f"relaxation.method {value.method}")
         return value
 
     @field_validator("rescore")
@@ -737,6 +728,7 @@ class CampaignSpec(Spec):
     def _polish_model(cls, value: RescoreSpec | None, info: ValidationInfo) -> RescoreSpec | None:
         if value is not None and value.polish is not None:
             _denoisers(info.data, [("rescore.polish.model", value.polish.model)])
+            _molecules_only(info.data, "rescore.polish")
         return value
 
     @field_validator("hull")
@@ -785,6 +777,15 @@ class CampaignSpec(Spec):
     def pseudo_methods(self) -> list[str]:
         """Energy method names of the pseudo energies the RSS blocks produce (rm_pseudo, rm_pseudo:NAME)."""
         return _pseudo_methods(self.generators)
+
+
+def _molecules_only(data: dict[str, Any], what: str) -> None:
+    """Diffusion relaxation and polish treat molecules: no RSS block may make crystals."""
+    generators = data.get("generators")
+    periodic = [b.name for b in generators.rss_blocks if b.periodic] if generators else []
+    if periodic:
+        raise ValueError(f"{what} treats molecules, but RSS block(s) {', '.join(periodic)} make crystals "
+                         "(periodic: true): set periodic: false, or leave this out")
 
 
 def _denoisers(data: dict[str, Any], uses: list[tuple[str, str | None]]) -> None:

@@ -176,14 +176,15 @@ def _relaxation(rows: Any) -> list[RelaxationStats]:
 def _polish(rows: Any, method: str | None) -> list[PolishStats]:
     groups: dict[str, list[dict]] = {}
     for sid, values in rows.polished.items():
-        groups.setdefault(rows.structures[sid][2], []).append(values)
+        if values["method"] == method:
+            groups.setdefault(rows.structures[sid][2], []).append(values)
     ordered = sorted(groups.items(), key=lambda g: (len(g[0]), g[0]))
     if len(groups) > 1:
         ordered.append(("all", [m for _, members in ordered for m in members]))
     out = []
     for formula, members in ordered:
         both = [m for m in members if m["unpolished_steps"] is not None and m["unpolished_status"] == "converged"
-                and m["unpolished_energy"] is not None and m["steps"] is not None]
+                and m["unpolished_energy"] is not None and m["steps"] is not None and m["converged"]]
         unpolished = [m["unpolished_steps"] for m in members if m["unpolished_steps"] is not None]
         saved = [100.0 * (m["unpolished_steps"] - m["steps"]) / m["unpolished_steps"] for m in both
                  if m["unpolished_steps"]]

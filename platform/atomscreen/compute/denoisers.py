@@ -28,7 +28,7 @@ def check_models(spec: CampaignSpec, source: str) -> None:
     from atomscreen.diffusion.checkpoint import DenoiserCheckpoint
 
     problems: list[Problem] = []
-    denoisers = {}
+    denoisers, periodic = {}, {}
     for name, block in spec.model_specs().items():
         if block.checkpoint is None:
             continue
@@ -39,18 +39,46 @@ def check_models(spec: CampaignSpec, source: str) -> None:
                                     f"{block.checkpoint} is a checkpoint of kind {kind!r}, not {block.kind!r}"))
         elif kind == "denoiser":
             denoisers[name] = DenoiserCheckpoint.from_contents(data, block.checkpoint)
+        else:
+            periodic[name] = bool((data.get("training_data") or {}).get("periodic", 1))
     polish = spec.rescore.polish if spec.rescore is not None else None
     used = [b.model for b in spec.generators.diffusion_blocks] + [spec.relaxation.model, spec.relaxation.time_model]
     for name in dict.fromkeys(n for n in used + [polish and polish.model] if n is not None):
         if name in denoisers:
             problems += _unmakeable(spec, name, denoisers[name])
+    problems += _schedule_limits(spec, denoisers) + _crystals(spec, periodic)
+    if problems:
+        raise CampaignError(source, problems)
+
+
+def _schedule_limits(spec: CampaignSpec, denoisers: dict) -> list[Problem]:
+    """A polish longer than its denoiser's schedule, or a relaxation threshold at or past its end."""
+    problems = []
+    polish = spec.rescore.polish if spec.rescore is not None else None
     if polish is not None and polish.model in denoisers:
         T = int(denoisers[polish.model].schedule["T"])
         if polish.steps > T:
             problems.append(Problem("rescore.polish.steps", polish.steps, f"{polish.steps} reverse steps, more than "
                                     f"the {T} of the denoiser {polish.model!r}'s schedule"))
-    if problems:
-        raise CampaignError(source, problems)
+    r = spec.relaxation
+    if r.model in denoisers and r.stop_at >= int(denoisers[r.model].schedule["T"]):
+        problems.append(Problem("relaxation.stop_at", r.stop_at, f"must be below the {denoisers[r.model].schedule['T']}"
+                                f" steps of the denoiser {r.model!r}'s schedule"))
+    return problems
+
+
+def _crystals(spec: CampaignSpec, periodic: dict[str, bool]) -> list[Problem]:
+    """RSS blocks that make crystals (periodic unset and a model trained on crystals) in a campaign that relaxes or
+    polishes by diffusion, which treats molecules."""
+    wants = [what for what, on in (("relaxation.method", spec.relaxation.diffusion_method is not None),
+                                   ("rescore.polish", spec.rescore is not None and spec.rescore.polish is not None))
+             if on]
+    if not wants:
+        return []
+    crystals = [b.name for b in spec.generators.rss_blocks if b.periodic is None and periodic.get(b.model, False)]
+    return [Problem(f"generators.rss.{name}.periodic", None, f"this block makes crystals (its model was trained on "
+                    f"periodic structures), but {' and '.join(wants)} treat molecules: set periodic: false")
+            for name in crystals]
 
 
 def _unmakeable(spec: CampaignSpec, name: str, checkpoint) -> list[Problem]:

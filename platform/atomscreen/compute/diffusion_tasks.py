@@ -50,7 +50,8 @@ def polished_molecules(job: RescoreJob, starts, model: ModelRef, device: str):
 
 def diffusion_relax_task(job: DiffusionRelaxJob, model: ModelRef, time_model: ModelRef | None = None) -> TaskResult:
     """Stored molecules relaxed together by reverse diffusion (MoreRed), each with its own predicted time and its own
-    stopping step; the predicted step before every reverse step, the step count and subsampled frames come back."""
+    stopping step. info.predicted_steps: the step before every reverse step (AS / JT: the rounded prediction, plus
+    the stopping reading when converged; ITP: t̂0 and then its fixed schedule), with the step count and frames."""
     import torch
 
     from atomscreen.diffusion.relax import relax
@@ -74,7 +75,8 @@ def diffusion_relax_task(job: DiffusionRelaxJob, model: ModelRef, time_model: Mo
         steps, converged = int(out.steps[k]), bool(out.converged[k])
         predicted = [int(t) for t in times[:, k] if t >= 0]
         info = {"sampler": job.method, "reverse_steps": steps, "converged": converged, "t0": predicted[0],
-                "predicted_steps": predicted,
+                "predicted_steps": predicted, "settings": {"max_steps": job.max_steps, "stop_at": job.stop_at,
+                                                           "seed": job.seed, "time_model": job.time_model},
                 "displacement_rmsd": float(np.sqrt(((positions[atoms] - a.positions) ** 2).sum(1).mean()))}
         if out.final_time is not None:
             info["final_t"] = int(out.final_time[k])

@@ -65,9 +65,9 @@ def relax_settings(spec: CampaignSpec, *, periodic: bool, max_systems: int) -> R
     """The campaign's relaxation block in science units; molecules relax without a cell and without pressure."""
     r = spec.relaxation
     if not periodic:
-        return RelaxSettings(fmax=r.fmax, max_steps=r.fire_max_steps, trajectory_every=r.trajectory_every,
+        return RelaxSettings(fmax=r.fmax, max_steps=r.max_steps, trajectory_every=r.trajectory_every,
                              max_systems=max_systems)
-    return RelaxSettings(fmax=r.fmax, max_steps=r.fire_max_steps, cell=r.cell, constant_volume=r.constant_volume,
+    return RelaxSettings(fmax=r.fmax, max_steps=r.max_steps, cell=r.cell, constant_volume=r.constant_volume,
                          pressure=r.pressure_gpa * GPa, trajectory_every=r.trajectory_every, max_systems=max_systems)
 
 
@@ -184,12 +184,13 @@ def rescore_tasks(spec: CampaignSpec, candidates: Sequence[tuple[str, int, Atoms
     block = spec.rescore
     settings = calc_settings(spec)
     polish = None
-    if block.polish is not None:
-        periodic = sorted({a.get_chemical_formula() for _, _, a in candidates if a.pbc.any()})
+    if block.polish is not None:  # candidates only: hull references are re-scored as they are
+        periodic = sorted({a.get_chemical_formula() for g, _, a in candidates if a.pbc.any() and g != "reference"})
         if periodic:
             raise PlanError(f"rescore.polish relaxes molecules by diffusion; candidates {', '.join(periodic)} are "
                             "periodic: remove polish, or generate molecules (generators.rss.periodic: false)")
-        polish = PolishSettings(block.polish.model, block.polish.steps, block.polish.compare, spec.seed)
+        polish = PolishSettings(block.polish.model, block.polish.steps, block.polish.compare,
+                                (spec.seed * 1_000_003 + zlib.crc32(b"polish")) % 2**62)  # not the relaxation's noise
     groups: dict[str, list[tuple[int, Atoms]]] = {}
     for group, parent_id, atoms in candidates:
         groups.setdefault(group, []).append((parent_id, atoms))
@@ -199,7 +200,8 @@ def rescore_tasks(spec: CampaignSpec, candidates: Sequence[tuple[str, int, Atoms
             chunk = members[start:start + block.batch_size]
             structures = tuple(StructureIn.from_atoms(a, parent_id=pid) for pid, a in chunk)
             job = RescoreJob(block.method or block.calculator, block.energy_method, settings, SYMPREC, group,
-                             len(chunk), structures, block.timeout_s, dict(block.options), polish)
+                             len(chunk), structures, block.timeout_s, dict(block.options),
+                             None if group == "reference" else polish)
             key = f"rescore/{group}/{start}"
             tasks.append(PlannedTask(key, (spec.seed * 1_000_003 + zlib.crc32(key.encode())) % 2**62, job))
     return tasks

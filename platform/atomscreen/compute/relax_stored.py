@@ -69,17 +69,22 @@ def relax_stored(engine: Engine, campaign: str, structure_ids: Sequence[int], *,
                  progress: Callable[[int, int], None] = lambda done, total: None) -> RelaxOutcome:
     """Relax the campaign's molecules ``structure_ids`` by ``method`` (morered_itp / morered_as / morered_jt) on the
     denoiser ``model``; seeds default to the campaign's, each molecule's noise keyed by its id."""
-    name = _method(method, time_model, max_steps, stop_at)
+    name = _method(method, time_model, max_steps, stop_at, batch_size)
     campaign_id, spec_seed, found = _molecules(engine, campaign, structure_ids)
     model_id, ref = _denoiser(engine, campaign_id, model)
+    _fits(ref, found, stop_at)
     timer = _denoiser(engine, campaign_id, time_model)[1] if time_model is not None else None
-    with transaction(engine) as session:
-        skipped = children(session, campaign_id, Origin.DIFFUSION_RELAX, parents=structure_ids, sampler=name,
-                           model_id=model_id)
+    seed = spec_seed if seed is None else seed
+    settings = {"max_steps": max_steps, "stop_at": stop_at, "seed": seed, "time_model": time_model}
+    with transaction(engine) as session:  # done before with these settings: skipped
+        made = children(session, campaign_id, Origin.DIFFUSION_RELAX, parents=structure_ids, sampler=name,
+                        model_id=model_id)
+        done = {a.info["structure_id"]: a.info.get("settings") for a in structures(session, ids=list(made.values()))}
+    skipped = {p: c for p, c in made.items() if done.get(c) == settings}
     todo = [found[i] for i in dict.fromkeys(structure_ids) if i not in skipped]
     jobs = plan.diffusion_relax_jobs(todo, name, max_steps=max_steps, stop_at=stop_at,
-                                     trajectory_every=trajectory_every, seed=spec_seed if seed is None else seed,
-                                     model=model, time_model=time_model, batch_size=batch_size)
+                                     trajectory_every=trajectory_every, seed=seed, model=model, time_model=time_model,
+                                     batch_size=batch_size)
     outs = []
     for _, job in jobs:
         outs += diffusion_relax_task(job, ref, timer).structures
@@ -89,7 +94,7 @@ def relax_stored(engine: Engine, campaign: str, structure_ids: Sequence[int], *,
     return RelaxOutcome(new_ids, sum(o.info["converged"] for o in outs), skipped)
 
 
-def _method(method: str, time_model: str | None, max_steps: int, stop_at: int) -> str:
+def _method(method: str, time_model: str | None, max_steps: int, stop_at: int, batch_size: int) -> str:
     """The science name of ``method`` (morered_jt -> morered-jt), after checking the settings that go with it."""
     from atomscreen.diffusion.relax import METHODS
 
@@ -98,9 +103,27 @@ def _method(method: str, time_model: str | None, max_steps: int, stop_at: int) -
         raise RelaxError(f"--method must be one of {', '.join(m.replace('-', '_') for m in METHODS)}, got {method!r}")
     if time_model is not None and name == "morered-jt":
         raise RelaxError("--time-model goes with morered_itp or morered_as; morered_jt reads the denoiser's own time")
-    if max_steps < 1 or stop_at < 0:
-        raise RelaxError(f"--max-steps must be >= 1 and --stop-at >= 0, got {max_steps} and {stop_at}")
+    if max_steps < 1 or stop_at < 0 or batch_size < 1:
+        raise RelaxError(f"--max-steps and --batch-size must be >= 1 and --stop-at >= 0, got {max_steps}, "
+                         f"{batch_size} and {stop_at}")
     return name
+
+
+def _fits(ref: ModelRef, found: dict, stop_at: int) -> None:
+    """The denoiser knows every molecule's elements and size, and stop_at lies inside its schedule."""
+    from ase.data import chemical_symbols
+
+    elements, largest, T = set(ref.config["elements"]), int(ref.config["max_atoms"]), int(ref.schedule["T"])
+    if stop_at >= T:
+        raise RelaxError(f"--stop-at {stop_at} is not below the denoiser's {T} steps")
+    unknown = {i: sorted({chemical_symbols[z] for z in a.numbers if z not in elements}) for i, a in found.items()}
+    bad = {i: e for i, e in unknown.items() if e}
+    if bad:
+        raise RelaxError(f"structures {sorted(bad)} have element(s) the denoiser never saw: "
+                         f"{', '.join(sorted({x for e in bad.values() for x in e}))}")
+    big = sorted(i for i, a in found.items() if len(a) > largest)
+    if big:
+        raise RelaxError(f"structures {big} have more atoms than the {largest} of the denoiser's largest molecule")
 
 
 def _molecules(engine: Engine, campaign: str, structure_ids: Sequence[int]):

@@ -94,9 +94,14 @@ def _rescoring(ctx: Context) -> list[plan.PlannedTask]:
     with transaction(ctx.engine) as session:
         top = [i for method in ctx.spec.pseudo_methods
                for i in top_candidates(session, ctx.campaign_id, method=method, top_k=ctx.spec.rescore.top_k)]
-        if ctx.spec.relaxation.diffusion_method is not None:
-            relaxed = children(session, ctx.campaign_id, Origin.DIFFUSION_RELAX)
-            top = [relaxed.get(i, i) for i in top]
+        r = ctx.spec.relaxation
+        if r.diffusion_method is not None:  # the stage's own children (not `platform relax` ones)
+            relaxed = children(session, ctx.campaign_id, Origin.DIFFUSION_RELAX, sampler=r.diffusion_method,
+                               model_id=ctx.models[r.model].id, from_tasks=True)
+            missing = [i for i in top if i not in relaxed]
+            if missing:
+                raise plan.PlanError(f"candidates {missing[:10]} have no {r.diffusion_method} relaxation stored")
+            top = [relaxed[i] for i in top]
         refs = structure_ids(session, ctx.campaign_id, [Origin.REFERENCE])
         by_id = {a.info["structure_id"]: a for a in structures(session, ids=list(top) + refs)}
     candidates = sorted(((by_id[i].info["formula"], i, by_id[i]) for i in dict.fromkeys(top)), key=lambda c: c[0])

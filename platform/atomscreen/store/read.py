@@ -139,9 +139,9 @@ def structure_ids(session: Session, campaign_id: int, origins: Sequence[str], *,
 
 
 def children(session: Session, campaign_id: int, origin: str, *, parents: Sequence[int] | None = None,
-             sampler: str | None = None, model_id: int | None = None) -> dict[int, int]:
+             sampler: str | None = None, model_id: int | None = None, from_tasks: bool = False) -> dict[int, int]:
     """parent id -> id of the campaign's structure of ``origin`` made from it (the first, if several), optionally
-    only of these ``parents`` and made by this ``sampler`` and ``model_id``."""
+    only of these ``parents``, made by this ``sampler`` and ``model_id``, or by a campaign task (not a command)."""
     query = select(Structure.parent_id, Structure.id).where(Structure.campaign_id == campaign_id,
                                                             Structure.origin == origin,
                                                             Structure.parent_id.is_not(None))
@@ -151,6 +151,8 @@ def children(session: Session, campaign_id: int, origin: str, *, parents: Sequen
         query = query.where(Structure.sampler == sampler)
     if model_id is not None:
         query = query.where(Structure.model_id == model_id)
+    if from_tasks:
+        query = query.where(Structure.task_id.is_not(None))
     out: dict[int, int] = {}
     for parent, sid in session.execute(query.order_by(Structure.id)):
         out.setdefault(parent, sid)

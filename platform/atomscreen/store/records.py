@@ -141,6 +141,6 @@ class ReportRows:
     generated_converged: dict[int, bool] = field(default_factory=dict)  # diffusion(_relax): predicted step reached 0
     # diffusion_relax: id -> reverse_steps, converged, t0 (first predicted step), displacement_rmsd (Å)
     relaxed: dict[int, dict[str, Any]] = field(default_factory=dict)
-    # re-scored after a polish: id -> polish_steps, polish_rmsd, steps and energy (eV) of the calculator's relaxation
-    # from the polished geometry, and unpolished_steps / unpolished_energy / unpolished_status from the unpolished one
+    # re-scored after a polish: id -> method, polish_steps, polish_rmsd, steps, energy (eV) and converged of the
+    # calculator's relaxation from the polished geometry; unpolished_steps / _energy / _status from the unpolished one
     polished: dict[int, dict[str, Any]] = field(default_factory=dict)

@@ -162,10 +162,11 @@ def _task_times(session: Session, cid: int) -> dict[str, float]:
 
 def _polished(session: Session, cid: int) -> dict[int, dict[str, Any]]:
     """Re-scored structures that were polished first: the polish and both relaxations' steps and energies."""
-    rows = session.execute(select(Structure.id, Structure.info, Energy.total, Energy.n_steps)
+    rows = session.execute(select(Structure.id, Structure.info, Energy.method, Energy.total, Energy.n_steps,
+                                  Energy.converged)
                            .join(Energy, Energy.structure_id == Structure.id)
                            .where(Structure.campaign_id == cid, Structure.origin == "rescore")).all()
-    return {sid: {"polish_steps": info["polish_steps"], "polish_rmsd": info.get("polish_rmsd"), "steps": steps,
-                  "energy": total, **{k: info.get(k) for k in ("unpolished_steps", "unpolished_energy",
-                                                               "unpolished_status")}}
-            for sid, info, total, steps in rows if (info or {}).get("polish_steps")}
+    return {sid: {"method": method, "polish_steps": info["polish_steps"], "polish_rmsd": info.get("polish_rmsd"),
+                  "steps": steps, "energy": total, "converged": converged,
+                  **{k: info.get(k) for k in ("unpolished_steps", "unpolished_energy", "unpolished_status")}}
+            for sid, info, method, total, steps, converged in rows if (info or {}).get("polish_steps")}
