@@ -139,6 +139,11 @@ def _spec(path: str, value):
         del data["rescore"]["method"]
     if path == "rescore.options":
         data["rescore"]["method"] = "xtb"
+    return _parsed_with(data, path, value)
+
+
+def _parsed_with(data: dict, path: str, value):
+    """The campaign ``data`` with ``value`` set at the dotted ``path`` (parents created), parsed."""
     *parents, leaf = path.split(".")
     node = data
     for key in parents:
@@ -180,12 +185,7 @@ def _molecule_spec(path: str, value):
     data["rescore"] = {"method": "xtb", "polish": {"model": "den"}}
     if path == "relaxation.time_model":
         data["relaxation"]["method"] = "morered_as"
-    *parents, leaf = path.split(".")
-    node = data
-    for key in parents:
-        node = node.setdefault(key, {})
-    node[leaf] = value
-    return parse_campaign(data, source=path)
+    return _parsed_with(data, path, value)
 
 
 @pytest.mark.parametrize("path", sorted(RELAX_FIELDS))
