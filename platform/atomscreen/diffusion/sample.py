@@ -10,11 +10,14 @@ model (its time head) and feeds it to the denoiser.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from atomscreen.diffusion.forward import centre, centred_noise
+
+if TYPE_CHECKING:
+    from atomscreen.diffusion.guidance import Guide
 from atomscreen.diffusion.painn import Denoiser, molecule_time
 from atomscreen.diffusion.schedule import Schedule
 
@@ -68,25 +71,28 @@ def subset(species, mol, active):
 def sample(model: Denoiser, schedule: Schedule, species: torch.Tensor, mol: torch.Tensor, n_mol: int, *,
            sampler: str = "ddpm", max_steps: int | None = None, generator: torch.Generator | None = None,
            x: torch.Tensor | None = None, time_model: Denoiser | None = None, record_every: int = 0,
-           stop_at: int = 0, progress: Callable[[int, int], None] | None = None) -> Sampled:
+           stop_at: int = 0, progress: Callable[[int, int], None] | None = None, guide: Guide | None = None,
+           noise: NoiseFn | None = None) -> Sampled:
     """Reverse diffusion from x (default: x_T ~ N(0, I), centred) for molecules given by species and mol; the
-    adaptive samplers stop a molecule when its rounded predicted step is <= ``stop_at`` (0: MoreRed's criterion)."""
+    adaptive samplers stop a molecule when its rounded predicted step is <= ``stop_at`` (0: MoreRed's criterion).
+    ``guide`` (diffusion.guidance) steers the last steps on an energy model; ``noise`` replaces the generator's."""
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
     device = species.device
     if x is None:
         x = centred_noise(mol, n_mol, generator=generator, dtype=torch.float64, device=device)
     x = centre(x.to(torch.float64), mol, n_mol)
-    noise = generator_noise(generator, device)
+    noise = generator_noise(generator, device) if noise is None else noise
     if sampler == "ddpm":
         start = torch.full((n_mol,), schedule.T, dtype=torch.long, device=device)
-        return scheduled(model, schedule, species, mol, n_mol, x, start, schedule.T, noise, record_every, progress)
+        return scheduled(model, schedule, species, mol, n_mol, x, start, schedule.T, noise, record_every, progress,
+                         guide=guide)
     cap = max_steps if max_steps is not None else 2 * schedule.T
     timer = time_model if sampler == "morered-as" else model
     if timer is None:
         raise ValueError("morered-as needs a separate time model (time_model)")
     return adaptive(model, timer, schedule, species, mol, n_mol, x, cap, noise, joint=sampler == "morered-jt",
-                    stop_at=stop_at, record_every=record_every, progress=progress)
+                    stop_at=stop_at, record_every=record_every, progress=progress, guide=guide)
 
 
 def _active_atoms(species, x, mol, n_mol, active):
@@ -105,7 +111,8 @@ def _check(cap: int, stop_at: int, schedule: Schedule) -> None:
 
 
 def scheduled(model: Denoiser, schedule: Schedule, species, mol, n_mol: int, x: torch.Tensor, start: torch.Tensor,
-              cap: int, noise: NoiseFn, record_every: int = 0, progress=None, stop_at: int = 0) -> Sampled:
+              cap: int, noise: NoiseFn, record_every: int = 0, progress=None, stop_at: int = 0,
+              guide: Guide | None = None) -> Sampled:
     """The fixed schedule t = start_m, start_m - 1, ..., stop_at + 1 for each molecule m (MoreRed eq. 5; DDPM from T,
     ITP from the predicted t̂_0, polish from n), at most ``cap`` steps. times[k] is each molecule's step after k
     reverse steps."""
@@ -126,6 +133,8 @@ def scheduled(model: Denoiser, schedule: Schedule, species, mol, n_mol: int, x: 
         atom_mask, sp, xs, sub_mol, n_sub = _active_atoms(species, x, mol, n_mol, active)
         t = remaining[index]
         eps_hat, _ = model(sp, xs.to(dtype), sub_mol, n_sub, time=t.to(dtype) / schedule.T)
+        if guide is not None:
+            xs = guide(index, t, xs, eps_hat.to(torch.float64), sub_mol, n_sub)
         moved = reverse_step(xs, eps_hat.to(torch.float64), t, sub_mol, n_sub, schedule,
                              noise(index, steps[index], sub_mol, n_sub))
         if atom_mask is None:
@@ -146,7 +155,7 @@ def scheduled(model: Denoiser, schedule: Schedule, species, mol, n_mol: int, x: 
 
 def adaptive(model: Denoiser, timer: Denoiser, schedule: Schedule, species, mol, n_mol: int, x: torch.Tensor,
              cap: int, noise: NoiseFn, *, joint: bool, stop_at: int = 0, record_every: int = 0,
-             progress=None) -> Sampled:
+             progress=None, guide: Guide | None = None) -> Sampled:
     """MoreRed Algorithm 2 (eq. 8): the step predicted at every iteration (joint: by the model's own time head, AS:
     by ``timer``); a molecule stops when its rounded prediction is <= ``stop_at``, or after ``cap`` steps. times[k]
     is the prediction before the (k+1)-th reverse step; a converged molecule's last entry is its stopping one."""
@@ -179,6 +188,8 @@ def adaptive(model: Denoiser, timer: Denoiser, schedule: Schedule, species, mol,
             eps_hat = model.noise(*shared, (t_step.to(dtype) / schedule.T)[sub_mol])
         elif not joint:
             eps_hat, _ = model(sp, xs.to(dtype), sub_mol, n_sub, time=t_step.to(dtype) / schedule.T)
+        if guide is not None:
+            xs = guide(index, t_step, xs, eps_hat.to(torch.float64), sub_mol, n_sub, eligible=~done)
         moved = reverse_step(xs, eps_hat.to(torch.float64), t_step, sub_mol, n_sub, schedule,
                              noise(index, steps[index], sub_mol, n_sub))
         kept = torch.where((~done[sub_mol])[:, None], moved, xs)
