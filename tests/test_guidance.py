@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from atomscreen.diffusion.forward import centre, keyed_noise
-from atomscreen.diffusion.guidance import GuidanceSettings, Guide
+from atomscreen.diffusion.guidance import Guide
 from atomscreen.diffusion.hybrid import (
     AcceptSettings,
     HybridEnergies,
@@ -19,6 +19,7 @@ from atomscreen.diffusion.hybrid import (
     generate,
     verdict,
 )
+from atomscreen.diffusion.hybrid_settings import GuidanceSettings
 from atomscreen.diffusion.painn import Denoiser, DenoiserConfig
 from atomscreen.diffusion.sample import sample
 from atomscreen.diffusion.schedule import polynomial_schedule

@@ -16,43 +16,13 @@ put back where the intervention found it and is not guided again; the reason is 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from atomscreen.diffusion.forward import centre
+from atomscreen.diffusion.hybrid_settings import GuidanceSettings
 from atomscreen.diffusion.schedule import Schedule
 from atomscreen.relax.lbfgs import BatchEnergy
 from atomscreen.relax.minimise import minimise
-
-TARGETS = ("x0", "xt")
-
-
-@dataclass(frozen=True)
-class GuidanceSettings:
-    """Where, how often and how hard the energy model steers the reverse process."""
-
-    start: float = 0.8  # fraction of the T steps done before guidance begins (Cho et al.: 80 %)
-    every: int = 10  # reverse steps between two interventions on one molecule (the paper leaves it open)
-    iterations: int = 30  # optimizer steps per intervention (Cho et al.: at most 30)
-    target: str = "x0"
-    optimizer: str = "lbfgs"  # lbfgs (with a line search) or fire
-    fmax: float = 0.05  # eV/Å: an intervention stops early below this force
-    maxstep: float = 0.2  # Å per optimizer step
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.start < 1.0:
-            raise ValueError(f"guidance start must lie in [0, 1), got {self.start}")
-        if self.every < 1 or self.iterations < 1:
-            raise ValueError(f"guidance every and iterations must be >= 1, got {self.every}, {self.iterations}")
-        if self.target not in TARGETS:
-            raise ValueError(f"guidance target must be one of {', '.join(TARGETS)}, got {self.target!r}")
-        if self.optimizer not in ("lbfgs", "fire"):
-            raise ValueError(f"guidance optimizer must be lbfgs or fire, got {self.optimizer!r}")
-
-    def window(self, T: int) -> int:
-        """The highest step that is guided."""
-        return int((1.0 - self.start) * T)
 
 
 class Guide:

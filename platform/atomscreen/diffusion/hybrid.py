@@ -20,41 +20,13 @@ import numpy as np
 import torch
 
 from atomscreen.diffusion.forward import centre, keyed_noise
-from atomscreen.diffusion.guidance import GuidanceSettings, Guide
+from atomscreen.diffusion.guidance import Guide
+from atomscreen.diffusion.hybrid_settings import AcceptSettings, GuidanceSettings, PostRelaxSettings
 from atomscreen.diffusion.painn import Denoiser
 from atomscreen.diffusion.sample import SAMPLERS, sample
 from atomscreen.diffusion.schedule import Schedule
 from atomscreen.relax.lbfgs import BatchEnergy
 from atomscreen.relax.minimise import minimise
-
-
-@dataclass(frozen=True)
-class AcceptSettings:
-    """The stability test: accept when the energy falls monotonically by at most ``threshold_mev_per_atom``."""
-
-    threshold_mev_per_atom: float = 25.0  # Cho et al.: 25 meV/atom (~kT at 300 K)
-    max_restarts: int = 3
-    steps: int = 200  # optimizer steps of the test
-    fmax: float = 0.05  # eV/Å: the test ends when converged
-    rise_tolerance_ev: float = 1e-6  # an energy rise below this is numerical noise (SCF), not a barrier
-
-    def __post_init__(self) -> None:
-        if self.threshold_mev_per_atom <= 0 or self.max_restarts < 0 or self.steps < 1 or self.fmax <= 0:
-            raise ValueError(f"accept needs threshold > 0, max_restarts >= 0, steps >= 1 and fmax > 0, got {self}")
-
-
-@dataclass(frozen=True)
-class PostRelaxSettings:
-    """Post-relaxation of accepted molecules on the energy model (Cho et al.: to convergence, no step limit)."""
-
-    fmax: float = 0.01  # eV/Å
-    max_steps: int = 1000
-    optimizer: str = "lbfgs"
-    record_every: int = 10
-
-    def __post_init__(self) -> None:
-        if self.fmax <= 0 or self.max_steps < 1 or self.record_every < 0:
-            raise ValueError(f"post_relax needs fmax > 0, max_steps >= 1 and record_every >= 0, got {self}")
 
 
 @dataclass
@@ -139,10 +111,11 @@ def generate(model: Denoiser, schedule: Schedule, numbers: list[np.ndarray], see
              time_model: Denoiser | None = None, guidance: GuidanceSettings | None = None,
              accept: AcceptSettings | None = None, post_relax: PostRelaxSettings | None = None,
              energies: HybridEnergies = HybridEnergies(), slots: int = 64, device: str = "cpu",
-             progress=None) -> list[Hybrid]:
+             first_attempts: list[int] | None = None, progress=None) -> list[Hybrid]:
     """Generate one molecule per entry of ``numbers`` (atomic numbers) with the strategies given (each None: off),
-    ``slots`` molecules at a time; ``seeds`` one per molecule. With every strategy off this is plain reverse
-    diffusion with keyed noise."""
+    ``slots`` molecules at a time; ``seeds`` one per molecule; ``first_attempts`` (default 0) the attempt each
+    molecule starts at (an ablation that already holds attempt 0 of a molecule continues from 1). With every
+    strategy off this is plain reverse diffusion with keyed noise."""
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
     if len(numbers) != len(seeds):
@@ -154,7 +127,9 @@ def generate(model: Denoiser, schedule: Schedule, numbers: list[np.ndarray], see
     if slots < 1:
         raise ValueError(f"slots must be at least 1, got {slots}")
     results: list[Hybrid | None] = [None] * len(numbers)
-    attempts = [0] * len(numbers)
+    attempts = list(first_attempts) if first_attempts is not None else [0] * len(numbers)
+    if len(attempts) != len(numbers) or min(attempts, default=0) < 0:
+        raise ValueError(f"first_attempts needs one attempt >= 0 per molecule, got {first_attempts}")
     pending = deque(range(len(numbers)))
     while pending:
         take = [pending.popleft() for _ in range(min(slots, len(pending)))]
@@ -174,9 +149,15 @@ def generate(model: Denoiser, schedule: Schedule, numbers: list[np.ndarray], see
     done = [r for r in results if r is not None]
     if post_relax is not None:
         chosen = [r for r in done if r.accepted is not False]
-        for k in range(0, len(chosen), slots):
-            _post_relax(chosen[k:k + slots], post_relax, energies.post_relax, device)
+        post_relax_all(chosen, post_relax, energies.post_relax, device, slots)
     return done
+
+
+def post_relax_all(chosen: list[Hybrid], settings: PostRelaxSettings, energy: BatchEnergy, device: str = "cpu",
+                   slots: int = 64) -> None:
+    """Post-relax molecules in place, ``slots`` at a time (Cho et al. §4.3)."""
+    for k in range(0, len(chosen), slots):
+        _post_relax(chosen[k:k + slots], settings, energy, device)
 
 
 def _batch(numbers: list[np.ndarray], device: str):
@@ -208,12 +189,20 @@ def _attempt(model, schedule, numbers, keyed, sampler, max_steps, stop_at, time_
             h.guidance_dropped = guide.dropped[k]
         made.append(h)
     if accept is not None:
-        threshold = accept.threshold_mev_per_atom / 1000.0 * torch.bincount(mol, minlength=n_mol).to(torch.float64)
-        test = minimise(energies.accept, z, out.positions, mol, n_mol, fmax=accept.fmax, max_steps=accept.steps,
-                        stop=lambda start, energy: start - energy > threshold)
-        for k, h in enumerate(made):
-            h.verdict = verdict(test.trace[k], len(h.numbers), accept, test.errors[k])
+        for h, v in zip(made, stability_test(energies.accept, z, out.positions, mol, n_mol, accept)):
+            h.verdict = v
     return made
+
+
+def stability_test(energy: BatchEnergy, numbers: torch.Tensor, x: torch.Tensor, mol: torch.Tensor, n_mol: int,
+                   settings: AcceptSettings) -> list[Verdict]:
+    """Cho et al. §4.2 on a batch: optimise (L-BFGS, line search) until converged, ``steps`` steps, or a drop past
+    the threshold, and judge each molecule's trace."""
+    sizes = torch.bincount(mol, minlength=n_mol)
+    threshold = settings.threshold_mev_per_atom / 1000.0 * sizes.to(torch.float64)
+    test = minimise(energy, numbers, x, mol, n_mol, fmax=settings.fmax, max_steps=settings.steps,
+                    stop=lambda start, e: start - e > threshold)
+    return [verdict(test.trace[k], int(sizes[k]), settings, test.errors[k]) for k in range(n_mol)]
 
 
 def _post_relax(chosen: list[Hybrid], settings: PostRelaxSettings, energy: BatchEnergy, device: str) -> None:
