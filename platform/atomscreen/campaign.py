@@ -427,6 +427,61 @@ class RSSSpec(Spec):
 SAMPLERS = ("ddpm", "morered-jt", "morered-as")
 
 
+ENERGY_MODELS = ("xtb_gfn2", "xtb_gfnff", "chgnet", "dft")
+
+
+def _energy_name(value: str) -> str:
+    if value in ENERGY_MODELS or _DOTTED.fullmatch(value) or re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}", value):
+        return value
+    raise ValueError(f"an energy model is one of {', '.join(ENERGY_MODELS)}, the name of an RM model under models:, "
+                     "or an ASE calculator factory 'module.path:function'")
+
+
+EnergyName = Annotated[str, AfterValidator(_energy_name)]
+_ENERGY_HELP = ("xtb_gfn2 or xtb_gfnff (xtb-python), chgnet, dft (PySCF), an RM pseudo potential named under models: "
+                "(batched on the worker's device), or an ASE calculator factory 'module.path:function'")
+
+
+class GuidanceSpec(Spec):
+    """Energy guidance in the last reverse steps (Cho et al. 2023 §4.1): every `every` steps once the step is at or
+    below (1 - start) T, at most `iterations` optimizer steps on `energy`."""
+
+    energy: EnergyName = Field(description=_ENERGY_HELP)
+    options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the calculator")
+    start: float = Field(default=0.8, ge=0.0, lt=1.0, description="fraction of the steps done before guidance")
+    every: PositiveInt = Field(default=10, description="reverse steps between two interventions on a molecule")
+    iterations: PositiveInt = Field(default=30, description="optimizer steps per intervention (the paper: <= 30)")
+    target: Literal["x0", "xt"] = Field(
+        default="x0", description="x0: relax the denoised estimate and re-noise it with the same noise estimate; "
+                                  "xt: relax x_t rescaled by 1/sqrt(abar_t)")
+    optimizer: Literal["lbfgs", "fire"] = "lbfgs"
+    fmax: PositiveFloat = Field(default=0.05, description="eV/Å: an intervention stops below this force")
+
+
+class AcceptSpec(Spec):
+    """The stability test after generation (Cho et al. §4.2): L-BFGS with a line search on `energy`; accepted when
+    the energy falls monotonically by at most the threshold, else that molecule restarts from new noise."""
+
+    energy: EnergyName | None = Field(default=None, description="default: the guidance's energy model")
+    options: dict[str, Any] | None = Field(default=None, description="default: the guidance's options")
+    threshold_mev_per_atom: PositiveFloat = Field(default=25.0, description="the paper: 25 meV/atom (~kT at 300 K)")
+    max_restarts: NonNegativeInt = Field(default=3, description="new generations per molecule before giving up")
+    steps: PositiveInt = Field(default=200, description="optimizer steps of the test")
+    fmax: PositiveFloat = Field(default=0.05, description="eV/Å: the test ends when converged")
+
+
+class PostRelaxSpec(Spec):
+    """Post-relaxation of each accepted molecule on `energy` (Cho et al. §4.3), stored as its own structure (origin
+    post_relax) with its trajectory and energy."""
+
+    energy: EnergyName | None = Field(default=None, description="default: accept's, else the guidance's")
+    options: dict[str, Any] | None = Field(default=None, description="default: those of the energy taken")
+    fmax: PositiveFloat = Field(default=0.01, description="eV/Å")
+    max_steps: PositiveInt = 1000
+    optimizer: Literal["lbfgs", "fire"] = "lbfgs"
+    trajectory_every: NonNegativeInt = Field(default=10, description="steps between stored frames (0: none)")
+
+
 class DiffusionSpec(Spec):
     """Molecules generated from noise for each composition by reverse diffusion on the denoiser named ``model``."""
 
@@ -444,12 +499,39 @@ class DiffusionSpec(Spec):
     batch_size: PositiveInt = Field(default=64, description="molecules per task, sampled together")
     trajectory_every: NonNegativeInt = Field(default=100, description="reverse steps between stored frames (0: none)")
     seed: int | None = Field(default=None, description="default: the campaign's seed")
+    guidance: GuidanceSpec | None = Field(default=None, description="energy guidance of the last reverse steps")
+    accept: AcceptSpec | None = Field(default=None, description="accept/reject with bounded restarts")
+    post_relax: PostRelaxSpec | None = Field(default=None, description="post-relaxation of accepted molecules")
 
     @model_validator(mode="after")
     def _time_model(self) -> DiffusionSpec:
         if (self.sampler == "morered-as") != (self.time_model is not None):
             raise ValueError("time_model (the separate time predictor) goes with sampler morered-as, and only with it")
+        for what in ("accept", "post_relax"):
+            if getattr(self, what) is not None and self.energy_of(what) is None:
+                raise ValueError(f"{what}.energy: give the energy model (there is no guidance block to take it from)")
         return self
+
+    @property
+    def hybrid(self) -> bool:
+        """Generation with an energy model (guidance, accept/reject or post-relaxation)."""
+        return any(b is not None for b in (self.guidance, self.accept, self.post_relax))
+
+    def energy_of(self, what: str) -> tuple[str, dict[str, Any]] | None:
+        """(energy model, options) of a strategy: its own, else accept's (post_relax), else the guidance's."""
+        chain = {"guidance": ["guidance"], "accept": ["accept", "guidance"],
+                 "post_relax": ["post_relax", "accept", "guidance"]}[what]
+        if getattr(self, what) is None:
+            return None
+        for name in chain:
+            block = getattr(self, name)
+            if block is not None and block.energy is not None:
+                return block.energy, dict(block.options or {})
+        return None
+
+    def energy_models(self) -> list[str]:
+        """Names of the energy models the strategies use, each once."""
+        return list(dict.fromkeys(e[0] for e in map(self.energy_of, ("guidance", "accept", "post_relax")) if e))
 
 
 def _blocks(kind: type) -> Any:
@@ -706,6 +788,8 @@ class CampaignSpec(Spec):
         uses = [("rss", b.name, b.model, "rm_potential") for b in value.rss_blocks]
         uses += [("diffusion", b.name, m, "denoiser") for b in value.diffusion_blocks
                  for m in (b.model, b.time_model) if m is not None]
+        uses += [("diffusion", b.name, e, "rm_potential") for b in value.diffusion_blocks for e in b.energy_models()
+                 if e not in ENERGY_MODELS and not _DOTTED.fullmatch(e)]
         for generator, name, model, kind in uses if known else ():
             if model not in known:
                 raise ValueError(f"{generator} block {name!r} uses model {model!r}, which this campaign does not "
@@ -777,6 +861,15 @@ class CampaignSpec(Spec):
     def pseudo_methods(self) -> list[str]:
         """Energy method names of the pseudo energies the RSS blocks produce (rm_pseudo, rm_pseudo:NAME)."""
         return _pseudo_methods(self.generators)
+
+    @property
+    def candidate_methods(self) -> list[str]:
+        """The energies re-scoring picks its candidates by: the RSS pseudo energies, then the energy models that
+        post-relax diffusion molecules (their post_relax children carry them)."""
+        known = self.model_specs()
+        post = [(lambda name: pseudo_method(name) if name in known else name)(b.energy_of("post_relax")[0])
+                for b in self.generators.diffusion_blocks if b.post_relax is not None]
+        return list(dict.fromkeys(self.pseudo_methods + post))
 
 
 def _molecules_only(data: dict[str, Any], what: str) -> None:

@@ -23,15 +23,16 @@ from typing import Any, Union
 import numpy as np
 
 from atomscreen.atoms.random import RandomSpec
+from atomscreen.diffusion.hybrid_settings import AcceptSettings, GuidanceSettings, PostRelaxSettings
 from atomscreen.names import DEFAULT_MODEL, PSEUDO, pseudo_method
 from atomscreen.relax.ase_relax import CalcSettings
 from atomscreen.relax.loop import RelaxSettings
 from atomscreen.relax.schedule import RelaxStage
 from atomscreen.relax.trajectory import RelaxStatus, Trajectory
 
-__all__ = ["DEFAULT_MODEL", "PSEUDO", "CheckOut", "DiffusionJob", "DiffusionRelaxJob", "Job", "Origin",
-           "PolishSettings", "ReferenceJob", "RescoreJob", "RssJob", "StructureIn", "StructureOut", "TaskKind",
-           "TaskResult", "ValidityJob", "from_json", "pseudo_method", "to_json", "worker_models"]
+__all__ = ["DEFAULT_MODEL", "PSEUDO", "CheckOut", "DiffusionJob", "DiffusionRelaxJob", "EnergyRef", "HybridJob", "Job",
+           "Origin", "PolishSettings", "ReferenceJob", "RescoreJob", "RssJob", "StructureIn", "StructureOut",
+           "TaskKind", "TaskResult", "ValidityJob", "from_json", "pseudo_method", "to_json", "worker_models"]
 
 JOB_VERSION = 2
 
@@ -56,6 +57,7 @@ class Origin(StrEnum):
     IMPORT = "import"
     DIFFUSION = "diffusion"
     DIFFUSION_RELAX = "diffusion_relax"
+    POST_RELAX = "post_relax"
 
 
 @dataclass(frozen=True)
@@ -181,6 +183,38 @@ class ValidityJob:
 
 
 @dataclass(frozen=True)
+class EnergyRef:
+    """An energy model of hybrid generation: an RM pseudo potential named under models: (``model`` true), a built-in
+    calculator (xtb_gfn2, xtb_gfnff, chgnet, dft) or an ASE calculator factory 'module.path:function'."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+    model: bool = False
+
+    @property
+    def method(self) -> str:
+        """The energy method its energies are stored under (rm_pseudo[:NAME] for an RM model)."""
+        return pseudo_method(self.name) if self.model else self.name
+
+
+@dataclass(frozen=True)
+class HybridJob:
+    """Generation with an energy model (Cho et al. 2023): each strategy's settings and energy (None: off), and the
+    molecules sampled together."""
+
+    guidance: GuidanceSettings | None = None
+    guidance_energy: EnergyRef | None = None
+    accept: AcceptSettings | None = None
+    accept_energy: EnergyRef | None = None
+    post_relax: PostRelaxSettings | None = None
+    post_energy: EnergyRef | None = None
+    slots: int = 64
+
+    def energies(self) -> list[EnergyRef]:
+        return [e for e in (self.guidance_energy, self.accept_energy, self.post_energy) if e is not None]
+
+
+@dataclass(frozen=True)
 class DiffusionJob:
     """Molecules ``start .. start+count-1`` of one composition generated from noise by reverse diffusion on the
     denoiser named ``model`` (``time_model``: the time predictor of morered-as)."""
@@ -197,6 +231,7 @@ class DiffusionJob:
     model: str = DEFAULT_MODEL
     time_model: str | None = None
     stop_at: int = 0  # adaptive samplers stop at a rounded predicted step <= this
+    hybrid: HybridJob | None = None  # guidance, accept/reject, post-relaxation (None: plain generation)
     kind: TaskKind = TaskKind.DIFFUSION
     energy_method = None  # generated molecules carry no energy
 
@@ -231,7 +266,11 @@ def worker_models(job: Job) -> tuple[str, ...]:
     denoiser a re-scoring job polishes with."""
     if isinstance(job, RescoreJob):
         return () if job.polish is None else (job.polish.model,)
-    return tuple(n for n in (job.model, getattr(job, "time_model", None)) if n is not None)
+    names = tuple(n for n in (job.model, getattr(job, "time_model", None)) if n is not None)
+    hybrid = getattr(job, "hybrid", None)
+    if hybrid is not None:  # the RM pseudo potentials its strategies use, each once
+        names += tuple(dict.fromkeys(e.name for e in hybrid.energies() if e.model and e.name not in names))
+    return names
 
 
 @dataclass
@@ -253,6 +292,8 @@ class StructureOut:
     info: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     wall_time_s: float | None = None
+    children: list[StructureOut] = field(default_factory=list)  # e.g. its post-relaxation (origin post_relax)
+    child_method: str | None = None  # the energy method of the children's energies
 
 
 @dataclass

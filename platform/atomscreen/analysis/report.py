@@ -111,6 +111,31 @@ class PolishStats:
 
 
 @dataclass
+class GuidedStats:
+    """Generation with an energy model, per composition and source (diffusion:SAMPLER, and 'all'): molecules,
+    accepted ones and restarts per accepted one (accept/reject), mean guidance interventions and molecules whose
+    guidance was dropped, post-relaxations and how many converged; and the judge (the re-scoring calculator's
+    relaxation of the re-scored ones): median and 90th percentile of its energy drop dE (eV per molecule) and of the
+    mean atomic displacement dP (Å)."""
+
+    formula: str
+    source: str
+    n: int
+    accepted: int | None
+    restarts_per_accepted: float | None
+    interventions: float | None
+    dropped: int
+    post_relaxed: int
+    post_converged: int
+    judge: str | None
+    judged: int
+    dE_median: float | None
+    dE_p90: float | None
+    dP_median: float | None
+    dP_p90: float | None
+
+
+@dataclass
 class CampaignReport:
     """Per-composition statistics and the funnel's comparison of pseudo and re-scored energies."""
 
@@ -125,6 +150,7 @@ class CampaignReport:
     validity: list[ValidityStats] = field(default_factory=list)
     relaxation: list[RelaxationStats] = field(default_factory=list)
     polish: list[PolishStats] = field(default_factory=list)
+    guided: list[GuidedStats] = field(default_factory=list)
 
 
 def pearson(pairs: list[tuple[int, float, float]]) -> float | None:
@@ -148,7 +174,7 @@ def campaign_report(rows: Any) -> CampaignReport:
     matched_unique = sum(1 for s, m, _ in rankings if m == PSEUDO and s in rows.matches)
     return CampaignReport(stats, rescore_method, pearson(pairs), len(pairs), pairs, matched_unique,
                           _lowest(rows, [PSEUDO] + methods), list(rows.failures), _validity(rows), _relaxation(rows),
-                          _polish(rows, rescore_method))
+                          _polish(rows, rescore_method), _guided(rows, rescore_method))
 
 
 def _generated_parent(info, sid: int | None) -> int | None:
@@ -194,6 +220,35 @@ def _polish(rows: Any, method: str | None) -> list[PolishStats]:
                                float(np.median(unpolished)) if unpolished else None,
                                float(np.median(saved)) if saved else None,
                                float(np.median(change)) if change else None, len(both)))
+    return out
+
+
+def _guided(rows: Any, method: str | None) -> list[GuidedStats]:
+    if not rows.hybrid:
+        return []
+    groups: dict[tuple[str, str], list[int]] = {}
+    for sid in rows.hybrid:
+        origin, _, formula, _ = rows.structures[sid]
+        groups.setdefault((formula, origin), []).append(sid)
+    ordered = sorted(groups.items(), key=lambda g: (len(g[0][0]), g[0]))
+    if len(groups) > 1:
+        ordered.append((("all", ""), [sid for _, members in ordered for sid in members]))
+    post_of = {p["parent"]: sid for sid, p in rows.post_relaxed.items()}
+    out = []
+    for (formula, source), members in ordered:
+        made = [rows.hybrid[sid] for sid in members]
+        tested = [m for m in made if m["accepted"] is not None]
+        accepted = sum(bool(m["accepted"]) for m in tested) if tested else None
+        guided = [m["interventions"] for m in made if m["interventions"] is not None]
+        posts = [rows.post_relaxed[post_of[sid]] for sid in members if sid in post_of]
+        judged = [j for j in rows.judged.values() if j["generated"] in set(members) and j["method"] == method]
+        de, dp = np.array([j["dE"] for j in judged]), np.array([j["dP"] for j in judged])
+        q = (lambda v, p: float(np.quantile(v, p)) if v.size else None)  # noqa: E731
+        out.append(GuidedStats(formula, source, len(made), accepted,
+                               sum(m["restarts"] for m in made) / accepted if accepted else None,
+                               float(np.mean(guided)) if guided else None, sum(m["dropped"] is not None for m in made),
+                               len(posts), sum(p["converged"] for p in posts), method if judged else None,
+                               len(judged), q(de, 0.5), q(de, 0.9), q(dp, 0.5), q(dp, 0.9)))
     return out
 
 

@@ -38,6 +38,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         _relaxation_table(args.name, report.relaxation)
     if report.polish:
         _polish_table(args.name, report.polish)
+    if report.guided:
+        _guided_table(args.name, report.guided)
     if report.validity:
         _validity_table(args.name, report.validity)
         _denominators_table(args.name, report.validity)
@@ -63,6 +65,24 @@ def _relaxation_table(name: str, rows) -> None:
         table.add_row(r.formula, _from(r.source), r.method, str(r.n), _pct(r.converged, r.n), f"{r.median_steps:.0f}",
                       f"{r.median_t0:.0f}", f"{r.median_displacement:.3f}")
     wide(120).print(table)
+
+
+def _guided_table(name: str, rows) -> None:
+    """Generation with an energy model: acceptance, restarts, guidance, post-relaxation and the judge's figures."""
+    judge = next((r.judge for r in rows if r.judge), None)
+    table = Table("formula", "from", "n", "accepted", "restarts/acc.", "interv.", "dropped", "post conv.",
+                  "judged", "dE med. eV", "dE p90", "dP med. Å", "dP p90",
+                  title=f"{name}: generation with an energy model (Cho et al. 2023); judge: "
+                        f"{judge or 'none (configure rescore)'} relaxation of the re-scored molecules, energy drop "
+                        "dE and mean atomic displacement dP")
+    table.columns[0].no_wrap = table.columns[1].no_wrap = True
+    for r in rows:
+        table.add_row(r.formula, _from(r.source) if r.source else "", str(r.n),
+                      "" if r.accepted is None else str(r.accepted), _num(r.restarts_per_accepted, 2),
+                      _num(r.interventions, 1), str(r.dropped),
+                      f"{r.post_converged}/{r.post_relaxed}" if r.post_relaxed else "", str(r.judged),
+                      _num(r.dE_median, 3), _num(r.dE_p90, 3), _num(r.dP_median, 3), _num(r.dP_p90, 3))
+    wide(140).print(table)
 
 
 def _polish_table(name: str, rows) -> None:

@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from atomscreen.compute.workers import ModelRef, _device, _model, _use_worker_threads
-from atomscreen.jobs import DiffusionJob, DiffusionRelaxJob, RescoreJob, StructureOut, TaskResult
+from atomscreen.jobs import DiffusionJob, DiffusionRelaxJob, RescoreJob, StructureOut, TaskResult, worker_models
 from atomscreen.relax.trajectory import RelaxStatus
 
 
@@ -88,9 +88,11 @@ def diffusion_relax_task(job: DiffusionRelaxJob, model: ModelRef, time_model: Mo
     return TaskResult(time.perf_counter() - t0, results, device=device)
 
 
-def diffusion_task(job: DiffusionJob, model: ModelRef, time_model: ModelRef | None = None) -> TaskResult:
+def diffusion_task(job: DiffusionJob, model: ModelRef, *others: ModelRef) -> TaskResult:
     """Molecules of one composition generated from noise by reverse diffusion (seeded by composition and start, so
-    the same molecules however the samples are split into tasks), with their subsampled reverse trajectories."""
+    the same molecules however the samples are split into tasks), with their subsampled reverse trajectories;
+    ``others``: the time model and the RM energy models, in the order of jobs.worker_models. With energy-model
+    strategies (job.hybrid), the hybrid generator of diffusion.hybrid."""
     import torch
 
     from atomscreen.diffusion.sample import sample
@@ -99,7 +101,10 @@ def diffusion_task(job: DiffusionJob, model: ModelRef, time_model: ModelRef | No
     _use_worker_threads()
     device = _device()
     denoiser, schedule = _model(model, device)
-    timer = _model(time_model, device)[0] if time_model is not None else None
+    refs = dict(zip(worker_models(job)[1:], others))
+    timer = _model(refs[job.time_model], device)[0] if job.time_model is not None else None
+    if job.hybrid is not None:
+        return _hybrid_task(job, denoiser, schedule, timer, refs, device, t0)
     numbers = torch.tensor([z for _ in range(job.count) for z in _numbers(job.counts)], device=device)
     mol = torch.repeat_interleave(torch.arange(job.count, device=device), len(numbers) // job.count)
     generator = torch.Generator(device=device).manual_seed(
@@ -109,6 +114,94 @@ def diffusion_task(job: DiffusionJob, model: ModelRef, time_model: ModelRef | No
                  stop_at=job.stop_at)
     return TaskResult(time.perf_counter() - t0, _generated(job, numbers.cpu().numpy(), mol.cpu().numpy(), out),
                       device=device)
+
+
+def hybrid_seed(job: DiffusionJob, k: int) -> int:
+    """The noise seed of molecule ``start + k`` of a composition: the same however samples are split into tasks."""
+    return (job.seed * 1_000_003 + job.composition_seed * 7919 + job.start + k) % 2**56
+
+
+def _energy(ref, refs: dict[str, ModelRef], device: str):
+    from atomscreen.evaluate.energy_models import ase_energy, rm_energy
+
+    if ref is None:
+        return None
+    if ref.model:
+        return rm_energy(_model(refs[ref.name], device))
+    return ase_energy(ref.name, ref.options, device)
+
+
+def _hybrid_task(job: DiffusionJob, denoiser, schedule, timer, refs: dict[str, ModelRef], device: str,
+                 t0: float) -> TaskResult:
+    """Generation with guidance, accept/reject and post-relaxation (Cho et al. 2023): each molecule a structure
+    (origin diffusion) with its restarts and test verdict in info, its post-relaxation a child (origin post_relax)
+    with the energy model's energy and trajectory."""
+    from atomscreen.diffusion.hybrid import HybridEnergies, generate
+
+    h = job.hybrid
+    made = {}
+    energies = HybridEnergies(*(made.setdefault((e.name, repr(e.options)), _energy(e, refs, device))
+                                if e is not None else None
+                                for e in (h.guidance_energy, h.accept_energy, h.post_energy)))
+    numbers = np.array(_numbers(job.counts))
+    out = generate(denoiser, schedule, [numbers] * job.count, [hybrid_seed(job, k) for k in range(job.count)],
+                   sampler=job.sampler, max_steps=job.max_steps, stop_at=job.stop_at, time_model=timer,
+                   guidance=h.guidance, accept=h.accept, post_relax=h.post_relax, energies=energies,
+                   slots=h.slots, device=device, record_every=job.trajectory_every)
+    results = []
+    for m in out:
+        info = {"sampler": job.sampler, "reverse_steps": m.reverse_steps, "converged": m.converged,
+                "restarts": m.restarts, "hybrid": _hybrid_info(m, h)}
+        if m.final_t is not None:
+            info["final_t"] = m.final_t
+        if m.verdict is not None:
+            info["accepted"] = m.verdict.accepted
+        trajectory = _own_trajectory(m.frames, np.ones(len(numbers), dtype=bool), m.reverse_steps, m.positions) \
+            if m.frames else None
+        s = StructureOut(numbers, m.positions, np.zeros((3, 3)), np.zeros(3, dtype=bool), None, None,
+                         m.reverse_steps, RelaxStatus.CONVERGED if m.converged else RelaxStatus.NOT_CONVERGED,
+                         trajectory=trajectory, info=info)
+        if m.post_positions is not None:
+            s.children.append(_post_out(m, h))
+            s.child_method = h.post_energy.method
+        results.append(s)
+    return TaskResult(time.perf_counter() - t0, results, device=device)
+
+
+def _hybrid_info(m, h) -> dict:
+    info = {}
+    if h.guidance is not None:
+        info["guidance"] = {"energy": h.guidance_energy.method, "interventions": m.interventions,
+                            "optimizer_steps": m.guidance_steps, "dropped": m.guidance_dropped,
+                            "start": h.guidance.start, "every": h.guidance.every,
+                            "iterations": h.guidance.iterations, "target": h.guidance.target}
+    if m.verdict is not None:
+        info["accept"] = {"energy": h.accept_energy.method, "accepted": m.verdict.accepted,
+                          "reason": m.verdict.reason, "drop_mev_per_atom": m.verdict.drop_mev_per_atom,
+                          "steps": m.verdict.steps, "threshold_mev_per_atom": h.accept.threshold_mev_per_atom,
+                          "max_restarts": h.accept.max_restarts}
+    return info
+
+
+def _post_out(m, h) -> StructureOut:
+    """The post-relaxation of one molecule as its child structure; failed when the energy model failed at once."""
+    from atomscreen.relax.trajectory import Trajectory
+
+    failed = m.post_energy is None or not np.isfinite(m.post_energy)
+    trace = m.post_trace
+    frames = m.post_frames
+    trajectory = None if not frames else Trajectory(
+        np.array([s for s, _ in frames]),
+        np.array([trace[s] if s < len(trace) else np.nan for s, _ in frames]),
+        np.full(len(frames), np.nan), np.stack([x for _, x in frames]), np.zeros((len(frames), 3, 3)))
+    status = RelaxStatus.FAILED if failed else (RelaxStatus.CONVERGED if m.post_converged
+                                                else RelaxStatus.NOT_CONVERGED)
+    info = {"post_relax": {"energy": h.post_energy.method, "fmax_target": h.post_relax.fmax,
+                           "max_steps": h.post_relax.max_steps, "optimizer": h.post_relax.optimizer,
+                           "error": m.post_error}}
+    return StructureOut(m.numbers, m.post_positions, np.zeros((3, 3)), np.zeros(3, dtype=bool),
+                        None if failed else m.post_energy, m.post_fmax, m.post_steps, status, trajectory=trajectory,
+                        info=info, error=m.post_error if failed else None)
 
 
 def _numbers(counts: dict[str, int]) -> list[int]:

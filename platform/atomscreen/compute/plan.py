@@ -21,10 +21,13 @@ from ase.units import GPa
 from atomscreen.atoms.random import RandomSpec, volume_per_atom
 from atomscreen.campaign import CampaignSpec, DiffusionSpec, RSSSpec
 from atomscreen.chem import parse_formula
+from atomscreen.diffusion.hybrid_settings import AcceptSettings, GuidanceSettings, PostRelaxSettings
 from atomscreen.errors import AtomscreenError
 from atomscreen.jobs import (
     DiffusionJob,
     DiffusionRelaxJob,
+    EnergyRef,
+    HybridJob,
     Job,
     KickSettings,
     PolishSettings,
@@ -164,10 +167,32 @@ def diffusion_tasks(spec: CampaignSpec, block: DiffusionSpec) -> list[PlannedTas
             count = min(block.batch_size, block.samples_per_composition - start)
             job = DiffusionJob(formula, parse_formula(formula), start, count, seed, composition_seed, block.sampler,
                                block.max_steps, block.trajectory_every, block.model, block.time_model,
-                               block.stop_at)
+                               block.stop_at, hybrid_job(spec, block))
             task_seed = (seed * 1_000_003 + composition_seed + start) % 2**62
             tasks.append(PlannedTask(f"{block.name}/{formula}/{start}", task_seed, job))
     return tasks
+
+
+def _energy_ref(spec: CampaignSpec, chosen: tuple[str, dict] | None) -> EnergyRef | None:
+    if chosen is None:
+        return None
+    name, options = chosen
+    return EnergyRef(name, options, model=name in spec.model_specs())
+
+
+def hybrid_job(spec: CampaignSpec, block) -> HybridJob | None:
+    """The energy-model strategies of a diffusion block as job settings (None when it has none)."""
+    if not block.hybrid:
+        return None
+    g, a, p = block.guidance, block.accept, block.post_relax
+    return HybridJob(
+        guidance=None if g is None else GuidanceSettings(g.start, g.every, g.iterations, g.target, g.optimizer, g.fmax),
+        guidance_energy=_energy_ref(spec, block.energy_of("guidance")),
+        accept=None if a is None else AcceptSettings(a.threshold_mev_per_atom, a.max_restarts, a.steps, a.fmax),
+        accept_energy=_energy_ref(spec, block.energy_of("accept")),
+        post_relax=None if p is None else PostRelaxSettings(p.fmax, p.max_steps, p.optimizer, p.trajectory_every),
+        post_energy=_energy_ref(spec, block.energy_of("post_relax")),
+        slots=block.batch_size)
 
 
 def generation_tasks(spec: CampaignSpec, training: Mapping[str, Mapping[str, Any]]) -> list[PlannedTask]:

@@ -92,16 +92,17 @@ def _rescoring(ctx: Context) -> list[plan.PlannedTask]:
     """Re-scoring of the top-K unique candidates per composition (by every pseudo energy) and of every reference;
     after a MoreRed relaxation stage, each candidate's relaxed child is what is re-scored."""
     with transaction(ctx.engine) as session:
-        top = [i for method in ctx.spec.pseudo_methods
+        top = [i for method in ctx.spec.candidate_methods
                for i in top_candidates(session, ctx.campaign_id, method=method, top_k=ctx.spec.rescore.top_k)]
         r = ctx.spec.relaxation
         if r.diffusion_method is not None:  # the stage's own children (not `platform relax` ones)
             relaxed = children(session, ctx.campaign_id, Origin.DIFFUSION_RELAX, sampler=r.diffusion_method,
                                model_id=ctx.models[r.model].id, from_tasks=True)
-            missing = [i for i in top if i not in relaxed]
+            post = set(structure_ids(session, ctx.campaign_id, [Origin.POST_RELAX]))  # relaxed by their energy model
+            missing = [i for i in top if i not in relaxed and i not in post]
             if missing:
                 raise plan.PlanError(f"candidates {missing[:10]} have no {r.diffusion_method} relaxation stored")
-            top = [relaxed[i] for i in top]
+            top = [i if i in post else relaxed[i] for i in top]
         refs = structure_ids(session, ctx.campaign_id, [Origin.REFERENCE])
         by_id = {a.info["structure_id"]: a for a in structures(session, ids=list(top) + refs)}
     candidates = sorted(((by_id[i].info["formula"], i, by_id[i]) for i in dict.fromkeys(top)), key=lambda c: c[0])
@@ -116,7 +117,8 @@ def _validity(ctx: Context) -> list[plan.PlannedTask]:
         queued = {s.structure_id for p in open_payloads(session, ctx.campaign_id, TaskKind.VALIDITY)
                   for s in from_json(TaskKind.VALIDITY, p).structures}
         ids = [i for i in structure_ids(session, ctx.campaign_id, [Origin.RSS, Origin.DIFFUSION,
-                                                                   Origin.DIFFUSION_RELAX, Origin.RESCORE],
+                                                                   Origin.DIFFUSION_RELAX, Origin.POST_RELAX,
+                                                                   Origin.RESCORE],
                                         unchecked=True) if i not in queued]
         molecules = [a for a in structures(session, ids=ids)
                      if not a.pbc.any() and a.info.get("relax_status") != "exploded"]

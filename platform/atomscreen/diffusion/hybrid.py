@@ -82,6 +82,7 @@ class Hybrid:
     post_error: str | None = None
     post_frames: list[tuple[int, np.ndarray]] = field(default_factory=list)
     post_trace: list[float] = field(default_factory=list)
+    frames: list[tuple[int, np.ndarray]] = field(default_factory=list)  # the accepted (or last) reverse run
 
     @property
     def accepted(self) -> bool | None:
@@ -111,7 +112,7 @@ def generate(model: Denoiser, schedule: Schedule, numbers: list[np.ndarray], see
              time_model: Denoiser | None = None, guidance: GuidanceSettings | None = None,
              accept: AcceptSettings | None = None, post_relax: PostRelaxSettings | None = None,
              energies: HybridEnergies = HybridEnergies(), slots: int = 64, device: str = "cpu",
-             first_attempts: list[int] | None = None, progress=None) -> list[Hybrid]:
+             first_attempts: list[int] | None = None, record_every: int = 0, progress=None) -> list[Hybrid]:
     """Generate one molecule per entry of ``numbers`` (atomic numbers) with the strategies given (each None: off),
     ``slots`` molecules at a time; ``seeds`` one per molecule; ``first_attempts`` (default 0) the attempt each
     molecule starts at (an ablation that already holds attempt 0 of a molecule continues from 1). With every
@@ -136,7 +137,7 @@ def generate(model: Denoiser, schedule: Schedule, numbers: list[np.ndarray], see
         batch = _attempt(model, schedule, [numbers[i] for i in take],
                          attempt_seeds(torch.tensor([seeds[i] for i in take], dtype=torch.int64),
                                        torch.tensor([attempts[i] for i in take], dtype=torch.int64)),
-                         sampler, max_steps, stop_at, time_model, guidance, accept, energies, device)
+                         sampler, max_steps, stop_at, time_model, guidance, accept, energies, device, record_every)
         for i, out in zip(take, batch):
             out.restarts = attempts[i]
             if out.verdict is not None and not out.verdict.accepted and attempts[i] < accept.max_restarts:
@@ -168,7 +169,7 @@ def _batch(numbers: list[np.ndarray], device: str):
 
 
 def _attempt(model, schedule, numbers, keyed, sampler, max_steps, stop_at, time_model, guidance, accept, energies,
-             device) -> list[Hybrid]:
+             device, record_every=0) -> list[Hybrid]:
     """One reverse run of a batch of molecules, then the stability test of each."""
     z, mol = _batch(numbers, device)
     n_mol = len(numbers)
@@ -177,13 +178,15 @@ def _attempt(model, schedule, numbers, keyed, sampler, max_steps, stop_at, time_
                n_mol)
     guide = Guide(guidance, energies.guidance, z, mol, n_mol, schedule) if guidance is not None else None
     out = sample(model, schedule, model.species(z), mol, n_mol, sampler=sampler, max_steps=max_steps, x=x,
-                 time_model=time_model, stop_at=stop_at, guide=guide, noise=_noise(keyed))
+                 time_model=time_model, stop_at=stop_at, guide=guide, noise=_noise(keyed), record_every=record_every)
     positions, mol_np = out.positions.cpu().numpy(), mol.cpu().numpy()
+    frames = [(step, f.cpu().numpy()) for step, f in out.frames]
     made = []
     for k in range(n_mol):
         h = Hybrid(numbers[k], positions[mol_np == k], reverse_steps=int(out.steps[k]),
                    converged=bool(out.converged[k]),
-                   final_t=None if out.final_time is None else int(out.final_time[k]))
+                   final_t=None if out.final_time is None else int(out.final_time[k]),
+                   frames=[(step, f[mol_np == k]) for step, f in frames])
         if guide is not None:
             h.interventions, h.guidance_steps = int(guide.interventions[k]), int(guide.optimizer_steps[k])
             h.guidance_dropped = guide.dropped[k]

@@ -144,3 +144,9 @@ class ReportRows:
     # re-scored after a polish: id -> method, polish_steps, polish_rmsd, steps, energy (eV) and converged of the
     # calculator's relaxation from the polished geometry; unpolished_steps / _energy / _status from the unpolished one
     polished: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # generation with an energy model: diffusion id -> restarts, accepted, interventions, dropped (guidance);
+    # post_relax id -> parent, converged; re-scored descendants -> method, generated id, dE (eV, start minus end of
+    # the calculator's relaxation) and dP (mean atomic displacement, Å)
+    hybrid: dict[int, dict[str, Any]] = field(default_factory=dict)
+    post_relaxed: dict[int, dict[str, Any]] = field(default_factory=dict)
+    judged: dict[int, dict[str, Any]] = field(default_factory=dict)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from ase import Atoms
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -148,7 +149,7 @@ def report_rows(session: Session, campaign: str) -> ReportRows:
         generated_converged={sid: info.get("relax_status") == "converged" for sid, _, info in generated},
         relaxed={sid: {k: info.get(k) for k in ("reverse_steps", "converged", "t0", "displacement_rmsd")}
                  for sid, origin, info in generated if origin == "diffusion_relax"},
-        polished=_polished(session, cid))
+        polished=_polished(session, cid), **_hybrid(session, cid))
 
 
 def _task_times(session: Session, cid: int) -> dict[str, float]:
@@ -158,6 +159,40 @@ def _task_times(session: Session, cid: int) -> dict[str, float]:
         if formula and wall is not None:
             times[formula] = times.get(formula, 0.0) + float(wall)
     return times
+
+
+def _hybrid(session: Session, cid: int) -> dict[str, dict[int, dict[str, Any]]]:
+    """Hybrid generation's records: the generated molecules, their post-relaxations, and the judge's figures for each
+    re-scored descendant (its calculator's energy drop over the relaxation and the mean atomic displacement)."""
+    from atomscreen.store.read import trajectory
+
+    made = session.execute(select(Structure.id, Structure.info).where(
+        Structure.campaign_id == cid, Structure.origin == "diffusion")).all()
+    hybrid = {sid: {"restarts": info.get("restarts", 0), "accepted": info.get("accepted"),
+                    "interventions": ((info["hybrid"].get("guidance") or {}).get("interventions")),
+                    "dropped": ((info["hybrid"].get("guidance") or {}).get("dropped"))}
+              for sid, info in made if (info or {}).get("hybrid") is not None}
+    if not hybrid:
+        return {}
+    post = {sid: {"parent": parent, "converged": (info or {}).get("relax_status") == "converged"}
+            for sid, parent, info in session.execute(select(Structure.id, Structure.parent_id, Structure.info).where(
+                Structure.campaign_id == cid, Structure.origin == "post_relax")).all()}
+    rescored = session.execute(select(Structure.id, Structure.parent_id, Energy.method, Energy.total)
+                               .join(Energy, Energy.structure_id == Structure.id)
+                               .where(Structure.campaign_id == cid, Structure.origin == "rescore")).all()
+    rescored = [r for r in rescored if r.parent_id in hybrid or r.parent_id in post]
+    atoms = {a.info["structure_id"]: a for a in structures(
+        session, ids=sorted({r.id for r in rescored} | {r.parent_id for r in rescored}))} if rescored else {}
+    judged = {}
+    for sid, parent, method, total in rescored:
+        frames = trajectory(session, sid, method)
+        if frames is None or not len(frames.energies) or total is None:
+            continue
+        moved = atoms[sid].positions - atoms[parent].positions
+        judged[sid] = {"method": method, "generated": post[parent]["parent"] if parent in post else parent,
+                       "after_post_relax": parent in post, "dE": float(frames.energies[0]) - float(total),
+                       "dP": float(np.linalg.norm(moved, axis=1).mean())}
+    return {"hybrid": hybrid, "post_relaxed": post, "judged": judged}
 
 
 def _polished(session: Session, cid: int) -> dict[int, dict[str, Any]]:

@@ -80,18 +80,32 @@ def write_structures(session: Session, campaign_id: int, origin: str, outs: Sequ
                      method: str | None = None, model_id: int | None = None, task_id: int | None = None) -> list[int]:
     """Store structures as a task returns them (energies under ``method``, trajectories under ``method`` or the
     origin) and a calculation failure for each failed one; returns the new ids."""
+    return _write(session, campaign_id, origin, outs, method, model_id, task_id, 0)
+
+
+def _write(session: Session, campaign_id: int, origin: str, outs: Sequence[StructureOut], method: str | None,
+           model_id: int | None, task_id: int | None, first_index: int) -> list[int]:
+    """write_structures with task indices from ``first_index``; each structure's children (its post-relaxation)
+    follow under origin post_relax, with their own energy method, indices after the parents'."""
     kept = [(i, s) for i, s in enumerate(outs) if s.status != "failed"]
     for s in outs:
         if s.status == "failed":
             session.add(CalculationFailure(campaign_id=campaign_id, structure_id=s.parent_id, task_id=task_id,
                                            method=method, error=s.error or "unknown error", wall_time_s=s.wall_time_s))
-    return add_structures(session, [_atoms(s) for _, s in kept], origin=origin, campaign_id=campaign_id,
-                          task_id=task_id, model_id=model_id, parent_ids=[s.parent_id for _, s in kept],
-                          task_indices=[i for i, _ in kept] if task_id is not None else None,
-                          spacegroups=[s.spacegroup for _, s in kept],
-                          energies=[_energies(s, method, model_id) for _, s in kept],
-                          trajectories=[[] if s.trajectory is None else
-                                        [TrajectoryRecord.of(method or origin, s.trajectory)] for _, s in kept])
+    ids = add_structures(session, [_atoms(s) for _, s in kept], origin=origin, campaign_id=campaign_id,
+                         task_id=task_id, model_id=model_id, parent_ids=[s.parent_id for _, s in kept],
+                         task_indices=[first_index + i for i, _ in kept] if task_id is not None else None,
+                         spacegroups=[s.spacegroup for _, s in kept],
+                         energies=[_energies(s, method, model_id) for _, s in kept],
+                         trajectories=[[] if s.trajectory is None else
+                                       [TrajectoryRecord.of(method or origin, s.trajectory)] for _, s in kept])
+    next_index = first_index + len(outs)
+    for new_id, (_, s) in zip(ids, kept):
+        for child in s.children:
+            child.parent_id = new_id
+            _write(session, campaign_id, "post_relax", [child], s.child_method, model_id, task_id, next_index)
+            next_index += 1
+    return ids
 
 
 def _atoms(s: StructureOut) -> Atoms:
