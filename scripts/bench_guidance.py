@@ -44,9 +44,18 @@ REPO = Path(__file__).resolve().parents[1]
 ROWS = ("baseline", "guided", "accept", "post_relax", "all")
 
 
-def compositions(checkpoint: DenoiserCheckpoint, n: int, skip: int) -> list[np.ndarray]:
-    """Atomic numbers of the first n QM9 molecules from row ``skip`` on outside the denoiser's training split."""
+def compositions(checkpoint: DenoiserCheckpoint, n: int, skip: int, data: Path | None = None) -> list[np.ndarray]:
+    """Atomic numbers of the first n QM9 molecules from row ``skip`` on outside the denoiser's training split (from
+    qm9pack, or from a file of scripts/pack_qm9.py where qm9pack is not installed, as on the GPU machine)."""
     known = checkpoint.seen_ids()
+    if data is not None:
+        packed = np.load(data)
+        offsets = np.concatenate([[0], np.cumsum(packed["sizes"])])
+        out = [packed["numbers"][offsets[k]:offsets[k + 1]].astype(np.int64)
+               for k, i in enumerate(packed["ids"].tolist()) if i >= skip and i not in known][:n]
+        if len(out) < n:
+            raise SystemExit(f"{data}: only {len(out)} test compositions, asked for {n}")
+        return out
     out = [a.numbers for a in read_qm9(limit=2 * n, skip=skip) if a.info["qm9_index"] not in known]
     if len(out) < n:
         raise SystemExit(f"only {len(out)} test compositions in QM9 rows {skip}..{skip + 2 * n}")
@@ -73,10 +82,11 @@ def serial_rm_energy(device: str):
     def energy(numbers, x, mol, n_mol, keys):
         z, pos, m = numbers.cpu().numpy(), x.cpu().numpy(), mol.cpu().numpy()
         e, f = np.zeros(n_mol), np.zeros_like(pos)
-        for k in range(n_mol):
-            atoms = Atoms(numbers=z[m == k], positions=pos[m == k])
-            atoms.calc = calc
-            e[k], f[m == k] = atoms.get_potential_energy(), atoms.get_forces()
+        with torch.enable_grad():  # the sampler runs under no_grad; the calculator's forces need autograd
+            for k in range(n_mol):
+                atoms = Atoms(numbers=z[m == k], positions=pos[m == k])
+                atoms.calc = calc
+                e[k], f[m == k] = atoms.get_potential_energy(), atoms.get_forces()
         return Evaluation(torch.as_tensor(e), torch.as_tensor(f), [None] * n_mol)
 
     return energy
@@ -196,7 +206,7 @@ def with_post(made: list[Hybrid], wall: float, energy, args) -> tuple[list[Hybri
 def ablation(args) -> None:
     checkpoint = DenoiserCheckpoint.load(args.model)
     model, schedule = checkpoint.build()
-    numbers = compositions(checkpoint, args.n, args.skip)
+    numbers = compositions(checkpoint, args.n, args.skip, args.data)
     seeds = [args.seed * 100_003 + k for k in range(args.n)]
     energy = energy_model(args.guide, "cpu")
     cache: dict = {}
@@ -229,7 +239,7 @@ def throughput(args) -> None:
     the RM potential's ASE calculator one molecule at a time (same molecules, seeds and settings)."""
     checkpoint = DenoiserCheckpoint.load(args.model)
     model, schedule = checkpoint.build(device=args.device)
-    numbers = compositions(checkpoint, args.throughput, args.skip)
+    numbers = compositions(checkpoint, args.throughput, args.skip, args.data)
     seeds = list(range(args.throughput))
     rows = {"unguided": None, "guided_batched_rm": energy_model("rm", args.device),
             "guided_serial_ase_rm": serial_rm_energy(args.device)}
@@ -270,6 +280,7 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=100, help="molecules sampled together")
     parser.add_argument("--jobs", type=int, default=2, help="processes for the judge")
     parser.add_argument("--throughput", type=int, default=0, help="only the throughput rows, for this many molecules")
+    parser.add_argument("--data", type=Path, default=None, help="QM9 packed by scripts/pack_qm9.py (no qm9pack)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)

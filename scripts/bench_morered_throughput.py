@@ -11,12 +11,12 @@ The molecules come from a packed QM9 file (scripts/pack_qm9.py), so the device m
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from benchlib import emit
 
 from atomscreen.diffusion.checkpoint import DenoiserCheckpoint
 from atomscreen.diffusion.forward import centre, noised
@@ -87,7 +87,7 @@ def main() -> None:
             if base is not line:
                 line["speedup_vs_" + base["device"]] = round(line["structure_steps_per_s"]
                                                              / base["structure_steps_per_s"], 2)
-            print(json.dumps(line), flush=True)
+            emit(line)
 
 
 if __name__ == "__main__":

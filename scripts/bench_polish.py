@@ -11,7 +11,6 @@ tighter fmax, design spec pitfall 9) and xTB optimizer steps; per polished start
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from ase import Atoms, units
+from benchlib import emit
 
 from atomscreen.data.qm9 import read_qm9
 from atomscreen.diffusion.checkpoint import DenoiserCheckpoint
@@ -120,10 +120,7 @@ def main() -> None:
         if name in timing:
             line["polish_s_per_structure"] = round(timing[name] / len(results), 4)
             line["model_steps"] = checkpoint.metrics["steps"]
-        print(json.dumps(line), flush=True)
-        if args.out is not None:
-            with args.out.open("a") as stream:
-                stream.write(json.dumps(line) + "\n")
+        emit(line, args.out)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from ase import Atoms, units
 from ase.build import minimize_rotation_and_translation
+from benchlib import emit
 
 from atomscreen.data.qm9 import read_qm9
 from atomscreen.diffusion.checkpoint import DenoiserCheckpoint
@@ -277,10 +278,7 @@ def main() -> None:
             line = summarise(method, which, refs, starts, out, e_ref, e_ref_dft, args)
             if method.startswith("morered"):
                 line.update(model_info)
-            print(json.dumps(line), flush=True)
-            if args.out is not None:
-                with args.out.open("a") as stream:
-                    stream.write(json.dumps(line) + "\n")
+            emit(line, args.out)
 
 
 if __name__ == "__main__":

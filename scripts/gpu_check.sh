@@ -10,12 +10,12 @@
 #   python -c "import yaml, json; print(json.dumps(yaml.safe_load(open('examples/train_diffusion_qm9_gpu.yaml'))))" \
 #       > build/device/diffusion-qm9-gpu.json
 # then on the device: SECTIONS="diffusion" bash scripts/gpu_check.sh  (SECTIONS: any of gpu relax rm diffusion
-# morered; default all; TRAIN_SECONDS sets the RM training budget, DIFFUSION_SECONDS the denoiser's)
+# morered guidance; default all; TRAIN_SECONDS sets the RM training budget, DIFFUSION_SECONDS the denoiser's)
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_check}
 TRAIN_SECONDS=${TRAIN_SECONDS:-330}
 DIFFUSION_SECONDS=${DIFFUSION_SECONDS:-400}
-SECTIONS=${SECTIONS:-"gpu relax morered rm diffusion"}
+SECTIONS=${SECTIONS:-"gpu relax morered guidance rm diffusion"}
 has() { [[ " $SECTIONS " == *" $1 "* ]]; }
 mkdir -p "$OUT"
 python -m pip install --no-index --no-deps -q build/device/wheels/*.whl > "$OUT/pip.txt" 2>&1
@@ -41,6 +41,16 @@ echo "== MoreRed relaxation throughput, 128 molecules, cpu baseline then cuda"
 timeout 240 python scripts/bench_morered_throughput.py --devices cpu cuda --n 128 --max-steps 100 \
     --data build/device/qm9.npz > "$OUT/bench_morered_throughput.jsonl" 2> "$OUT/bench_morered_throughput.err"
 echo "rc=$?"; tail -n 3 "$OUT/bench_morered_throughput.jsonl"
+fi
+
+if has guidance; then
+echo "== energy-guided generation throughput, 128 molecules: unguided / batched RM / serial ASE RM, cpu then cuda"
+for device in cpu cuda; do
+  timeout 200 python scripts/bench_guidance.py --throughput 128 --device $device --data build/device/qm9.npz \
+      --out "$OUT/bench_guidance_throughput.jsonl" > /dev/null 2> "$OUT/bench_guidance_throughput_$device.err"
+  echo "rc=$?"
+done
+tail -n 6 "$OUT/bench_guidance_throughput.jsonl"
 fi
 
 if has rm; then

@@ -231,3 +231,14 @@ def test_the_rm_energy_matches_its_ase_calculator():
         a.calc = RMCalculator(rm)
         assert float(ev.energy[k]) == pytest.approx(a.get_potential_energy(), abs=1e-9)
         assert np.allclose(ev.forces[mol == k].numpy(), a.get_forces(), atol=1e-9)
+
+
+def test_a_torch_calculator_gives_forces_inside_the_samplers_no_grad():
+    pytest.importorskip("chgnet")
+    from ase.build import molecule
+
+    water = molecule("H2O")
+    z, mol = _batch([water.numbers])
+    with torch.no_grad():  # as inside diffusion.sample
+        ev = ase_energy("chgnet")(z, torch.tensor(water.positions), mol, 1, torch.arange(1))
+    assert ev.errors == [None] and torch.isfinite(ev.forces).all() and float(ev.forces.abs().max()) > 0

@@ -107,9 +107,12 @@ def ase_energy(method: str, options: dict[str, Any] | None = None, device: str =
                 calcs.clear()
             calc = calcs[key] = _calculator(method, options, device)
         atoms = Atoms(numbers=numbers, positions=positions)
+        if method == "chgnet":  # a crystal model: the molecule in a periodic box with 15 Å of vacuum (forces unmoved)
+            atoms.center(vacuum=7.5)
+            atoms.pbc = True
         atoms.calc = calc
-        try:
-            with _quiet_scratch(scratch) if quiet else contextlib.nullcontext():
+        try:  # torch calculators (CHGNet, a factory's MLIP) take forces by autograd, also inside the samplers' no_grad
+            with _quiet_scratch(scratch) if quiet else contextlib.nullcontext(), torch.enable_grad():
                 return float(atoms.get_potential_energy()), np.asarray(atoms.get_forces(), dtype=np.float64), None
         except Exception as exc:  # any calculator failure (SCF, topology, NaN) belongs to this molecule only
             calcs.pop(key, None)
