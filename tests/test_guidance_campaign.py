@@ -84,6 +84,9 @@ def test_the_report_shows_the_judges_figures(ran, capsys):
     ({"guidance": {"energy": "den"}}, "needs a model of kind rm_potential"),
     ({"guidance": {"energy": "pot", "start": 1.0}}, "start"),
     ({"accept": {"max_restarts": -1}}, "max_restarts"),
+    ({"accept": {"options": {"accuracy": 2.0}}}, "accept.options belong to an energy model"),
+    ({"guidance": {"energy": "xtb_gfnff", "options": {"bogus": 1}}}, "options ['bogus'] are not xtb_gfnff options"),
+    ({"guidance": {"energy": "pot", "options": {"accuracy": 1}}}, "the RM model 'pot' takes no options"),
 ])
 def test_bad_hybrid_settings_are_refused_before_anything_is_written(tmp_path, capsys, change, message):
     path = _campaign(tmp_path, **change)

@@ -12,9 +12,12 @@ from ase.build import bulk
 from ase.units import GPa
 
 from atomscreen.campaign import (
+    AcceptSpec,
     DiffusionSpec,
+    GuidanceSpec,
     KickSpec,
     PolishSpec,
+    PostRelaxSpec,
     RelaxationSpec,
     RescoreSpec,
     RSSSpec,
@@ -87,6 +90,37 @@ DIFFUSION_FIELDS = {
     "generators.diffusion.seed": (77, 77, lambda j: j.seed),
     "generators.diffusion.stop_at": (5, 5, lambda j: j.stop_at),
 }
+HYBRID_FIELDS = {  # a diffusion block with guidance, accept and post_relax on the RM model 'pot' (see _hybrid_jobs)
+    "generators.diffusion.guidance": ({"energy": "xtb_gfnff"}, ("xtb_gfnff", False, 0.8),
+                                      lambda h: (h.guidance_energy.name, h.guidance_energy.model, h.guidance.start)),
+    "generators.diffusion.guidance.energy": ("pot", ("pot", True, "rm_pseudo:pot"),
+                                             lambda h: (h.guidance_energy.name, h.guidance_energy.model,
+                                                        h.guidance_energy.method)),
+    "generators.diffusion.guidance.options": ({"basis": "sto-3g"}, ({"basis": "sto-3g"}, {"basis": "sto-3g"}),
+                                              lambda h: (h.guidance_energy.options, h.post_energy.options)),
+    "generators.diffusion.guidance.start": (0.7, 0.7, lambda h: h.guidance.start),
+    "generators.diffusion.guidance.every": (3, 3, lambda h: h.guidance.every),
+    "generators.diffusion.guidance.iterations": (11, 11, lambda h: h.guidance.iterations),
+    "generators.diffusion.guidance.target": ("xt", "xt", lambda h: h.guidance.target),
+    "generators.diffusion.guidance.optimizer": ("fire", "fire", lambda h: h.guidance.optimizer),
+    "generators.diffusion.guidance.fmax": (0.07, 0.07, lambda h: h.guidance.fmax),
+    "generators.diffusion.accept": ({}, (25.0, "pot"), lambda h: (h.accept.threshold_mev_per_atom,
+                                                                  h.accept_energy.name)),
+    "generators.diffusion.accept.energy": ("xtb_gfn2", "xtb_gfn2", lambda h: h.accept_energy.name),
+    "generators.diffusion.accept.options": ({"accuracy": 2.0}, {"accuracy": 2.0}, lambda h: h.accept_energy.options),
+    "generators.diffusion.accept.threshold_mev_per_atom": (12.0, 12.0, lambda h: h.accept.threshold_mev_per_atom),
+    "generators.diffusion.accept.max_restarts": (5, 5, lambda h: h.accept.max_restarts),
+    "generators.diffusion.accept.steps": (44, 44, lambda h: h.accept.steps),
+    "generators.diffusion.accept.fmax": (0.02, 0.02, lambda h: h.accept.fmax),
+    "generators.diffusion.post_relax": ({}, (0.01, "pot"), lambda h: (h.post_relax.fmax, h.post_energy.name)),
+    "generators.diffusion.post_relax.energy": ("dft", "dft", lambda h: h.post_energy.name),
+    "generators.diffusion.post_relax.options": ({"basis": "sto-3g"}, {"basis": "sto-3g"},
+                                                lambda h: h.post_energy.options),
+    "generators.diffusion.post_relax.fmax": (0.003, 0.003, lambda h: h.post_relax.fmax),
+    "generators.diffusion.post_relax.max_steps": (77, 77, lambda h: h.post_relax.max_steps),
+    "generators.diffusion.post_relax.optimizer": ("fire", "fire", lambda h: h.post_relax.optimizer),
+    "generators.diffusion.post_relax.trajectory_every": (4, 4, lambda h: h.post_relax.record_every),
+}
 RELAX_FIELDS = {  # a molecule campaign relaxing by MoreRed (base: morered_jt on 'den')
     "relaxation.method": ("morered_itp", "morered-itp", lambda j: j.method),
     "relaxation.model": ("den2", "den2", lambda j: j.model),
@@ -113,12 +147,14 @@ DRIVER_ONLY = {  # used where the driver plans, not inside a task
 }
 BLOCKS = {"relaxation": RelaxationSpec, "generators.rss": RSSSpec, "generators.rss.kick": KickSpec,
           "generators.rss.stages": StageSpec, "rescore": RescoreSpec, "validity": ValiditySpec,
-          "generators.diffusion": DiffusionSpec, "rescore.polish": PolishSpec}
+          "generators.diffusion": DiffusionSpec, "rescore.polish": PolishSpec,
+          "generators.diffusion.guidance": GuidanceSpec, "generators.diffusion.accept": AcceptSpec,
+          "generators.diffusion.post_relax": PostRelaxSpec}
 
 
 def test_every_task_setting_is_mapped_to_its_job_or_listed_as_driver_only():
     known = set(RSS_FIELDS) | set(RESCORE_FIELDS) | set(VALIDITY_FIELDS) | set(DIFFUSION_FIELDS) | set(DRIVER_ONLY)
-    known |= set(RELAX_FIELDS) | set(POLISH_FIELDS)
+    known |= set(RELAX_FIELDS) | set(POLISH_FIELDS) | set(HYBRID_FIELDS)
     fields = {f"{path}.{name}" for path, block in BLOCKS.items() for name in block.model_fields}
     assert fields - known == set(), "a new campaign setting must reach its job (or be listed as driver-only)"
 
@@ -272,3 +308,23 @@ def test_diffusion_settings_reach_the_diffusion_jobs(path):
     spec = parse_campaign(data, source=path)
     jobs = [_as_stored(t.job) for t in plan.diffusion_tasks(spec, spec.generators.diffusion_blocks[0])]
     assert jobs and read(jobs[-1]) == expected
+
+
+@pytest.mark.parametrize("path", sorted(HYBRID_FIELDS))
+def test_hybrid_settings_reach_the_diffusion_jobs(path):
+    value, expected, read = HYBRID_FIELDS[path]
+    data = json.loads(json.dumps(BASE))
+    data["models"] = {"den": {"kind": "denoiser", "checkpoint": DENOISER},
+                      "pot": {"checkpoint": str(Path(DENOISER).parent / "qm7b_like.pt")}}
+    block = {"model": "den", "samples_per_composition": 2, "guidance": {"energy": "pot"}, "accept": {},
+             "post_relax": {}}
+    data["generators"] = {"diffusion": block}
+    if path.endswith(".guidance.options"):  # calculator options (the RM model takes none); post_relax inherits them
+        block["guidance"]["energy"] = "dft"
+    if path.endswith((".accept.options", ".post_relax.options")):  # options go with an energy model
+        block[path.split(".")[2]]["energy"] = "xtb_gfn2" if "accept" in path else "dft"
+    spec = _parsed_with(data, path, value)
+    (task,) = plan.diffusion_tasks(spec, spec.generators.diffusion_blocks[0])
+    job = _as_stored(task.job)
+    assert read(job.hybrid) == expected
+    assert "pot" in spec.model_specs() and job.hybrid.slots == 64

@@ -508,8 +508,24 @@ class DiffusionSpec(Spec):
         if (self.sampler == "morered-as") != (self.time_model is not None):
             raise ValueError("time_model (the separate time predictor) goes with sampler morered-as, and only with it")
         for what in ("accept", "post_relax"):
-            if getattr(self, what) is not None and self.energy_of(what) is None:
+            block = getattr(self, what)
+            if block is not None and block.options is not None and block.energy is None:
+                raise ValueError(f"{what}.options belong to an energy model: give {what}.energy with them")
+            if block is not None and self.energy_of(what) is None:
                 raise ValueError(f"{what}.energy: give the energy model (there is no guidance block to take it from)")
+        for what in ("guidance", "accept", "post_relax"):
+            chosen = self.energy_of(what)
+            if chosen is not None and chosen[1] and chosen[0] not in ENERGY_MODELS and not _DOTTED.fullmatch(chosen[0]):
+                raise ValueError(f"{what}: the RM model {chosen[0]!r} takes no options")
+            if chosen is not None and chosen[0] in ("xtb_gfn2", "xtb_gfnff", "dft"):
+                from atomscreen.evaluate.calculators import XTB_OPTIONS
+                from atomscreen.evaluate.dft import DFT_OPTIONS
+
+                allowed = DFT_OPTIONS if chosen[0] == "dft" else XTB_OPTIONS
+                unknown = sorted(set(chosen[1]) - set(allowed))
+                if unknown:
+                    raise ValueError(f"{what}: options {unknown} are not {chosen[0]} options; allowed: "
+                                     f"{', '.join(allowed)}")
         return self
 
     @property
