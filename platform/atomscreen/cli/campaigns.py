@@ -58,6 +58,11 @@ def _describe(path: str, spec) -> str:
     generators = ", ".join(f"{b.name} (model {b.model})" if b.model != "default" else b.name
                            for b in spec.generators.rss_blocks + spec.generators.diffusion_blocks)
     stages = []
+    for b in spec.generators.diffusion_blocks:
+        on = [f"{what} on {b.energy_of(what)[0]}" for what in ("guidance", "accept", "post_relax")
+              if getattr(b, what) is not None]
+        if on:
+            stages.append(f"{b.name} with {', '.join(on)}")
     if spec.relaxation.diffusion_method is not None:
         stages.append(f"relaxation {spec.relaxation.method} (model {spec.relaxation.model})")
     if spec.rescore is not None:
