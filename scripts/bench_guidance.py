@@ -56,9 +56,9 @@ def compositions(checkpoint: DenoiserCheckpoint, n: int, skip: int, data: Path |
         if len(out) < n:
             raise SystemExit(f"{data}: only {len(out)} test compositions, asked for {n}")
         return out
-    out = [a.numbers for a in read_qm9(limit=2 * n, skip=skip) if a.info["qm9_index"] not in known]
+    out = [a.numbers for a in read_qm9(limit=4 * n + 100, skip=skip) if a.info["qm9_index"] not in known]
     if len(out) < n:
-        raise SystemExit(f"only {len(out)} test compositions in QM9 rows {skip}..{skip + 2 * n}")
+        raise SystemExit(f"only {len(out)} test compositions in QM9 rows {skip}..{skip + 4 * n + 100}")
     return out[:n]
 
 

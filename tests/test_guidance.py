@@ -242,3 +242,19 @@ def test_a_torch_calculator_gives_forces_inside_the_samplers_no_grad():
     with torch.no_grad():  # as inside diffusion.sample
         ev = ase_energy("chgnet")(z, torch.tensor(water.positions), mol, 1, torch.arange(1))
     assert ev.errors == [None] and torch.isfinite(ev.forces).all() and float(ev.forces.abs().max()) > 0
+
+
+def test_the_rm_energy_of_atoms_out_of_each_others_reach_is_the_sum_of_free_atoms():
+    """No pair within the cutoff (an early x0 estimate can be that spread out): free-atom energies, zero forces."""
+    from conftest import REPO
+
+    from atomscreen.potentials.train import Checkpoint
+
+    rm = Checkpoint.load(REPO / "models" / "qm7b_like.pt").build()
+    energy = rm_energy(rm)
+    spread = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 30.0]], dtype=torch.float64)
+    apart = energy(torch.tensor([6, 1]), spread, torch.tensor([0, 0]), 1, torch.arange(1))
+    alone = [energy(torch.tensor([z]), torch.zeros(1, 3, dtype=torch.float64), torch.tensor([0]), 1, torch.arange(1))
+             for z in (6, 1)]
+    assert float(apart.energy[0]) == pytest.approx(sum(float(a.energy[0]) for a in alone), abs=1e-10)
+    assert float(apart.forces.abs().max()) == 0.0

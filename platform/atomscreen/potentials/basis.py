@@ -28,7 +28,7 @@ def cartesian_angular(unit: torch.Tensor, l_max: int) -> list[torch.Tensor]:
     """Full Cartesian tensors r^ (x) ... (x) r^ of rank l = 0..l_max, each flattened to [E, 3**l]."""
     out = [torch.ones(unit.shape[0], 1, dtype=unit.dtype, device=unit.device)]
     for _ in range(l_max):
-        out.append((out[-1][:, :, None] * unit[:, None, :]).reshape(unit.shape[0], -1))
+        out.append((out[-1][:, :, None] * unit[:, None, :]).reshape(unit.shape[0], out[-1].shape[1] * 3))
     return out
 
 
