@@ -16,6 +16,8 @@ put back where the intervention found it and is not guided again; the reason is 
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from atomscreen.diffusion.forward import centre
@@ -40,6 +42,7 @@ class Guide:
         self.optimizer_steps = torch.zeros(n_mol, dtype=torch.long, device=device)
         self.dropped: list[str | None] = [None] * n_mol
         self._serial = 0  # each intervention's molecules get fresh energy-model keys (a new GFN-FF topology)
+        self.seconds = 0.0  # wall time inside the interventions (the energy model and its optimizer)
 
     def __call__(self, index: torch.Tensor, t: torch.Tensor, x: torch.Tensor, eps_hat: torch.Tensor,
                  sub_mol: torch.Tensor, n_sub: int, eligible: torch.Tensor | None = None) -> torch.Tensor:
@@ -66,9 +69,11 @@ class Guide:
         keys = torch.arange(self._serial, self._serial + n_due, device=x.device)
         self._serial += n_due
         whole = self._atoms_of(index[due])
+        started = time.perf_counter()
         out = minimise(self.energy, self.numbers[whole], start, due_mol, n_due, keys=keys,
                        optimizer=self.settings.optimizer, fmax=self.settings.fmax,
                        max_steps=self.settings.iterations, maxstep=self.settings.maxstep)
+        self.seconds += time.perf_counter() - started
         failed = torch.tensor([e is not None and e != "no_descent" for e in out.errors], dtype=torch.bool,
                               device=x.device)
         for i, err in zip(index[due].tolist(), out.errors):

@@ -73,6 +73,7 @@ class Hybrid:
     interventions: int = 0
     guidance_steps: int = 0
     guidance_dropped: str | None = None
+    guidance_seconds: float = 0.0  # its share of its batch's time inside guidance (all its attempts)
     verdict: Verdict | None = None
     post_positions: np.ndarray | None = None
     post_energy: float | None = None
@@ -132,6 +133,7 @@ def generate(model: Denoiser, schedule: Schedule, numbers: list[np.ndarray], see
     if len(attempts) != len(numbers) or min(attempts, default=0) < 0:
         raise ValueError(f"first_attempts needs one attempt >= 0 per molecule, got {first_attempts}")
     pending = deque(range(len(numbers)))
+    spent: dict[int, float] = {}  # guidance seconds of the earlier attempts
     while pending:
         take = [pending.popleft() for _ in range(min(slots, len(pending)))]
         batch = _attempt(model, schedule, [numbers[i] for i in take],
@@ -140,6 +142,8 @@ def generate(model: Denoiser, schedule: Schedule, numbers: list[np.ndarray], see
                          sampler, max_steps, stop_at, time_model, guidance, accept, energies, device, record_every)
         for i, out in zip(take, batch):
             out.restarts = attempts[i]
+            out.guidance_seconds += spent.get(i, 0.0)
+            spent[i] = out.guidance_seconds
             if out.verdict is not None and not out.verdict.accepted and attempts[i] < accept.max_restarts:
                 attempts[i] += 1
                 pending.append(i)
@@ -190,6 +194,7 @@ def _attempt(model, schedule, numbers, keyed, sampler, max_steps, stop_at, time_
         if guide is not None:
             h.interventions, h.guidance_steps = int(guide.interventions[k]), int(guide.optimizer_steps[k])
             h.guidance_dropped = guide.dropped[k]
+            h.guidance_seconds = guide.seconds / n_mol
         made.append(h)
     if accept is not None:
         for h, v in zip(made, stability_test(energies.accept, z, out.positions, mol, n_mol, accept)):
