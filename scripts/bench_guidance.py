@@ -144,28 +144,31 @@ def row_line(row: str, made: list[Hybrid], wall: float, args, cache, use_post: b
     kept = [h for h in made if h.accepted is not False]
     outputs = [(h.numbers, h.post_positions if use_post else h.positions) for h in kept]
     judged = judge(outputs, args, cache)
-    de = np.array([a - b for a, b, *_ in judged])
-    dp = np.array([r[2] for r in judged])
+    de = np.array([a - b for a, b, *_ in judged], dtype=float)
+    dp = np.array([r[2] for r in judged], dtype=float)
     ok = np.isfinite(de)
+    q = (lambda v, p: round(float(np.quantile(v, p)), 4) if v.size else None)  # noqa: E731
     line = {"row": row, "guide": args.guide, "judge": f"GFN2-xTB L-BFGS fmax {args.fmax} eV/Å", "n": int(ok.sum()),
             "n_generated": len(made), "accepted_pct": round(100.0 * len(kept) / len(made), 1),
             "judge_failed": int((~ok).sum()),
-            "dE_median": round(float(np.median(de[ok])), 4), "dE_p90": round(float(np.quantile(de[ok], 0.9)), 4),
-            "dP_median": round(float(np.median(dp[ok])), 4), "dP_p90": round(float(np.quantile(dp[ok], 0.9)), 4),
-            "dE_log10_widths": log_widths(de[ok]), "dP_log10_widths": log_widths(dp[ok]),
-            "judge_steps_median": float(np.median([r[3] for r, good in zip(judged, ok) if good])),
-            "valid_pct": round(validity(outputs), 1),
+            "dE_median": q(de[ok], 0.5), "dE_p90": q(de[ok], 0.9), "dP_median": q(dp[ok], 0.5),
+            "dP_p90": q(dp[ok], 0.9), "dE_log10_widths": log_widths(de[ok]), "dP_log10_widths": log_widths(dp[ok]),
+            "judge_steps_median": q(np.array([r[3] for r, good in zip(judged, ok) if good], dtype=float), 0.5),
+            "valid_pct": round(validity(outputs), 1) if outputs else None,
             "restarts_per_accepted": round(sum(h.restarts for h in made) / max(len(kept), 1), 3),
             "s_per_accepted": round(wall / max(len(kept), 1), 3)}
     if any(h.interventions for h in made):
         line["guidance_dropped"] = sum(h.guidance_dropped is not None for h in made)
         line["interventions_mean"] = round(float(np.mean([h.interventions for h in made])), 2)
-    if use_post:
+    if use_post and kept:
         line["post_converged_pct"] = round(100.0 * float(np.mean([h.post_converged for h in kept])), 1)
         line["post_steps_median"] = float(np.median([h.post_steps for h in kept]))
     rejected = [h.verdict.reason for h in made if h.verdict is not None and not h.verdict.accepted]
     if rejected:
         line["exhausted"] = len(rejected)
+        kinds = {"energy fell": "drop", "energy rose": "rise", "line search": "no_descent", "energy model": "failed"}
+        reasons = [next((v for k, v in kinds.items() if r.startswith(k)), "other") for r in rejected]
+        line["exhausted_reasons"] = {r: reasons.count(r) for r in sorted(set(reasons))}
     line["settings"] = {"guidance": vars(args.guidance), "accept": vars(args.accept), "post": vars(args.post),
                         "sampler": "ddpm", "slots": args.slots, "seed": args.seed}
     return line
