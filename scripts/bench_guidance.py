@@ -155,8 +155,9 @@ def row_line(row: str, made: list[Hybrid], wall: float, args, cache, use_post: b
             "dP_p90": q(dp[ok], 0.9), "dE_log10_widths": log_widths(de[ok]), "dP_log10_widths": log_widths(dp[ok]),
             "judge_steps_median": q(np.array([r[3] for r, good in zip(judged, ok) if good], dtype=float), 0.5),
             "valid_pct": round(validity(outputs), 1) if outputs else None,
-            "restarts_per_accepted": round(sum(h.restarts for h in made) / max(len(kept), 1), 3),
-            "s_per_accepted": round(wall / max(len(kept), 1), 3)}
+            "restarts_per_accepted": round(sum(h.restarts for h in made) / len(kept), 3) if kept else None,
+            "restarts": sum(h.restarts for h in made), "wall_s": round(wall, 1),
+            "s_per_accepted": round(wall / len(kept), 3) if kept else None}
     if any(h.interventions for h in made):
         line["guidance_dropped"] = sum(h.guidance_dropped is not None for h in made)
         line["interventions_mean"] = round(float(np.mean([h.interventions for h in made])), 2)
