@@ -60,6 +60,38 @@ def checked(evaluation: Evaluation, mol: torch.Tensor, n_mol: int) -> Evaluation
     return Evaluation(evaluation.energy, evaluation.forces, errors)
 
 
+@dataclass
+class _Start:
+    """Both optimizers' state after the first evaluation: failed molecules carry zero energy and forces."""
+
+    energy: torch.Tensor
+    forces: torch.Tensor
+    errors: list[str | None]
+    failed: torch.Tensor
+    trace: list[list[float]]
+
+
+def start_state(energy_fn: BatchEnergy, numbers, x: torch.Tensor, mol: torch.Tensor, n_mol: int,
+                keys: torch.Tensor) -> _Start:
+    """The first evaluation of every molecule, failures recorded (the trace of a failed molecule is empty)."""
+    first = checked(energy_fn(numbers, x, mol, n_mol, keys), mol, n_mol)
+    failed = torch.tensor([e is not None for e in first.errors], dtype=torch.bool, device=x.device)
+    energy = torch.where(failed, torch.zeros_like(first.energy), first.energy).to(torch.float64)
+    forces = torch.where(failed[mol, None], torch.zeros_like(x), first.forces.to(torch.float64))
+    trace = [[float(e)] if not f else [] for e, f in zip(energy.tolist(), failed.tolist())]
+    return _Start(energy, forces, list(first.errors), failed, trace)
+
+
+def evaluate_subset(energy_fn: BatchEnergy, numbers, x: torch.Tensor, mol: torch.Tensor, chosen: torch.Tensor,
+                    keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Evaluation]:
+    """(molecule indices, atom mask, their molecule index renumbered 0..k-1, checked evaluation) of the ``chosen``
+    molecules [n_mol] bool at positions x [atoms of the chosen molecules, 3]."""
+    index, atoms = torch.nonzero(chosen).squeeze(1), chosen[mol]
+    sub_mol = (torch.cumsum(chosen.long(), 0) - 1)[mol[atoms]]
+    ev = checked(energy_fn(numbers[atoms], x, sub_mol, index.numel(), keys[index]), sub_mol, index.numel())
+    return index, atoms, sub_mol, ev
+
+
 def _dot(a: torch.Tensor, b: torch.Tensor, mol: torch.Tensor, n_mol: int) -> torch.Tensor:
     return per_system_sum((a * b).sum(1), mol, n_mol)
 
@@ -108,16 +140,11 @@ def lbfgs(energy_fn: BatchEnergy, numbers: torch.Tensor, x: torch.Tensor, mol: t
     x = x.to(torch.float64).clone()
     keys = torch.arange(n_mol, device=x.device) if keys is None else keys
     calls = 1
-    first = checked(energy_fn(numbers, x, mol, n_mol, keys), mol, n_mol)
-    energy, forces = first.energy.to(torch.float64).clone(), first.forces.to(torch.float64).clone()
-    errors = list(first.errors)
-    failed = torch.tensor([e is not None for e in errors], dtype=torch.bool, device=x.device)
+    first = start_state(energy_fn, numbers, x, mol, n_mol, keys)
+    energy, forces, errors, failed, trace = first.energy, first.forces, first.errors, first.failed, first.trace
     first_failed = failed.clone()
-    forces = torch.where(failed[mol, None], torch.zeros_like(forces), forces)
-    energy = torch.where(failed, torch.zeros_like(energy), energy)
     start = energy.clone()
     steps = torch.zeros(n_mol, dtype=torch.long, device=x.device)
-    trace = [[float(e)] if not f else [] for e, f in zip(energy.tolist(), failed.tolist())]
     s_hist: list[torch.Tensor] = []
     y_hist: list[torch.Tensor] = []
     frames = [(0, x.clone())] if record_every else []
@@ -140,15 +167,11 @@ def lbfgs(energy_fn: BatchEnergy, numbers: torch.Tensor, x: torch.Tensor, mol: t
         searching = active.clone()
         new_x, new_e, new_f = x.clone(), energy.clone(), forces.clone()
         for _ in range(max_backtracks + 1):
-            index = torch.nonzero(searching).squeeze(1)
-            if index.numel() == 0:
+            if not bool(searching.any()):
                 break
             atoms = searching[mol]
-            remap = torch.cumsum(searching.long(), 0) - 1
-            sub_mol = remap[mol[atoms]]
             trial = x[atoms] + a[mol[atoms], None] * d[atoms]
-            ev = checked(energy_fn(numbers[atoms], trial, sub_mol, index.numel(), keys[index]), sub_mol,
-                         index.numel())
+            index, atoms, sub_mol, ev = evaluate_subset(energy_fn, numbers, trial, mol, searching, keys)
             calls += 1
             ok = torch.tensor([e is None for e in ev.errors], dtype=torch.bool, device=x.device)
             e_trial = torch.where(ok, ev.energy.to(torch.float64), torch.full_like(ev.energy, float("inf"),

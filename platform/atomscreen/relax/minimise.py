@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from atomscreen.relax.fire import FireParams, fire_init, fire_step
-from atomscreen.relax.lbfgs import BatchEnergy, LbfgsResult, _largest_force, checked, lbfgs
+from atomscreen.relax.lbfgs import BatchEnergy, LbfgsResult, _largest_force, evaluate_subset, lbfgs, start_state
 
 OPTIMIZERS = ("lbfgs", "fire")
 
@@ -33,13 +33,9 @@ def fire(energy_fn: BatchEnergy, numbers: torch.Tensor, x: torch.Tensor, mol: to
     keys = torch.arange(n_mol, device=x.device) if keys is None else keys
     params = FireParams(maxstep=maxstep)
     state = fire_init(x, mol, n_mol, params)
-    ev = checked(energy_fn(numbers, x, mol, n_mol, keys), mol, n_mol)
-    errors = list(ev.errors)
-    failed = torch.tensor([e is not None for e in errors], dtype=torch.bool, device=x.device)
+    first = start_state(energy_fn, numbers, x, mol, n_mol, keys)
+    energy, forces, errors, failed, trace = first.energy, first.forces, first.errors, first.failed, first.trace
     first_failed = failed.clone()
-    energy = torch.where(failed, torch.zeros_like(ev.energy), ev.energy).to(torch.float64)
-    forces = torch.where(failed[mol, None], torch.zeros_like(x), ev.forces.to(torch.float64))
-    trace = [[float(e)] if not f else [] for e, f in zip(energy.tolist(), failed.tolist())]
     steps = torch.zeros(n_mol, dtype=torch.long, device=x.device)
     frames = [(0, x.clone())] if record_every else []
     calls = 1
@@ -50,10 +46,7 @@ def fire(energy_fn: BatchEnergy, numbers: torch.Tensor, x: torch.Tensor, mol: to
         moved_x, state = fire_step(state, x, torch.where(active[mol, None], forces, torch.zeros_like(forces)), mol,
                                    params)
         trial = torch.where(active[mol, None], moved_x, x)
-        index, atoms = torch.nonzero(active).squeeze(1), active[mol]
-        sub_mol = (torch.cumsum(active.long(), 0) - 1)[mol[atoms]]
-        ev = checked(energy_fn(numbers[atoms], trial[atoms], sub_mol, index.numel(), keys[index]), sub_mol,
-                     index.numel())
+        index, atoms, _, ev = evaluate_subset(energy_fn, numbers, trial[active[mol]], mol, active, keys)
         calls += 1
         bad = torch.zeros(n_mol, dtype=torch.bool, device=x.device)
         for i, err in zip(index.tolist(), ev.errors):
