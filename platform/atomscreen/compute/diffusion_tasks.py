@@ -124,8 +124,6 @@ def hybrid_seed(job: DiffusionJob, k: int) -> int:
 def _energy(ref, refs: dict[str, ModelRef], device: str):
     from atomscreen.evaluate.energy_models import ase_energy, rm_energy
 
-    if ref is None:
-        return None
     if ref.model:
         return rm_energy(_model(refs[ref.name], device))
     return ase_energy(ref.name, ref.options, device)
@@ -139,9 +137,12 @@ def _hybrid_task(job: DiffusionJob, denoiser, schedule, timer, refs: dict[str, M
     from atomscreen.diffusion.hybrid import HybridEnergies, generate
 
     h = job.hybrid
-    made = {}
-    energies = HybridEnergies(*(made.setdefault((e.name, repr(e.options)), _energy(e, refs, device))
-                                if e is not None else None
+    made = {}  # one energy function per (model, options), shared by the strategies that use it
+    for e in h.energies():
+        key = (e.name, repr(e.options))
+        if key not in made:
+            made[key] = _energy(e, refs, device)
+    energies = HybridEnergies(*(None if e is None else made[(e.name, repr(e.options))]
                                 for e in (h.guidance_energy, h.accept_energy, h.post_energy)))
     numbers = np.array(_numbers(job.counts))
     out = generate(denoiser, schedule, [numbers] * job.count, [hybrid_seed(job, k) for k in range(job.count)],
