@@ -5,9 +5,11 @@ exploration, the accept/reject test, post-relaxation, and all three; the energy 
 the energy drop dE = E(output) - E(relaxed) (eV per molecule) and the mean atomic displacement dP (Å, no alignment:
 the relaxation starts from the output), their medians, 90th percentiles and the widths of a two-Gaussian fit of
 log10 values (the paper's "double Gaussian on a logarithmic scale"); validity (Open Babel connectivity and valence,
-the MoreRed rule), restarts per accepted molecule and wall time per accepted molecule. JSON lines, one per row.
+the MoreRed rule), restarts per accepted molecule and wall time per accepted molecule; with --dft K, PySCF single
+points (B3LYP/6-31G* density fitted unless --dft-options) at the first K judged outputs of each row and at their
+GFN2-xTB minima give the DFT energy drop along the judge's path on that sample. JSON lines, one per row.
 
-    python scripts/bench_guidance.py --n 500 --jobs 2 [--guide rm|xtb_gfnff] [--out build/bench_guidance.jsonl]
+    python scripts/bench_guidance.py --n 500 --jobs 2 [--guide rm|xtb_gfnff] [--dft 5] [--out build/bench_guidance.jsonl]
     python scripts/bench_guidance.py --throughput 64 [--device cuda]   # guided molecules/s: batched vs serial ASE
 
 Rows share compositions and seeds, and noise is keyed by molecule and attempt, so the accept/reject row's first
@@ -18,6 +20,7 @@ guided row's): each is computed once, and the rows differ only by the strategy.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -39,6 +42,7 @@ from atomscreen.diffusion.hybrid import (
     stability_test,
 )
 from atomscreen.diffusion.hybrid_settings import GuidanceSettings
+from atomscreen.evaluate.dft import DEFAULTS as DFT_DEFAULTS
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS = ("baseline", "guided", "accept", "post_relax", "all")
@@ -93,7 +97,7 @@ def serial_rm_energy(device: str):
 
 
 def _judge_one(item):
-    """GFN2-xTB relaxation of one output: (E start, E relaxed, mean displacement, steps, error)."""
+    """GFN2-xTB relaxation of one output: (E start, E relaxed, mean displacement, steps, error, relaxed positions)."""
     from atomscreen.evaluate.calculators import calculate_all
     from atomscreen.relax.ase_relax import CalcSettings
 
@@ -102,10 +106,10 @@ def _judge_one(item):
                             trajectory_every=1_000_000)
     r = calculate_all([Atoms(numbers=numbers, positions=positions)], "xtb", settings)[0]
     if r.energy is None or r.trajectory is None:
-        return np.nan, np.nan, np.nan, 0, r.error or str(r.status)
+        return np.nan, np.nan, np.nan, 0, r.error or str(r.status), None
     e0 = float(r.trajectory.energies[0])
     shift = np.linalg.norm(r.atoms.positions - positions, axis=1).mean()
-    return e0, float(r.energy), float(shift), r.n_steps, None
+    return e0, float(r.energy), float(shift), r.n_steps, None, r.atoms.positions.copy()
 
 
 def judge(outputs: list[tuple[np.ndarray, np.ndarray]], args, cache: dict) -> list[tuple]:
@@ -116,6 +120,34 @@ def judge(outputs: list[tuple[np.ndarray, np.ndarray]], args, cache: dict) -> li
         for k, r in zip(todo, pool.map(_judge_one, todo.values(), chunksize=2)):
             cache[k] = r
     return [cache[k] for k in keys]
+
+
+def _dft_one(item) -> float:
+    from atomscreen.evaluate.calculators import single_points
+
+    numbers, positions, options = item
+    return single_points([Atoms(numbers=numbers, positions=positions)], "dft", options=options)[0][0]
+
+
+def dft_sample(outputs: list[tuple[np.ndarray, np.ndarray]], judged: list[tuple], args, cache: dict) -> dict:
+    """DFT single points (PySCF) at the first ``args.dft`` judged outputs and at their GFN2-xTB minima: the DFT
+    energy drop along the judge's relaxation, beside the judge's own drop on the same molecules."""
+    picked = [(z, x, r) for (z, x), r in zip(outputs, judged) if r[5] is not None][:args.dft]
+    geoms = [(z, g) for z, x, r in picked for g in (x, r[5])]
+    keys = [("dft", z.tobytes(), np.round(g, 10).tobytes()) for z, g in geoms]
+    todo = {k: (z, g, args.dft_options) for k, (z, g) in zip(keys, geoms) if k not in cache}
+    with ProcessPoolExecutor(args.jobs) as pool:
+        for k, e in zip(todo, pool.map(_dft_one, todo.values(), chunksize=1)):
+            cache[k] = e
+    e = np.array([cache[k] for k in keys]).reshape(-1, 2)
+    d_dft, d_xtb = e[:, 0] - e[:, 1], np.array([r[0] - r[1] for *_, r in picked])
+    ok = np.isfinite(d_dft)
+    med = (lambda v: round(float(np.median(v)), 4) if v.size else None)  # noqa: E731
+    return {"dft_n": int(ok.sum()), "dft_failed": int((~ok).sum()), "dE_dft_median": med(d_dft[ok]),
+            "dE_dft_max": round(float(d_dft[ok].max()), 4) if ok.any() else None,
+            "dE_judge_median_same_sample": med(d_xtb[ok]),
+            "dft_level": "{xc}/{basis}".format(**{**DFT_DEFAULTS, **args.dft_options})
+            + (" density fitted" if args.dft_options.get("density_fit") else "")}
 
 
 def log_widths(values: np.ndarray) -> list[float] | None:
@@ -158,6 +190,8 @@ def row_line(row: str, made: list[Hybrid], wall: float, args, cache, use_post: b
             "restarts_per_accepted": round(sum(h.restarts for h in made) / len(kept), 3) if kept else None,
             "restarts": sum(h.restarts for h in made), "wall_s": round(wall, 1),
             "s_per_accepted": round(wall / len(kept), 3) if kept else None}
+    if args.dft and outputs:
+        line.update(dft_sample(outputs, judged, args, cache))
     if any(h.interventions for h in made):
         line["guidance_dropped"] = sum(h.guidance_dropped is not None for h in made)
         line["interventions_mean"] = round(float(np.mean([h.interventions for h in made])), 2)
@@ -288,6 +322,10 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=1000, help="the judge's step cap")
     parser.add_argument("--slots", type=int, default=100, help="molecules sampled together")
     parser.add_argument("--jobs", type=int, default=2, help="processes for the judge")
+    parser.add_argument("--dft", type=int, default=0,
+                        help="DFT single points at the first K judged outputs per row and at their xTB minima")
+    parser.add_argument("--dft-options", type=json.loads, default={"basis": "6-31g*", "density_fit": True},
+                        help="PySCF options (JSON) for --dft; QM9's B3LYP/6-31G(2df,p) is the default of 'dft'")
     parser.add_argument("--throughput", type=int, default=0, help="only the throughput rows, for this many molecules")
     parser.add_argument("--data", type=Path, default=None, help="QM9 packed by scripts/pack_qm9.py (no qm9pack)")
     parser.add_argument("--device", default="cpu")

@@ -5,6 +5,8 @@ drops guidance for it alone. The line-search L-BFGS is checked against the analy
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -258,3 +260,47 @@ def test_the_rm_energy_of_atoms_out_of_each_others_reach_is_the_sum_of_free_atom
              for z in (6, 1)]
     assert float(apart.energy[0]) == pytest.approx(sum(float(a.energy[0]) for a in alone), abs=1e-10)
     assert float(apart.forces.abs().max()) == 0.0
+
+
+CRASHING_CALCULATOR = '''
+import os
+import os
+
+import numpy as np
+from ase.calculators.calculator import Calculator, all_changes
+
+
+class Crashing(Calculator):
+    """A harmonic well at the origin that aborts the process (as libxtb's free() did) far from it."""
+
+    implemented_properties = ["energy", "forces"]
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        x = self.atoms.positions
+        if np.abs(x).max() > 50:
+            os.abort()
+        self.results = {"energy": float((x ** 2).sum()), "forces": -2 * x}
+
+
+def make():
+    return Crashing()
+'''
+
+
+def test_an_isolated_calculator_that_aborts_fails_that_molecule_only(tmp_path, monkeypatch):
+    """Native code that aborts the process (SIGABRT) costs one molecule's evaluation; a fresh child takes the rest."""
+    (tmp_path / "crashcalc.py").write_text(CRASHING_CALCULATOR)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    energy = ase_energy("crashcalc:make", isolate=True)
+    z, mol = _batch([np.array([1, 1]), np.array([1, 1]), np.array([1, 1])])
+    x = torch.tensor([[0.1, 0, 0], [0, 0.2, 0], [60.0, 0, 0], [0, 0, 0], [0.3, 0, 0], [0, 0, 0.4]], dtype=torch.float64)
+    ev = energy(z, x, mol, 3, torch.arange(3))
+    assert ev.errors[0] is None and ev.errors[2] is None and "died" in ev.errors[1]
+    assert ev.energy[0].item() == pytest.approx(0.05) and ev.energy[2].item() == pytest.approx(0.25)
+    assert torch.isnan(ev.energy[1]) and torch.allclose(ev.forces[4:], -2 * x[4:])
+    assert energy.molecule_energy.died == 1
+    again = energy(z, x * torch.tensor([[1.0], [1.0], [0.0], [1.0], [1.0], [1.0]], dtype=torch.float64),
+                   mol, 3, torch.arange(3))
+    assert again.errors == [None, None, None] and again.energy[1].item() == 0.0

@@ -10,6 +10,7 @@ import contextlib
 import os
 import tempfile
 import threading
+import weakref
 from typing import Any
 
 import numpy as np
@@ -89,12 +90,9 @@ def _calculator(method: str, options: dict[str, Any], device: str):
     return make_calculator("xtb" if method == "xtb_gfn2" else method, device, options)
 
 
-def ase_energy(method: str, options: dict[str, Any] | None = None, device: str = "cpu",
-               keep: int = 1024) -> BatchEnergy:
-    """An ASE calculator as a batched energy, one molecule after another. Each molecule (by key) keeps its own
-    calculator between calls (GFN-FF its topology, xtb and PySCF their last density), at most ``keep`` at a time.
-    Bad options fail here, before any molecule."""
-    options = dict(options or {})
+def _molecule_energy(method: str, options: dict[str, Any], device: str, keep: int):
+    """(key, numbers, positions) -> (energy, forces, error) for one molecule; each key keeps its own calculator
+    (GFN-FF its topology, xtb and PySCF their last density), at most ``keep`` at a time."""
     quiet = method == "xtb_gfnff"
     scratch = tempfile.mkdtemp(prefix="atomscreen-gfnff-") if quiet else None
     _calculator(method, options, device)  # unknown methods and bad options raise here
@@ -118,14 +116,69 @@ def ase_energy(method: str, options: dict[str, Any] | None = None, device: str =
             calcs.pop(key, None)
             return float("nan"), np.full((len(numbers), 3), np.nan), f"{type(exc).__name__}: {exc}"[:300]
 
+    return one
+
+
+_CHILD_MODELS: dict[tuple, Any] = {}
+
+
+def child_call(item: tuple) -> tuple[float, np.ndarray, str | None]:
+    """One molecule's energy inside the isolated child process (evaluate.isolated); the child keeps one
+    ``_molecule_energy`` per (method, options, device, keep), so calculators live across calls."""
+    method, options, device, keep, key, numbers, positions = item
+    spec = (method, repr(sorted(options.items())), device, keep)
+    if spec not in _CHILD_MODELS:
+        _CHILD_MODELS[spec] = _molecule_energy(method, options, device, keep)
+    return _CHILD_MODELS[spec](key, numbers, positions)
+
+
+class _Isolated:
+    """One persistent child process for ``child_call``; a fresh one replaces it when it dies."""
+
+    def __init__(self, method: str, options: dict[str, Any], device: str, keep: int):
+        from atomscreen.evaluate.isolated import start_child
+
+        self.spec, self.start, self.child = (method, options, device, keep), start_child, None
+        self.died = 0
+        weakref.finalize(self, _Isolated._close, self.__dict__)
+
+    @staticmethod
+    def _close(state: dict) -> None:
+        if state.get("child") is not None:
+            state["child"].close(kill=True)
+
+    def __call__(self, key: int, numbers: np.ndarray, positions: np.ndarray) -> tuple[float, np.ndarray, str | None]:
+        if self.child is None:
+            self.child = self.start("atomscreen.evaluate.energy_models:child_call", threads=1)
+        outcome = self.child.ask((*self.spec, key, numbers, positions), None)
+        if outcome.status == "ok":
+            return outcome.value
+        if self.child.proc.poll() is not None:  # a crash of native code (libxtb's abort): this molecule fails only
+            self.child.close(kill=True)
+            self.child, self.died = None, self.died + 1
+        return float("nan"), np.full((len(numbers), 3), np.nan), (outcome.error or "the child process failed")[:300]
+
+
+def ase_energy(method: str, options: dict[str, Any] | None = None, device: str = "cpu",
+               keep: int = 1024, isolate: bool | None = None) -> BatchEnergy:
+    """An ASE calculator as a batched energy, one molecule after another, each molecule (by key) keeping its own
+    calculator between calls. ``isolate`` (default: for xtb) runs the calculators in a child process, so an abort
+    inside native code fails the molecule it was computing, not the process. Bad options fail here."""
+    options = dict(options or {})
+    _calculator(method, options, device)  # unknown methods and bad options raise here, before any molecule
+    if isolate is None:
+        isolate = method in ("xtb_gfn2", "xtb_gfnff")
+    one = _Isolated(method, options, device, keep) if isolate else _molecule_energy(method, options, device, keep)
+
     def energy(numbers, positions, mol, n_mol, keys) -> Evaluation:
         z, x, m = numbers.cpu().numpy(), positions.detach().cpu().numpy(), mol.cpu().numpy()
         energies, forces, errors = np.zeros(n_mol), np.zeros_like(x), []
         for i, key in enumerate(keys.tolist()):
             atoms = m == i
-            energies[i], forces[atoms], error = one(key, z[atoms], x[atoms])
+            energies[i], forces[atoms], error = one(int(key), z[atoms], x[atoms])
             errors.append(error)
         return Evaluation(torch.as_tensor(energies, device=positions.device),
                           torch.as_tensor(forces, device=positions.device), errors)
 
+    energy.molecule_energy = one  # the isolated child's crash count (``died``) is read by tests and benchmarks
     return energy

@@ -98,13 +98,23 @@ class _Child:
             self.proc.stdin.close()
 
 
+def _child_env(threads: int) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+            "OMP_STACKSIZE": os.environ.get("OMP_STACKSIZE", "1G")}
+
+
+def start_child(func: str, *, threads: int = 1) -> _Child:
+    """A persistent child process serving ``func`` ("module:function"): ``.ask(item, timeout_s)`` -> Outcome; after
+    a crash (``.proc.poll()`` is set) the caller closes it and starts another."""
+    return _Child(func, _child_env(threads))
+
+
 def map_isolated(func: str, items: Sequence[Any], timeout_s: float | None, *, threads: int = 1) -> list[Outcome]:
     """``func(item)`` ("module:function", importable in a fresh interpreter) for every item, in a child process;
     an item past ``timeout_s`` seconds (None: no limit) becomes a ``timeout`` outcome and the others go on."""
     if timeout_s is not None and timeout_s <= 0:
         raise ValueError(f"timeout_s must be positive or None, got {timeout_s}")
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-           "OMP_STACKSIZE": os.environ.get("OMP_STACKSIZE", "1G")}
+    env = _child_env(threads)
     out: list[Outcome] = []
     child: _Child | None = None
     try:
