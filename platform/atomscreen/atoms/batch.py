@@ -35,6 +35,11 @@ def system_index() -> Any:
     return field(metadata={_KIND: "index"})
 
 
+def derived() -> Any:
+    """An optional field derived from the others (a neighbour list): dropped (None) by select and concatenate."""
+    return field(default=None, metadata={_KIND: "derived"})
+
+
 def _kinds(obj) -> list[tuple[str, str]]:
     kinds = [(f.name, f.metadata.get(_KIND)) for f in fields(obj)]
     undeclared = [name for name, kind in kinds if kind is None]
@@ -66,11 +71,30 @@ def select_systems(obj: T, keep: torch.Tensor, system: torch.Tensor | None = Non
     out = {}
     for name, kind in kinds:
         value = getattr(obj, name)
+        if kind == "derived":
+            continue
         if kind == "index":
             out[name] = renumber[value[atom_keep]]
         else:
             out[name] = value[atom_keep] if kind == "atom" else value[keep]
     return type(obj)(**out)
+
+
+def where_systems(mask: torch.Tensor, a: T, b: T, system: torch.Tensor | None = None) -> T:
+    """Field by field, ``a``'s values for the systems where ``mask`` [B] and ``b``'s elsewhere (per-atom fields
+    follow ``system`` [N], by default the object's own system_index field)."""
+    kinds = _kinds(a)
+    if system is None:
+        system = next(getattr(a, name) for name, kind in kinds if kind == "index")
+    out = {}
+    for name, kind in kinds:
+        x, y = getattr(a, name), getattr(b, name)
+        if kind in ("index", "derived"):
+            out[name] = y
+            continue
+        m = mask[system] if kind == "atom" else mask
+        out[name] = torch.where(m.reshape(m.shape + (1,) * (x.dim() - 1)), x, y)
+    return type(a)(**out)
 
 
 def concatenate_systems(parts: Sequence[T]) -> T:
@@ -79,6 +103,8 @@ def concatenate_systems(parts: Sequence[T]) -> T:
     offsets = np.cumsum([0] + [n_systems_of(p) for p in parts[:-1]]) if any(k == "index" for _, k in kinds) else None
     out = {}
     for name, kind in kinds:
+        if kind == "derived":
+            continue
         values = [getattr(p, name) for p in parts]
         if kind == "index":
             values = [v + int(o) for v, o in zip(values, offsets)]
@@ -88,13 +114,18 @@ def concatenate_systems(parts: Sequence[T]) -> T:
 
 @dataclass
 class AtomsBatch:
-    """positions [N,3] Å, numbers [N], system [N] (0..B-1, non-decreasing), cell [B,3,3] Å (rows), pbc [B,3]."""
+    """positions [N,3] Å, numbers [N], system [N] (0..B-1, non-decreasing), cell [B,3,3] Å (rows), pbc [B,3].
+
+    ``pairs`` (atoms.verlet.CandidatePairs), where set, holds every pair within some cutoff plus skin of this
+    geometry; neighbor_list then filters it instead of searching.
+    """
 
     positions: torch.Tensor = per_atom()
     numbers: torch.Tensor = per_atom()
     system: torch.Tensor = system_index()
     cell: torch.Tensor = per_system()
     pbc: torch.Tensor = per_system()
+    pairs: Any = derived()
 
     @property
     def n_systems(self) -> int:
@@ -125,6 +156,7 @@ class AtomsBatch:
             system=self.system.to(device=device),
             cell=self.cell.to(device=device, dtype=dtype),
             pbc=self.pbc.to(device=device),
+            pairs=None if self.pairs is None else self.pairs.to(device),
         )
 
     def with_(self, **changes) -> AtomsBatch:

@@ -36,20 +36,31 @@ def edge_vectors(batch: AtomsBatch, i: torch.Tensor, j: torch.Tensor, shifts: to
 
 
 def neighbor_list(batch: AtomsBatch, cutoff: float, method: str = "auto") -> Neighbors:
-    """All pairs closer than ``cutoff`` (Å) within each system, including periodic images of any order."""
+    """All pairs closer than ``cutoff`` (Å) within each system, including periodic images of any order; from
+    ``batch.pairs`` (a Verlet list's candidates, atoms/verlet.py) where set, else by a search."""
     if cutoff <= 0:
         raise ValueError(f"cutoff must be positive, got {cutoff}")
+    if batch.pairs is not None and batch.pairs.cutoff >= cutoff:
+        i, j, shifts = batch.pairs.i, batch.pairs.j, batch.pairs.shifts
+        vectors = edge_vectors(batch, i, j, shifts)
+        keep = torch.nonzero(vectors.detach().square().sum(dim=1) < cutoff * cutoff).flatten()
+        i, j, shifts, vectors = i[keep], j[keep], shifts[keep], vectors[keep]
+    else:
+        i, j, shifts = find_pairs(batch, cutoff, method)
+        vectors = edge_vectors(batch, i, j, shifts)
+    return Neighbors(i=i, j=j, shifts=shifts, vectors=vectors, distances=torch.linalg.norm(vectors, dim=1))
+
+
+def find_pairs(batch: AtomsBatch, cutoff: float, method: str = "auto") -> tuple[torch.Tensor, ...]:
+    """(i, j, shifts) of every pair closer than ``cutoff``: vesin per system on the CPU, the torch search elsewhere."""
     if method == "auto":
         method = "vesin" if batch.device.type == "cpu" else "torch"
     with torch.no_grad():
         if method == "vesin":
-            i, j, shifts = _pairs_vesin(batch, cutoff)
-        elif method == "torch":
-            i, j, shifts = _pairs_torch(batch, cutoff)
-        else:
-            raise ValueError(f"unknown neighbour-list method {method!r}; allowed: auto, vesin, torch")
-    vectors = edge_vectors(batch, i, j, shifts)
-    return Neighbors(i=i, j=j, shifts=shifts, vectors=vectors, distances=torch.linalg.norm(vectors, dim=1))
+            return _pairs_vesin(batch, cutoff)
+        if method == "torch":
+            return _pairs_torch(batch, cutoff)
+    raise ValueError(f"unknown neighbour-list method {method!r}; allowed: auto, vesin, torch")
 
 
 def _pairs_vesin(batch: AtomsBatch, cutoff: float):

@@ -12,6 +12,7 @@ from typing import Callable
 
 import torch
 
+from atomscreen.allocator import keep_freed_memory
 from atomscreen.atoms.batch import AtomsBatch
 
 EnergyModel = Callable[[AtomsBatch], torch.Tensor]
@@ -28,6 +29,7 @@ class Response:
 
 def compute(model: EnergyModel, batch: AtomsBatch, *, stress: bool = True, create_graph: bool = False) -> Response:
     """Energies, forces and (optionally) stresses; ``create_graph`` keeps the graph for force/stress losses."""
+    keep_freed_memory()  # once per process: the same large temporaries come back at every evaluation
     positions = batch.positions.detach().requires_grad_(True)
     strain = torch.zeros_like(batch.cell, requires_grad=stress)
     deformation = torch.eye(3, dtype=batch.dtype, device=batch.device) + strain
