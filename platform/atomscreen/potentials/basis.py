@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -30,6 +31,39 @@ def cartesian_angular(unit: torch.Tensor, l_max: int) -> list[torch.Tensor]:
     for _ in range(l_max):
         out.append((out[-1][:, :, None] * unit[:, None, :]).reshape(unit.shape[0], out[-1].shape[1] * 3))
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def symmetric_plan(l_max: int) -> tuple[list[tuple[tuple[int, ...], tuple[int, ...]]], tuple[int, ...]]:
+    """How to build the distinct components of r^ (x) ... (x) r^ (monomials x^a y^b z^c, a+b+c = l; (l+1)(l+2)/2 of
+    them instead of 3^l) and where each full component finds its monomial.
+
+    Returns, per l >= 1, (parent monomial index at l-1, axis) for each monomial at l; and for the concatenation of
+    all full tensors l = 0..l_max (flattened, row-major), the index of its monomial in the concatenated monomials.
+    """
+    monomials = [[()]]
+    steps = []
+    for ell in range(1, l_max + 1):
+        here = list(itertools.combinations_with_replacement(range(3), ell))
+        previous = {m: k for k, m in enumerate(monomials[-1])}
+        steps.append((tuple(previous[m[:-1]] for m in here), tuple(m[-1] for m in here)))
+        monomials.append(here)
+    expand, offset = [], 0
+    for ell, here in enumerate(monomials):
+        index = {m: k for k, m in enumerate(here)}
+        expand += [offset + index[tuple(sorted(full))] for full in itertools.product(range(3), repeat=ell)]
+        offset += len(here)
+    return steps, tuple(expand)
+
+
+def symmetric_angular(unit: torch.Tensor, l_max: int) -> torch.Tensor:
+    """The distinct components of the Cartesian tensors of rank 0..l_max of unit vectors [E,3], concatenated
+    [E, sum (l+1)(l+2)/2]; ``symmetric_plan(l_max)[1]`` indexes them back into cartesian_angular's full layout."""
+    steps, _ = symmetric_plan(l_max)
+    out = [torch.ones(unit.shape[0], 1, dtype=unit.dtype, device=unit.device)]
+    for parents, axes in steps:
+        out.append(out[-1][:, list(parents)] * unit[:, list(axes)])
+    return torch.cat(out, dim=1)
 
 
 def three_body_patterns(l_max: int) -> list[tuple[int, int, int]]:

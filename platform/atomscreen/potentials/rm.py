@@ -16,7 +16,14 @@ from torch import nn
 
 from atomscreen.atoms.batch import AtomsBatch
 from atomscreen.atoms.neighbors import neighbor_list
-from atomscreen.potentials.basis import bessel, cartesian_angular, einsum_for, polynomial_cutoff, three_body_patterns
+from atomscreen.potentials.basis import (
+    bessel,
+    einsum_for,
+    polynomial_cutoff,
+    symmetric_angular,
+    symmetric_plan,
+    three_body_patterns,
+)
 
 MAX_Z = 118
 
@@ -125,8 +132,11 @@ class RMPotential(nn.Module):
         if self.radial_mixing is not None:
             radial = self.radial_mixing(radial)
         type_radial = (edge_type[:, :, None] * radial[:, None, :]).flatten(1)  # [E, C*n]
-        angular = torch.cat(cartesian_angular(nb.vectors / nb.distances[:, None], cfg.l_max), dim=1)  # [E, sum 3^l]
-        A_flat = _sum_outer_over_neighbours(nb.i, type_radial, angular, batch.positions.shape[0]) / cfg.avg_neighbors
+        # Eq. 3 on the distinct components of the symmetric angular tensors (20 instead of 40 for l_max = 3), then
+        # expanded per atom to the full Cartesian layout [N, C*n, sum 3^l] the contractions read
+        angular = symmetric_angular(nb.vectors / nb.distances[:, None], cfg.l_max)  # [E, sum (l+1)(l+2)/2]
+        A_sym = _sum_outer_over_neighbours(nb.i, type_radial, angular, batch.positions.shape[0]) / cfg.avg_neighbors
+        A_flat = A_sym[:, :, list(symmetric_plan(cfg.l_max)[1])]
         A = self._per_l(A_flat, edge_type.shape[1])
         return torch.cat(self._invariants(A), dim=1)
 
