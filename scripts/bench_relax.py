@@ -259,7 +259,9 @@ def compare(args) -> None:
             ("ase_fire_loop", "ase_fire_loop", sys.executable, None, [], REPO / "platform")]
     python = args.torchsim_python or os.environ.get("ATOMSCREEN_TORCHSIM_PYTHON")
     if python:
-        runs.append(("torchsim", "torchsim", python, None, [], REPO / "platform"))
+        # TorchSim's interpreter has its own torch build: atomscreen runs there too, the like-for-like comparison
+        runs += [("atomscreen", "atomscreen_torchsim_python", python, None, [], REPO / "platform"),
+                 ("torchsim", "torchsim", python, None, [], REPO / "platform")]
     else:
         emit({"path": "torchsim", "skipped": "no --torchsim-python (TorchSim needs Python >= 3.12; see the README)"},
              args.out)
@@ -268,11 +270,13 @@ def compare(args) -> None:
         emit(lines[label], args.out)
     atoms = lines["atomscreen"].get("atoms_per_structure", 1)
     ratios = {"row": "ratios"}
-    for other in ("atomscreen_before", "ase_fire_loop", "torchsim"):
-        if energies.get(other) is not None and energies.get("atomscreen") is not None:
-            ratios[f"atomscreen_over_{other}"] = round(lines["atomscreen"]["structure_steps_per_s"]
-                                                       / lines[other]["structure_steps_per_s"], 3)
-            ratios[f"energy_agreement_{other}"] = _agreement(energies["atomscreen"], energies[other], atoms)
+    pairs = [("atomscreen", "atomscreen_before"), ("atomscreen", "ase_fire_loop"), ("atomscreen", "torchsim"),
+             ("atomscreen_torchsim_python", "torchsim")]
+    for ours, other in pairs:
+        if energies.get(other) is not None and energies.get(ours) is not None:
+            ratios[f"{ours}_over_{other}"] = round(lines[ours]["structure_steps_per_s"]
+                                                   / lines[other]["structure_steps_per_s"], 3)
+            ratios[f"energy_agreement_{ours}_{other}"] = _agreement(energies[ours], energies[other], atoms)
     emit(ratios, args.out)
 
 
