@@ -116,3 +116,21 @@ def test_train_command_rejects_unknown_hyperparameters(tmp_path, capsys):
     assert main(["train", str(config), "--db", str(tmp_path / "m.db")]) == 1
     assert "hyperparameters" in capsys.readouterr().err
     assert not (tmp_path / "m.db").exists()
+
+
+def test_submit_with_gpus_on_a_machine_without_cuda_says_so_and_records_nothing(tmp_path):
+    import pytest
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    (tmp_path / "gpu.yaml").write_text(
+        "name: on_gpu\ncompositions: [C2]\nmodel:\n  checkpoint: %s\ngenerators:\n  rss: {samples_per_composition: 2}\n"
+        "cluster: {gpus: 1}\n" % (REPO / "models" / "qm7b_like.pt"))
+    result = run("submit", "gpu.yaml", "--db", str(tmp_path / "gpu.db"), cwd=tmp_path)
+    assert result.returncode != 0
+    assert "cluster.gpus = 1" in result.stderr and "CUDA" in result.stderr and "Traceback" not in result.stderr
+    if (tmp_path / "gpu.db").exists():
+        with sqlite3.connect(tmp_path / "gpu.db") as conn:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            assert "campaign" not in tables or conn.execute("SELECT count(*) FROM campaign").fetchone()[0] == 0

@@ -29,13 +29,13 @@ class Cluster:
     def get(self):
         """The connected client (a LocalCluster of worker processes unless a scheduler address is given)."""
         if self.client is None:
-            from distributed import Client, LocalCluster
+            from distributed import Client
 
             address = self.scheduler or self.spec.scheduler
             if address:
                 self.client = Client(address, timeout="30s")
             else:
-                self._local = LocalCluster(**_local_options(self.spec, self.dashboard_address))
+                self._local = _local_cluster(self.spec, self.dashboard_address)
                 self.client = Client(self._local)
             self._opened = True
         if self._dashboard is None:
@@ -58,6 +58,40 @@ class Cluster:
             self.client.close()
             if self._local is not None:
                 self._local.close()
+
+
+def check_gpus(spec: ClusterSpec) -> None:
+    """``cluster.gpus: N`` needs N CUDA devices here (a local cluster); said before anything is recorded."""
+    if not spec.gpus or spec.scheduler:
+        return
+    import torch
+
+    from atomscreen.compute.progress import RunnerError
+
+    found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if found < spec.gpus:
+        why = "torch was built without CUDA" if torch.version.cuda is None else "no CUDA device or driver is visible"
+        raise RunnerError(
+            f"cluster.gpus = {spec.gpus}, but this machine has {found} CUDA device{'s' if found != 1 else ''} "
+            f"(torch {torch.__version__}: {why}); remove cluster.gpus to run on the CPU, "
+            + (f"set it to at most {found}, " if found else "")
+            + "or give cluster.scheduler of a cluster with GPU workers")
+
+
+def _local_cluster(spec: ClusterSpec, dashboard_address: str):
+    """A LocalCluster, or with ``gpus`` one worker per GPU: dask-cuda's LocalCUDACluster where installed (each worker
+    sees its own device), else a LocalCluster whose worker k takes cuda:k (compute.workers.device)."""
+    from distributed import LocalCluster
+
+    options = _local_options(spec, dashboard_address)
+    if spec.gpus:
+        try:
+            from dask_cuda import LocalCUDACluster
+        except ImportError:
+            return LocalCluster(**options)
+        options.pop("processes")
+        return LocalCUDACluster(CUDA_VISIBLE_DEVICES=list(range(spec.gpus)), **options)
+    return LocalCluster(**options)
 
 
 def _local_options(spec: ClusterSpec, dashboard_address: str) -> dict[str, Any]:

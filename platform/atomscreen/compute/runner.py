@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 
 from atomscreen.campaign import CampaignSpec, load_campaign, parse_campaign, with_training_compositions
 from atomscreen.compute import plan
-from atomscreen.compute.dispatch import Cluster, run_jobs
+from atomscreen.compute.dispatch import Cluster, check_gpus, run_jobs
 from atomscreen.compute.finalize import analyse_campaign, finish
 from atomscreen.compute.models import ProvidedModel, provide_models
 from atomscreen.compute.progress import Outcome, Reporter, RunnerError
@@ -153,6 +153,8 @@ def submit(path: str | Path, engine: Engine, *, scheduler: str | None = None, re
 
     path = Path(path)
     spec = load_campaign(path)
+    if scheduler is None and client is None:
+        check_gpus(spec.cluster)  # cluster.gpus without CUDA: said before anything is recorded
     check_models(spec, str(path))  # checkpoints of the right kind, compositions a denoiser can make: before any write
     text = path.read_text()
     migrate.upgrade(engine)
@@ -184,6 +186,8 @@ def resume(name: str, engine: Engine, *, scheduler: str | None = None, reporter:
         campaign_id, text, source = row.id, row.spec, row.source
     base_dir = Path(source).parent if source else Path(".")
     spec = parse_campaign(yaml.safe_load(text), source=f"campaign {name!r} as stored", base_dir=base_dir)
+    if scheduler is None and client is None:
+        check_gpus(spec.cluster)
     cluster = Cluster(spec.cluster, scheduler, dashboard_address, client)
     return _prepare_and_run(engine, campaign_id, spec, cluster, reporter)
 

@@ -21,9 +21,19 @@ class ModelRef:
 
 
 def _device() -> str:
+    """cpu, or this worker's GPU: cuda:k for LocalCluster worker k (dask-cuda workers each see one device, k = 0)."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        return "cpu"
+    try:
+        from distributed import get_worker
+
+        name = get_worker().name
+    except ValueError:  # not on a Dask worker
+        return "cuda"
+    index = name if isinstance(name, int) else 0
+    return f"cuda:{index % torch.cuda.device_count()}"
 
 
 def _model(ref: ModelRef, device: str):
