@@ -110,3 +110,20 @@ def test_the_skin_changes_no_relaxation():
     without = relax(model, structures, RelaxSettings(fmax=0.05, max_steps=60, cell=True, trajectory_every=5, skin=0))
     _same(with_skin, without, 1e-9)
     assert 0 < stats["searches"] < stats["evaluations"] / 2
+
+
+def test_float32_relaxations_reach_the_float64_minima(trained_checkpoint):
+    """Well-conditioned starts (rattled known crystals and molecules, cells relaxed): float32 throughout (model,
+    positions, FIRE state) ends at the float64 minima."""
+    from conftest import well_conditioned_starts
+
+    checkpoint, reference = trained_checkpoint
+    starts = well_conditioned_starts(reference, n=12, seed=4)
+    settings = RelaxSettings(fmax=0.01, max_steps=500, cell=True, trajectory_every=0, check_every=5)
+    double = relax(checkpoint.build(), starts, settings, dtype=torch.float64)
+    single = relax(checkpoint.build(dtype=torch.float32), starts, settings, dtype=torch.float32)
+    assert all(r.converged for r in double) and all(r.converged for r in single)
+    for a, b in zip(double, single):
+        assert abs(a.energy - b.energy) / len(a.atoms) < 1e-4
+        assert np.abs(a.atoms.positions - b.atoms.positions).max() < 0.02
+        assert np.abs(a.atoms.cell.array - b.atoms.cell.array).max() < 0.02
