@@ -134,3 +134,23 @@ def test_rm_guided_generation_on_cuda_matches_cpu():
     for a, b in zip(*runs):
         assert a.restarts == b.restarts and a.accepted == b.accepted and a.interventions == b.interventions
         assert np.allclose(a.positions, b.positions, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_the_memory_estimate_bounds_the_measured_cuda_peak(trained_checkpoint):
+    """The batch relax/memory.py sizes for a budget peaks below that budget on the device."""
+    from atomscreen.potentials.forces import compute
+    from atomscreen.relax.memory import max_systems
+
+    checkpoint, reference = trained_checkpoint
+    model = checkpoint.build(device="cuda")
+    starts = well_conditioned_starts(reference, n=64, seed=9)
+    budget = 256 * 2**20
+    n = max_systems(model, starts, device="cuda", budget_bytes=budget)
+    batch = from_ase((starts * (n // len(starts) + 1))[:n], device="cuda")
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    compute(model, batch, stress=True)
+    torch.cuda.synchronize()
+    assert torch.cuda.max_memory_allocated() - before <= budget

@@ -127,3 +127,27 @@ def test_float32_relaxations_reach_the_float64_minima(trained_checkpoint):
         assert abs(a.energy - b.energy) / len(a.atoms) < 1e-4
         assert np.abs(a.atoms.positions - b.atoms.positions).max() < 0.02
         assert np.abs(a.atoms.cell.array - b.atoms.cell.array).max() < 0.02
+
+
+def test_the_memory_estimate_scales_with_the_batch_and_refuses_what_cannot_fit():
+    from atomscreen.relax.memory import DeviceMemoryError, estimate, max_systems, saved_bytes
+
+    model, cells = _model(), _mixed(4, 0)
+    one = saved_bytes(model, cells[:2], "cpu", torch.float64, True)
+    two = saved_bytes(model, cells[:2] * 2, "cpu", torch.float64, True)
+    assert one > 0 and abs(two / one - 2) < 0.05  # activations grow with the systems in the batch
+    est = estimate(model, cells, budget_bytes=10**9)
+    all_four = saved_bytes(model, cells, "cpu", torch.float64, True)
+    assert est.bytes_per_atom >= 2 * all_four / 32  # twice the saved bytes per atom (the backward pass), and the rows
+    roomy = max_systems(model, cells, budget_bytes=10**9)
+    assert roomy > 8 and max_systems(model, cells, budget_bytes=10**9 // 4) == pytest.approx(roomy / 4, rel=0.01)
+    assert max_systems(model, cells, budget_bytes=10**9, cap=7) == 7
+    with pytest.raises(DeviceMemoryError, match=r"structure 0 \(8 atoms\) needs about .* GiB"):
+        max_systems(model, cells, budget_bytes=int(est.bytes_per_atom * 4))
+
+
+def test_max_systems_zero_sizes_the_batch_from_memory():
+    model, cells = _model(), _mixed(3, 2)
+    auto = relax(model, cells, RelaxSettings(fmax=0.05, max_steps=30, cell=True, max_systems=0))
+    fixed = relax(model, cells, RelaxSettings(fmax=0.05, max_steps=30, cell=True))
+    _same(auto, fixed, 1e-12)

@@ -74,7 +74,7 @@ class RelaxSettings:
     constant_volume: bool = False
     pressure: float = 0.0
     trajectory_every: int = 10  # record every k-th step and the last one; 0 records nothing
-    max_systems: int = 256
+    max_systems: int = 256  # 0: as many as fit in memory (relax/memory.py, measured on the model)
     check_every: int = 1  # steps between host checks (convergence, refill, frames); results do not depend on it
     skin: float = 0.5  # Å, Verlet list skin for models with a ``cutoff``; 0 searches at every evaluation
     explode_fmax: float = 1e6
@@ -252,6 +252,11 @@ def relax_with(
     if len(structures) == 0:
         return []
     budgets = _budgets(settings, len(structures), max_steps)
+    if settings.max_systems == 0:
+        from atomscreen.relax.memory import max_systems as fitting
+
+        settings = replace(settings, max_systems=fitting(model, structures, device=device, dtype=dtype,
+                                                         stress=settings.cell))
     queue = list(range(len(structures)))
     results: dict[int, RelaxResult] = {}
     frames: dict[int, list] = {}
@@ -291,9 +296,9 @@ def relax_with(
 
 def _budgets(settings: RelaxSettings, n: int, max_steps: Sequence[int] | None) -> list[int]:
     """Each structure's step budget, after checking the settings."""
-    if settings.fmax <= 0 or settings.max_steps < 0 or settings.max_systems < 1 or settings.check_every < 1 \
+    if settings.fmax <= 0 or settings.max_steps < 0 or settings.max_systems < 0 or settings.check_every < 1 \
             or settings.skin < 0:
-        raise ValueError(f"need fmax > 0, max_steps >= 0, max_systems >= 1, check_every >= 1 and skin >= 0, "
+        raise ValueError(f"need fmax > 0, max_steps >= 0, max_systems >= 0, check_every >= 1 and skin >= 0, "
                          f"got {settings}")
     budgets = [settings.max_steps] * n if max_steps is None else [int(b) for b in max_steps]
     if len(budgets) != n or min(budgets) < 0:
