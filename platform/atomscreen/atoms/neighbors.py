@@ -27,6 +27,7 @@ class Neighbors:
     shifts: torch.Tensor
     vectors: torch.Tensor  # [E,3] Å, x_j - x_i + shifts · cell
     distances: torch.Tensor  # [E] Å
+    sorted_by_i: bool = False  # edges come in non-decreasing i
 
 
 def edge_vectors(batch: AtomsBatch, i: torch.Tensor, j: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
@@ -40,15 +41,17 @@ def neighbor_list(batch: AtomsBatch, cutoff: float, method: str = "auto") -> Nei
     ``batch.pairs`` (a Verlet list's candidates, atoms/verlet.py) where set, else by a search."""
     if cutoff <= 0:
         raise ValueError(f"cutoff must be positive, got {cutoff}")
+    presorted = False
     if batch.pairs is not None and batch.pairs.cutoff >= cutoff:
         i, j, shifts = batch.pairs.i, batch.pairs.j, batch.pairs.shifts
-        vectors = edge_vectors(batch, i, j, shifts)
-        keep = torch.nonzero(vectors.detach().square().sum(dim=1) < cutoff * cutoff).flatten()
-        i, j, shifts, vectors = i[keep], j[keep], shifts[keep], vectors[keep]
+        with torch.no_grad():
+            keep = torch.nonzero(edge_vectors(batch, i, j, shifts).square().sum(dim=1) < cutoff * cutoff).flatten()
+        i, j, shifts, presorted = i[keep], j[keep], shifts[keep], batch.pairs.sorted_by_i
     else:
         i, j, shifts = find_pairs(batch, cutoff, method)
-        vectors = edge_vectors(batch, i, j, shifts)
-    return Neighbors(i=i, j=j, shifts=shifts, vectors=vectors, distances=torch.linalg.norm(vectors, dim=1))
+    vectors = edge_vectors(batch, i, j, shifts)
+    return Neighbors(i=i, j=j, shifts=shifts, vectors=vectors, distances=torch.linalg.norm(vectors, dim=1),
+                     sorted_by_i=presorted)
 
 
 def find_pairs(batch: AtomsBatch, cutoff: float, method: str = "auto") -> tuple[torch.Tensor, ...]:

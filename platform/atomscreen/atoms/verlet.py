@@ -26,6 +26,7 @@ class CandidatePairs:
     j: torch.Tensor
     shifts: torch.Tensor
     cutoff: float
+    sorted_by_i: bool = False  # i non-decreasing: the model's neighbour sum needs no sort
 
     def to(self, device) -> CandidatePairs:
         return replace(self, i=self.i.to(device), j=self.j.to(device), shifts=self.shifts.to(device))
@@ -111,8 +112,10 @@ def update(state: VerletList, batch: AtomsBatch, method: str = "auto") -> tuple[
         atoms = torch.nonzero(atom_stale).flatten()  # sub's atom k is batch atom atoms[k]
         positions0 = torch.where(atom_stale[:, None], batch.positions.detach(), state.positions0)
         cell0 = torch.where(stale[:, None, None], batch.cell.detach(), state.cell0)
-        state = replace(state, i=torch.cat([state.i[kept], atoms[i]]), j=torch.cat([state.j[kept], atoms[j]]),
-                        shifts=torch.cat([state.shifts[kept], shifts]), positions0=positions0, cell0=cell0,
-                        built=torch.ones_like(state.built), searches=state.searches + n_stale)
+        i, j = torch.cat([state.i[kept], atoms[i]]), torch.cat([state.j[kept], atoms[j]])
+        order = torch.argsort(i, stable=True)  # kept sorted by i (selection keeps the order), so sums need no sort
+        state = replace(state, i=i[order], j=j[order], shifts=torch.cat([state.shifts[kept], shifts])[order],
+                        positions0=positions0, cell0=cell0, built=torch.ones_like(state.built),
+                        searches=state.searches + n_stale)
     state = replace(state, updates=state.updates + batch.n_systems)
-    return state, CandidatePairs(state.i, state.j, state.shifts, state.cutoff)
+    return state, CandidatePairs(state.i, state.j, state.shifts, state.cutoff, sorted_by_i=True)

@@ -34,35 +34,36 @@ def cartesian_angular(unit: torch.Tensor, l_max: int) -> list[torch.Tensor]:
 
 
 @functools.lru_cache(maxsize=None)
-def symmetric_plan(l_max: int) -> tuple[list[tuple[tuple[int, ...], tuple[int, ...]]], tuple[int, ...]]:
+def symmetric_plan(l_max: int) -> tuple[list[tuple[int, int, int]], tuple[int, ...]]:
     """How to build the distinct components of r^ (x) ... (x) r^ (monomials x^a y^b z^c, a+b+c = l; (l+1)(l+2)/2 of
-    them instead of 3^l) and where each full component finds its monomial.
+    them instead of 3^l) by slices only, and where each full component finds its monomial.
 
-    Returns, per l >= 1, (parent monomial index at l-1, axis) for each monomial at l; and for the concatenation of
-    all full tensors l = 0..l_max (flattened, row-major), the index of its monomial in the concatenated monomials.
+    Monomials of rank l are sorted tuples in colexicographic order, built as: for axis a = x, y, z, every rank l-1
+    monomial whose largest axis is <= a (a prefix of the colex order), times r^_a. Returns, per l >= 1, the three
+    prefix lengths; and for the concatenation of all full tensors l = 0..l_max (flattened, row-major), the index of
+    each component's monomial in the concatenated monomials.
     """
-    monomials = [[()]]
-    steps = []
-    for ell in range(1, l_max + 1):
-        here = list(itertools.combinations_with_replacement(range(3), ell))
-        previous = {m: k for k, m in enumerate(monomials[-1])}
-        steps.append((tuple(previous[m[:-1]] for m in here), tuple(m[-1] for m in here)))
-        monomials.append(here)
+    monomials, prefixes = [[()]], []
+    for _ in range(l_max):
+        previous = monomials[-1]
+        lengths = tuple(sum(1 for m in previous if (max(m) if m else -1) <= a) for a in range(3))
+        monomials.append([m + (a,) for a in range(3) for m in previous[:lengths[a]]])
+        prefixes.append(lengths)
     expand, offset = [], 0
     for ell, here in enumerate(monomials):
         index = {m: k for k, m in enumerate(here)}
         expand += [offset + index[tuple(sorted(full))] for full in itertools.product(range(3), repeat=ell)]
         offset += len(here)
-    return steps, tuple(expand)
+    return prefixes, tuple(expand)
 
 
 def symmetric_angular(unit: torch.Tensor, l_max: int) -> torch.Tensor:
     """The distinct components of the Cartesian tensors of rank 0..l_max of unit vectors [E,3], concatenated
     [E, sum (l+1)(l+2)/2]; ``symmetric_plan(l_max)[1]`` indexes them back into cartesian_angular's full layout."""
-    steps, _ = symmetric_plan(l_max)
+    prefixes, _ = symmetric_plan(l_max)
     out = [torch.ones(unit.shape[0], 1, dtype=unit.dtype, device=unit.device)]
-    for parents, axes in steps:
-        out.append(out[-1][:, list(parents)] * unit[:, list(axes)])
+    for lengths in prefixes:
+        out.append(torch.cat([out[-1][:, :n] * unit[:, a:a + 1] for a, n in enumerate(lengths)], dim=1))
     return torch.cat(out, dim=1)
 
 

@@ -135,7 +135,8 @@ class RMPotential(nn.Module):
         # Eq. 3 on the distinct components of the symmetric angular tensors (20 instead of 40 for l_max = 3), then
         # expanded per atom to the full Cartesian layout [N, C*n, sum 3^l] the contractions read
         angular = symmetric_angular(nb.vectors / nb.distances[:, None], cfg.l_max)  # [E, sum (l+1)(l+2)/2]
-        A_sym = _sum_outer_over_neighbours(nb.i, type_radial, angular, batch.positions.shape[0]) / cfg.avg_neighbors
+        A_sym = _sum_outer_over_neighbours(nb.i, type_radial, angular, batch.positions.shape[0],
+                                           nb.sorted_by_i) / cfg.avg_neighbors
         A_flat = A_sym[:, :, list(symmetric_plan(cfg.l_max)[1])]
         A = self._per_l(A_flat, edge_type.shape[1])
         return torch.cat(self._invariants(A), dim=1)
@@ -186,18 +187,23 @@ def _mlp(width: int, hidden: tuple[int, ...]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _sum_outer_over_neighbours(i: torch.Tensor, left: torch.Tensor, right: torch.Tensor, n_atoms: int) -> torch.Tensor:
+def _sum_outer_over_neighbours(i: torch.Tensor, left: torch.Tensor, right: torch.Tensor, n_atoms: int,
+                               presorted: bool = False) -> torch.Tensor:
     """A_i = sum over edges of atom i of left_e (x) right_e  [N, a, b], as one padded batched matmul.
 
-    Equivalent to index_add of per-edge outer products (Eq. 3) without materialising [E, a, b].
+    Equivalent to index_add of per-edge outer products (Eq. 3) without materialising [E, a, b]; edges already in
+    non-decreasing i (``presorted``, a Verlet list's) skip the sort and its gathers.
     """
-    order = torch.argsort(i, stable=True)
-    centre = i[order]
+    if presorted:
+        centre = i
+    else:
+        order = torch.argsort(i, stable=True)
+        centre, left, right = i[order], left[order], right[order]
     counts = torch.bincount(centre, minlength=n_atoms)
     slot = torch.arange(centre.shape[0], device=i.device) - (torch.cumsum(counts, 0) - counts)[centre]
     width = int(counts.max()) if centre.numel() else 0
-    padded_left = left.new_zeros(n_atoms, width, left.shape[1]).index_put((centre, slot), left[order])
-    padded_right = right.new_zeros(n_atoms, width, right.shape[1]).index_put((centre, slot), right[order])
+    padded_left = left.new_zeros(n_atoms, width, left.shape[1]).index_put_((centre, slot), left)
+    padded_right = right.new_zeros(n_atoms, width, right.shape[1]).index_put_((centre, slot), right)
     return torch.bmm(padded_left.transpose(1, 2), padded_right)
 
 
