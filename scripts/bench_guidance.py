@@ -9,7 +9,8 @@ the MoreRed rule), restarts per accepted molecule and wall time per accepted mol
 points (B3LYP/6-31G* density fitted unless --dft-options) at the first K judged outputs of each row and at their
 GFN2-xTB minima give the DFT energy drop along the judge's path on that sample. JSON lines, one per row.
 
-    python scripts/bench_guidance.py --n 500 --jobs 2 [--guide rm|xtb_gfnff] [--dft 5] [--out build/bench_guidance.jsonl]
+    python scripts/bench_guidance.py --n 500 --jobs 2 [--guide rm|xtb_gfnff] [--dft 5] \
+        [--out build/bench_guidance.jsonl]
     python scripts/bench_guidance.py --throughput 64 [--device cuda]   # guided molecules/s: batched vs serial ASE
 
 Rows share compositions and seeds, and noise is keyed by molecule and attempt, so the accept/reject row's first

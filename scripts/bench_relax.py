@@ -7,8 +7,9 @@ final-energy agreement; ``--scaling`` adds a table over batch size and structure
         [--kind crystal|molecule] [--atoms 8] [--threads 1] [--torchsim-python PATH] [--scaling] [--out FILE]
 
 ``atomscreen_before`` is this code with skin 0 and glibc's default allocator, or, with ``--before-checkout DIR``
-(``git worktree add DIR e562b68``), the code of that checkout. Each path runs in its own child process (the same seeds give the same model and structures), so one path's
-allocator state, threads or warm caches do not leak into another's. Throughput counts model evaluations
+(``git worktree add DIR e562b68``), the code of that checkout. Each path runs in its own child process (the same
+seeds give the same model and structures), so one path's allocator state, threads or warm caches do not leak into
+another's. Throughput counts model evaluations
 (structure-steps: one per FIRE step plus the final check, per structure) and atom-steps (the same times atoms).
 TorchSim (torch-sim-atomistic, Python >= 3.12) runs under ``--torchsim-python`` (default: $ATOMSCREEN_TORCHSIM_PYTHON),
 an interpreter with torch, ase, vesin and torch-sim-atomistic, with this checkout's platform/ on PYTHONPATH; without
@@ -64,12 +65,14 @@ def _common(args) -> dict:
     return {"kind": args.kind, "atoms_per_structure": args.atoms if args.kind == "crystal" else sum(MOLECULE.values()),
             "max_steps": args.steps, "fmax": args.fmax, "device": args.device, "dtype": args.dtype,
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
-            "load_average": [round(v, 2) for v in os.getloadavg()], "machine": platform.processor() or platform.machine()}
+            "load_average": [round(v, 2) for v in os.getloadavg()],
+            "machine": platform.processor() or platform.machine()}
 
 
 def _rates(wall: float, evaluations: int, n_structures: int, atoms: int) -> dict:
     return {"wall_s": round(wall, 3), "structure_steps": evaluations,
-            "structure_steps_per_s": round(evaluations / wall, 2), "atom_steps_per_s": round(evaluations * atoms / wall, 1),
+            "structure_steps_per_s": round(evaluations / wall, 2),
+            "atom_steps_per_s": round(evaluations * atoms / wall, 1),
             "structures_per_s": round(n_structures / wall, 3)}
 
 
@@ -106,7 +109,8 @@ def path_atomscreen(args, model, cells) -> tuple[dict, np.ndarray]:
     known = {f.name for f in dataclasses.fields(RelaxSettings)}
     wanted = {"skin": args.skin, "check_every": args.check_every}
     settings = RelaxSettings(fmax=args.fmax, max_steps=args.steps, cell=cell, trajectory_every=0,
-                             max_systems=args.max_systems or len(cells), **{k: v for k, v in wanted.items() if k in known})
+                             max_systems=args.max_systems or len(cells),
+                             **{k: v for k, v in wanted.items() if k in known})
     stats: dict = {}
     extra = {"stats": stats} if "stats" in inspect.signature(relax).parameters else {}
     _sync(args.device)
@@ -159,7 +163,8 @@ def path_torchsim(args, model, cells) -> tuple[dict, np.ndarray]:
             super().__init__()
             self.model, self.evaluations = model, 0
             self._device, self._dtype = torch.device(args.device), model.mlp[-1].weight.dtype
-            self._compute_stress, self._compute_forces, self._memory_scales_with = args.kind == "crystal", True, "n_atoms"
+            self._compute_stress, self._compute_forces = args.kind == "crystal", True
+            self._memory_scales_with = "n_atoms"
 
         def forward(self, state, **kwargs):
             pbc = state.pbc if state.pbc.ndim == 2 else state.pbc.expand(state.n_systems, 3)

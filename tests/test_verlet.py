@@ -52,7 +52,8 @@ def test_skin_pairs_give_the_forces_of_a_fresh_list_at_every_step():
         assert torch.allclose(reused.forces, fresh.forces, rtol=0, atol=1e-10), step
         assert torch.allclose(reused.stress, fresh.stress, rtol=0, atol=1e-10), step
         move = torch.as_tensor(rng.normal(scale=0.03, size=batch.positions.shape))
-        strain = torch.eye(3, dtype=torch.float64) + torch.as_tensor(rng.normal(scale=0.004, size=(batch.n_systems, 3, 3)))
+        noise = rng.normal(scale=0.004, size=(batch.n_systems, 3, 3))
+        strain = torch.eye(3, dtype=torch.float64) + torch.as_tensor(noise)
         strain = torch.where(periodic[:, None, None], strain, torch.eye(3, dtype=torch.float64))
         batch = batch.with_(positions=torch.einsum("ni,nij->nj", batch.positions + move, strain[batch.system]),
                             cell=batch.cell @ strain)

@@ -3,9 +3,9 @@
 A batched model evaluation allocates and frees the same large edge tensors on every step. glibc's defaults hand
 every block above its (dynamic) mmap threshold back to the kernel and trim the heap top, so each step faults the
 same pages in again: 31-48% of an evaluation of 256-1,024 C8 cells was kernel page-fault time on 2 CPU cores
-(shared/design/cpu-profile.md §3.3). The settings below (mallopt, as GLIBC_TUNABLES
-mmap_threshold=32 MiB, trim_threshold, top_pad=1 GiB) keep the memory mapped (trim_threshold is capped at 2 GiB: mallopt takes an int); resident
-memory then stays at its peak. Other C libraries (musl, macOS) are left alone.
+(shared/design/cpu-profile.md §3.3). The settings below (mallopt, as GLIBC_TUNABLES mmap_threshold=32 MiB,
+trim_threshold, top_pad=1 GiB) keep the memory mapped (trim_threshold is capped at 2 GiB: mallopt takes an int);
+resident memory then stays at its peak. Other C libraries (musl, macOS) are left alone.
 """
 
 from __future__ import annotations

@@ -76,7 +76,8 @@ def estimate(model: EnergyModel, structures: Sequence[Atoms], *, device="cpu", d
     sample = list(structures[:probe])
     n_atoms = sum(len(a) for a in sample)
     row_bytes = 4 * 3 * torch.finfo(dtype).bits // 8  # x, forces, velocities, new x per row
-    per_atom = (2 * saved_bytes(model, sample, device, dtype, stress)) / n_atoms + row_bytes * (1 + 3 / (n_atoms / len(sample)))
+    rows_per_atom = 1 + 3 * len(sample) / n_atoms  # atom rows and each system's three cell rows
+    per_atom = 2 * saved_bytes(model, sample, device, dtype, stress) / n_atoms + row_bytes * rows_per_atom
     budget = int(budget_bytes if budget_bytes is not None else fraction * free_bytes(device))
     result = MemoryEstimate(per_atom, n_atoms, budget)
     largest = max(range(len(structures)), key=lambda k: len(structures[k]))
