@@ -72,7 +72,7 @@ def extend(state: VerletList, n_atoms: int, n_systems: int) -> VerletList:
                    built=torch.cat([state.built, state.built.new_zeros(n_systems)]))
 
 
-def select(state: VerletList, keep: torch.Tensor, system: torch.Tensor) -> VerletList:
+def keep_systems(state: VerletList, keep: torch.Tensor, system: torch.Tensor) -> VerletList:
     """The systems where ``keep`` [B], with their pairs renumbered (``system`` [N]: each atom's system now)."""
     atom_keep = keep[system]
     new_index = torch.cumsum(atom_keep.long(), 0) - 1

@@ -325,7 +325,7 @@ def _drop(flight: _Flight, keep: torch.Tensor, forces: torch.Tensor) -> tuple[_F
     """The systems where ``keep`` [B], with their force rows."""
     systems = select_systems(flight.systems, keep)
     state = select_systems(flight.state, keep, flight.rows.system)
-    pairs = None if flight.pairs is None else verlet.select(flight.pairs, keep, flight.systems.system)
+    pairs = None if flight.pairs is None else verlet.keep_systems(flight.pairs, keep, flight.systems.system)
     return _Flight.of(systems, state, pairs), forces[keep[flight.rows.system]]
 
 
