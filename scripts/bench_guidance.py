@@ -123,11 +123,12 @@ def judge(outputs: list[tuple[np.ndarray, np.ndarray]], args, cache: dict) -> li
     return [cache[k] for k in keys]
 
 
-def _dft_one(item) -> float:
+def _dft_one(item) -> tuple[float, str | None]:
     from atomscreen.evaluate.calculators import single_points
 
     numbers, positions, options = item
-    return single_points([Atoms(numbers=numbers, positions=positions)], "dft", options=options)[0][0]
+    energies, _, errors = single_points([Atoms(numbers=numbers, positions=positions)], "dft", options=options)
+    return energies[0], errors[0]
 
 
 def dft_sample(outputs: list[tuple[np.ndarray, np.ndarray]], judged: list[tuple], args, cache: dict) -> dict:
@@ -140,13 +141,14 @@ def dft_sample(outputs: list[tuple[np.ndarray, np.ndarray]], judged: list[tuple]
     with ProcessPoolExecutor(args.jobs) as pool:
         for k, e in zip(todo, pool.map(_dft_one, todo.values(), chunksize=1)):
             cache[k] = e
-    e = np.array([cache[k] for k in keys]).reshape(-1, 2)
+    e = np.array([cache[k][0] for k in keys], dtype=float).reshape(-1, 2)
+    errors = sorted({str(cache[k][1])[:160] for k in keys if cache[k][1]})
     d_dft, d_xtb = e[:, 0] - e[:, 1], np.array([r[0] - r[1] for *_, r in picked])
     ok = np.isfinite(d_dft)
     med = (lambda v: round(float(np.median(v)), 4) if v.size else None)  # noqa: E731
     return {"dft_n": int(ok.sum()), "dft_failed": int((~ok).sum()), "dE_dft_median": med(d_dft[ok]),
             "dE_dft_max": round(float(d_dft[ok].max()), 4) if ok.any() else None,
-            "dE_judge_median_same_sample": med(d_xtb[ok]),
+            "dE_judge_median_same_sample": med(d_xtb[ok]), "dft_errors": errors,
             "dft_level": "{xc}/{basis}".format(**{**DFT_DEFAULTS, **args.dft_options})
             + (" density fitted" if args.dft_options.get("density_fit") else "")}
 
