@@ -45,6 +45,8 @@ RSS_FIELDS = {
     "relaxation.constant_volume": (True, True, lambda j: j.relax.constant_volume),
     "relaxation.pressure_gpa": (4.0, 4.0 * GPa, lambda j: j.relax.pressure),
     "relaxation.trajectory_every": (7, 7, lambda j: j.relax.trajectory_every),
+    "relaxation.check_every": (4, 4, lambda j: j.relax.check_every),
+    "relaxation.skin": (0.3, 0.3, lambda j: j.relax.skin),
     "generators.rss.samples_per_composition": (3, 3, lambda j: j.start + j.count),
     "generators.rss.volume_per_atom": (7.5, 7.5, lambda j: j.random.volume_per_atom),
     "generators.rss.volume_factor": ([0.9, 1.3], (0.9, 1.3), lambda j: j.random.volume_factor),

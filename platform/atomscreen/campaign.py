@@ -618,6 +618,11 @@ class RelaxationSpec(Spec):
     pressure_gpa: float = Field(default=0.0, ge=0.0)
     trajectory_every: int = Field(
         default=10, ge=0, description="record every k-th step and the last one; 0 records nothing")
+    check_every: PositiveInt = Field(
+        default=1, description="FIRE steps between the host's checks (convergence, refill, frames); results do not "
+                               "depend on it, larger values save host synchronisation on a GPU")
+    skin: float = Field(default=0.5, ge=0.0, le=5.0,
+                        description="Å, the Verlet list's skin (pairs reused, forces exact); 0 searches every step")
 
     @model_validator(mode="after")
     def _volume_needs_cell(self) -> RelaxationSpec:

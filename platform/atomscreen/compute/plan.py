@@ -67,11 +67,13 @@ class PlannedTask:
 def relax_settings(spec: CampaignSpec, *, periodic: bool, max_systems: int) -> RelaxSettings:
     """The campaign's relaxation block in science units; molecules relax without a cell and without pressure."""
     r = spec.relaxation
+    loop = {"check_every": r.check_every, "skin": r.skin}
     if not periodic:
         return RelaxSettings(fmax=r.fmax, max_steps=r.max_steps, trajectory_every=r.trajectory_every,
-                             max_systems=max_systems)
+                             max_systems=max_systems, **loop)
     return RelaxSettings(fmax=r.fmax, max_steps=r.max_steps, cell=r.cell, constant_volume=r.constant_volume,
-                         pressure=r.pressure_gpa * GPa, trajectory_every=r.trajectory_every, max_systems=max_systems)
+                         pressure=r.pressure_gpa * GPa, trajectory_every=r.trajectory_every, max_systems=max_systems,
+                         **loop)
 
 
 def calc_settings(spec: CampaignSpec) -> CalcSettings:
