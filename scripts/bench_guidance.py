@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from ase import Atoms
-from benchlib import emit
+from benchlib import emit, single_point
 
 from atomscreen.data.qm9 import read_qm9
 from atomscreen.diffusion.checkpoint import DenoiserCheckpoint
@@ -123,23 +123,15 @@ def judge(outputs: list[tuple[np.ndarray, np.ndarray]], args, cache: dict) -> li
     return [cache[k] for k in keys]
 
 
-def _dft_one(item) -> tuple[float, str | None]:
-    from atomscreen.evaluate.calculators import single_points
-
-    numbers, positions, options = item
-    energies, _, errors = single_points([Atoms(numbers=numbers, positions=positions)], "dft", options=options)
-    return energies[0], errors[0]
-
-
 def dft_sample(outputs: list[tuple[np.ndarray, np.ndarray]], judged: list[tuple], args, cache: dict) -> dict:
     """DFT single points (PySCF) at the first ``args.dft`` judged outputs and at their GFN2-xTB minima: the DFT
     energy drop along the judge's relaxation, beside the judge's own drop on the same molecules."""
     picked = [(z, x, r) for (z, x), r in zip(outputs, judged) if r[5] is not None][:args.dft]
     geoms = [(z, g) for z, x, r in picked for g in (x, r[5])]
     keys = [("dft", z.tobytes(), np.round(g, 10).tobytes()) for z, g in geoms]
-    todo = {k: (z, g, args.dft_options) for k, (z, g) in zip(keys, geoms) if k not in cache}
+    todo = {k: ("dft", z, g, args.dft_options) for k, (z, g) in zip(keys, geoms) if k not in cache}
     with ProcessPoolExecutor(args.jobs) as pool:
-        for k, e in zip(todo, pool.map(_dft_one, todo.values(), chunksize=1)):
+        for k, e in zip(todo, pool.map(single_point, todo.values(), chunksize=1)):
             cache[k] = e
     e = np.array([cache[k][0] for k in keys], dtype=float).reshape(-1, 2)
     errors = sorted({str(cache[k][1])[:160] for k in keys if cache[k][1]})

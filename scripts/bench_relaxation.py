@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from ase import Atoms, units
 from ase.build import minimize_rotation_and_translation
-from benchlib import emit
+from benchlib import emit, single_point
 
 from atomscreen.data.qm9 import read_qm9
 from atomscreen.diffusion.checkpoint import DenoiserCheckpoint
@@ -196,19 +196,12 @@ def run_rm(refs, starts, args) -> dict:
             "converged": [r.converged for r in results], "wall_s": time.perf_counter() - started}
 
 
-def _energy(item) -> float:
-    from atomscreen.evaluate.calculators import single_points
-
-    method, numbers, positions, options = item
-    return single_points([Atoms(numbers=numbers, positions=positions)], method, options=options)[0][0]
-
-
 def energies(refs, positions, method: str, args) -> list[float]:
     """Single-point energies (eV, NaN where it failed) of ``method`` (xtb or dft) at each geometry."""
     options = args.dft_options if method == "dft" else None
     items = [(method, a.numbers, x, options) for a, x in zip(refs, positions)]
     with ProcessPoolExecutor(args.jobs) as pool:
-        return list(pool.map(_energy, items, chunksize=1 if method == "dft" else 4))
+        return [e for e, _ in pool.map(single_point, items, chunksize=1 if method == "dft" else 4)]
 
 
 def summarise(method, which, refs, starts, out, e_ref, e_ref_dft, args) -> dict:

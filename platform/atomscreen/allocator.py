@@ -13,8 +13,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
-import resource
-from dataclasses import dataclass
 
 # mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
@@ -39,24 +37,3 @@ def keep_freed_memory() -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     _TUNED = all(mallopt(param, min(value, 2**31 - 1)) == 1 for param, value in SETTINGS.items())
     return _TUNED
-
-
-@dataclass(frozen=True)
-class Usage:
-    """CPU seconds (user, system) and minor page faults of this process so far."""
-
-    user_s: float
-    system_s: float
-    minor_faults: int
-
-    @classmethod
-    def now(cls) -> Usage:
-        r = resource.getrusage(resource.RUSAGE_SELF)
-        return cls(r.ru_utime, r.ru_stime, r.ru_minflt)
-
-    def since(self, start: Usage) -> dict:
-        """What happened between ``start`` and this reading: CPU times, the kernel's share and minor faults."""
-        user, system = self.user_s - start.user_s, self.system_s - start.system_s
-        return {"user_s": round(user, 3), "system_s": round(system, 3),
-                "system_share": round(system / (user + system), 4) if user + system > 0 else None,
-                "minor_faults": self.minor_faults - start.minor_faults}

@@ -59,10 +59,6 @@ class VerletList:
         return cls(cutoff, skin, long, long, long.reshape(0, 3), torch.zeros(0, 3, dtype=dtype, device=device),
                    torch.zeros(0, 3, 3, dtype=dtype, device=device), torch.zeros(0, dtype=torch.bool, device=device))
 
-    @property
-    def rebuild_fraction(self) -> float | None:
-        return self.searches / self.updates if self.updates else None
-
 
 def extend(state: VerletList, n_atoms: int, n_systems: int) -> VerletList:
     """Room for systems appended to the batch (not yet searched)."""

@@ -95,7 +95,6 @@ def _molecule_energy(method: str, options: dict[str, Any], device: str, keep: in
     (GFN-FF its topology, xtb and PySCF their last density), at most ``keep`` at a time."""
     quiet = method == "xtb_gfnff"
     scratch = tempfile.mkdtemp(prefix="atomscreen-gfnff-") if quiet else None
-    _calculator(method, options, device)  # unknown methods and bad options raise here
     calcs: dict[int, Any] = {}
 
     def one(key: int, numbers: np.ndarray, positions: np.ndarray) -> tuple[float, np.ndarray, str | None]:
