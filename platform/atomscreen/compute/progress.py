@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 from atomscreen.errors import AtomscreenError
 
@@ -24,6 +26,31 @@ class Reporter:
 
 
 @dataclass
+class Timings:
+    """Where a run's wall time went (seconds): models provided, tasks planned and recorded, dispatch (tasks running
+    and their results written, overlapping), store writes alone, analysis, the whole run after the models; the tasks'
+    own wall time summed over the workers, and the structures written."""
+
+    models_s: float = 0.0
+    plan_s: float = 0.0
+    dispatch_s: float = 0.0
+    write_s: float = 0.0
+    analysis_s: float = 0.0
+    total_s: float = 0.0
+    task_s: float = 0.0
+    n_written: int = 0
+
+    @contextmanager
+    def add(self, name: str) -> Iterator[None]:
+        """Add the wall time of the ``with`` body to field ``name``."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            setattr(self, name, getattr(self, name) + time.perf_counter() - t0)
+
+
+@dataclass
 class Outcome:
     """How a run ended."""
 
@@ -33,3 +60,4 @@ class Outcome:
     n_structures: int
     dashboard: str | None = None
     notes: list[str] = field(default_factory=list)
+    timings: Timings = field(default_factory=Timings)

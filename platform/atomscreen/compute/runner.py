@@ -11,7 +11,8 @@ resumed driver) never adds rows twice, and `resume` runs every task not done.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -23,7 +24,7 @@ from atomscreen.compute import plan
 from atomscreen.compute.dispatch import Cluster, check_gpus, run_jobs
 from atomscreen.compute.finalize import analyse_campaign, finish
 from atomscreen.compute.models import ProvidedModel, provide_models
-from atomscreen.compute.progress import Outcome, Reporter, RunnerError
+from atomscreen.compute.progress import Outcome, Reporter, RunnerError, Timings
 from atomscreen.errors import error_text
 from atomscreen.jobs import PSEUDO, Origin, TaskKind, from_json
 from atomscreen.store import (
@@ -60,6 +61,7 @@ class Context:
     campaign_id: int
     spec: CampaignSpec
     models: dict[str, ProvidedModel]
+    timings: Timings = field(default_factory=Timings)
 
 
 @dataclass(frozen=True)
@@ -194,7 +196,9 @@ def resume(name: str, engine: Engine, *, scheduler: str | None = None, reporter:
 
 def _prepare_and_run(engine: Engine, campaign_id: int, spec: CampaignSpec, cluster: Cluster,
                      reporter: Reporter) -> Outcome:
-    models = provide_models(engine, campaign_id, spec, reporter)
+    timings = Timings()
+    with timings.add("models_s"):
+        models = provide_models(engine, campaign_id, spec, reporter)
     if spec.compositions.from_training:
         try:
             histogram = _composition_histogram(spec, models)
@@ -204,7 +208,7 @@ def _prepare_and_run(engine: Engine, campaign_id: int, spec: CampaignSpec, clust
                 set_campaign_status(session, campaign_id, "failed", str(exc))
             raise RunnerError(str(exc)) from None
         reporter.message(f"compositions: {', '.join(spec.compositions.expand())}")
-    return run(engine, campaign_id, spec, models, cluster, reporter)
+    return run(engine, campaign_id, spec, models, cluster, reporter, timings)
 
 
 def _composition_histogram(spec: CampaignSpec, models: dict[str, ProvidedModel]) -> dict[str, int]:
@@ -216,13 +220,16 @@ def _composition_histogram(spec: CampaignSpec, models: dict[str, ProvidedModel])
 
 
 def run(engine: Engine, campaign_id: int, spec: CampaignSpec, models: dict[str, ProvidedModel], cluster: Cluster,
-        reporter: Reporter = Reporter()) -> Outcome:
-    """Run every stage that applies, in order, each once the stages before it are done; then the final analysis."""
+        reporter: Reporter = Reporter(), timings: Timings | None = None) -> Outcome:
+    """Run every stage that applies, in order, each once the stages before it are done; then the final analysis.
+    ``timings`` (the outcome's) add up where the wall time went."""
     name = spec.name
+    timings = timings or Timings()
+    t0 = time.perf_counter()
     with transaction(engine) as session:
         set_campaign_status(session, campaign_id, "running")
     cluster.on_open = lambda dashboard: reporter.message(f"Dask dashboard: {dashboard}")
-    ctx = Context(engine, campaign_id, spec, models)
+    ctx = Context(engine, campaign_id, spec, models, timings)
     try:
         before: list[TaskKind] = []
         for stage in (s for s in STAGES if s.applies(spec)):
@@ -230,7 +237,8 @@ def run(engine: Engine, campaign_id: int, spec: CampaignSpec, models: dict[str, 
                 break
             _run_stage(ctx, stage, cluster, reporter)
             before += stage.kinds
-        notes = finish(engine, campaign_id, spec, cluster)
+        with timings.add("analysis_s"):
+            notes = finish(engine, campaign_id, spec, cluster)
     except BaseException:
         with transaction(engine) as session:
             reset_running(session, campaign_id, f"interrupted: continue with `platform resume {name}`")
@@ -239,7 +247,8 @@ def run(engine: Engine, campaign_id: int, spec: CampaignSpec, models: dict[str, 
         cluster.close()
     with transaction(engine) as session:
         s = campaign_summaries(session, name)[0]
-    return Outcome(s.name, s.status, s.tasks, s.n_structures, cluster.dashboard, notes)
+    timings.total_s += time.perf_counter() - t0
+    return Outcome(s.name, s.status, s.tasks, s.n_structures, cluster.dashboard, notes, timings)
 
 
 def _all_done(engine: Engine, campaign_id: int, kinds) -> bool:
@@ -250,8 +259,10 @@ def _all_done(engine: Engine, campaign_id: int, kinds) -> bool:
 def _run_stage(ctx: Context, stage: Stage, cluster: Cluster, reporter: Reporter) -> None:
     """Plan the stage's tasks (once, or again if incremental), claim the ones not done and run them."""
     if stage.needs_ranking:
-        analyse_campaign(ctx.engine, ctx.campaign_id)
-    record_tasks(ctx, stage)
+        with ctx.timings.add("analysis_s"):
+            analyse_campaign(ctx.engine, ctx.campaign_id)
+    with ctx.timings.add("plan_s"):
+        record_tasks(ctx, stage)
     with transaction(ctx.engine) as session:
         claimed = claim_tasks(session, ctx.campaign_id, stage.kinds)
         n_total = count_tasks(session, ctx.campaign_id, stage.kinds)
@@ -264,8 +275,9 @@ def _run_stage(ctx: Context, stage: Stage, cluster: Cluster, reporter: Reporter)
     jobs = [(handle, handle[0].key, handle[1]) for handle in decoded]
     reporter.tasks_started(n_total, n_total - len(claimed), sum(job.count for _, _, job in jobs), stage.name)
     refs = {name: m.ref for name, m in ctx.models.items()}
-    run_jobs(cluster, jobs, refs, lambda handle, result: _write(ctx, *handle, result, reporter),
-             lambda handle, exc: _fail(ctx, handle[0], exc, reporter), tag=f"-c{ctx.campaign_id}")
+    with ctx.timings.add("dispatch_s"):
+        run_jobs(cluster, jobs, refs, lambda handle, result: _write(ctx, *handle, result, reporter),
+                 lambda handle, exc: _fail(ctx, handle[0], exc, reporter), tag=f"-c{ctx.campaign_id}")
 
 
 def stage(name: str) -> Stage:
@@ -292,11 +304,13 @@ def record_tasks(ctx: Context, stage: Stage) -> int:
 def _write(ctx: Context, task, job, result, reporter: Reporter) -> None:
     model_id = ctx.models[job.model].id if job.model is not None else None
     try:
-        with transaction(ctx.engine) as session:
+        with ctx.timings.add("write_s"), transaction(ctx.engine) as session:
             n = write_task_result(session, task.id, result, method=job.energy_method, model_id=model_id)
     except Exception as exc:  # a result that cannot be stored fails its task, not the run
         _fail(ctx, task, exc, reporter)
         return
+    ctx.timings.n_written += n
+    ctx.timings.task_s += float(result.wall_time_s)
     reporter.task_finished(task.key, True, n)
 
 

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 from ase import Atoms
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from atomscreen.chem import composition_fields
@@ -84,15 +84,14 @@ def _nth(seq: Sequence | None, i: int) -> Any:
     return None if seq is None else seq[i]
 
 
-def _structure_row(atoms: Atoms, composition_id: int, origin: str, **columns: Any) -> Structure:
+def _structure_row(atoms: Atoms, composition_id: int, origin: str, **columns: Any) -> dict[str, Any]:
     pbc = np.asarray(atoms.pbc, dtype=bool)
-    return Structure(composition_id=composition_id, origin=origin, n_atoms=len(atoms),
-                     pbc="".join("T" if p else "F" for p in pbc), numbers=np.asarray(atoms.numbers),
-                     positions=np.asarray(atoms.positions), cell=np.asarray(atoms.cell.array),
-                     volume_per_atom=float(atoms.get_volume() / len(atoms)) if pbc.all() else None,
-                     sampler=atoms.info.get("sampler") if origin in ("diffusion", "diffusion_relax") else None,
-                     info=_info(atoms),
-                     **columns)
+    return dict(composition_id=composition_id, origin=origin, n_atoms=len(atoms),
+                pbc="".join("T" if p else "F" for p in pbc), numbers=np.asarray(atoms.numbers),
+                positions=np.asarray(atoms.positions), cell=np.asarray(atoms.cell.array),
+                volume_per_atom=float(atoms.get_volume() / len(atoms)) if pbc.all() else None,
+                sampler=atoms.info.get("sampler") if origin in ("diffusion", "diffusion_relax") else None,
+                info=_info(atoms), created_at=now(), **columns)
 
 
 def add_structures(
@@ -110,13 +109,16 @@ def add_structures(
     trajectories: Sequence[Sequence[TrajectoryRecord]] | None = None,
 ) -> list[int]:
     """Store structures (with optional energies and trajectories, one list per structure); returns their ids.
-    ``task_indices`` are the structures' positions within task ``task_id``; the pair is unique."""
+    ``task_indices`` are the structures' positions within task ``task_id``; the pair is unique. Rows go in as one
+    multi-row INSERT per table (a task's thousands of structures in milliseconds, not one ORM object each)."""
     n = len(atoms_list)
     named = dict(parent_ids=parent_ids, task_indices=task_indices, spacegroups=spacegroups, energies=energies,
                  trajectories=trajectories)
     for name, seq in named.items():
         if seq is not None and len(seq) != n:
             raise ValueError(f"{name} has {len(seq)} entries for {n} structures")
+    if not n:
+        return []
     compositions: dict[str, int] = {}
     rows = []
     for i, atoms in enumerate(atoms_list):
@@ -128,35 +130,38 @@ def add_structures(
                                    model_id=model_id, parent_id=_nth(parent_ids, i),
                                    task_index=None if index is None else int(index),
                                    spacegroup=None if group is None else int(group)))
-    session.add_all(rows)
-    session.flush()
-    for i, row in enumerate(rows):
-        session.add_all(_energy_row(row, record) for record in (_nth(energies, i) or ()))
-        session.add_all(_trajectory_row(row, record) for record in (_nth(trajectories, i) or ()))
-    session.flush()
-    return [row.id for row in rows]
+    ids = list(session.scalars(insert(Structure).returning(Structure.id, sort_by_parameter_order=True), rows))
+    n_atoms = [row["n_atoms"] for row in rows]
+    energy_rows = [_energy_row(ids[i], n_atoms[i], record) for i in range(n) for record in (_nth(energies, i) or ())]
+    trajectory_rows = [_trajectory_row(ids[i], n_atoms[i], record)
+                       for i in range(n) for record in (_nth(trajectories, i) or ())]
+    if energy_rows:
+        session.execute(insert(Energy), energy_rows)
+    if trajectory_rows:
+        session.execute(insert(Trajectory), trajectory_rows)
+    return ids
 
 
-def _energy_row(structure: Structure, record: EnergyRecord) -> Energy:
+def _energy_row(structure_id: int, n_atoms: int, record: EnergyRecord) -> dict[str, Any]:
     if not math.isfinite(record.total):
-        raise ValueError(f"energy {record.method!r} of structure {structure.id} is not finite: {record.total}")
-    return Energy(structure_id=structure.id, method=record.method, model_id=record.model_id, total=float(record.total),
-                  per_atom=float(record.total) / structure.n_atoms, fmax=record.fmax, converged=record.converged,
-                  n_steps=record.n_steps, wall_time_s=record.wall_time_s)
+        raise ValueError(f"energy {record.method!r} of structure {structure_id} is not finite: {record.total}")
+    return dict(structure_id=structure_id, method=record.method, model_id=record.model_id, total=float(record.total),
+                per_atom=float(record.total) / n_atoms, fmax=record.fmax, converged=record.converged,
+                n_steps=record.n_steps, wall_time_s=record.wall_time_s, created_at=now())
 
 
-def _trajectory_row(structure: Structure, record: TrajectoryRecord) -> Trajectory:
+def _trajectory_row(structure_id: int, n_atoms: int, record: TrajectoryRecord) -> dict[str, Any]:
     n_frames = len(record.steps)
-    expected = {"energies": (n_frames,), "fmax": (n_frames,), "positions": (n_frames, structure.n_atoms, 3),
+    expected = {"energies": (n_frames,), "fmax": (n_frames,), "positions": (n_frames, n_atoms, 3),
                 "cells": (n_frames, 3, 3)}
     for name, shape in expected.items():
         got = np.shape(getattr(record, name))
         if got != shape:
-            raise ValueError(f"trajectory {name} of structure {structure.id} has shape {got}, expected {shape}")
-    return Trajectory(structure_id=structure.id, method=record.method, n_frames=n_frames,
-                      steps=np.asarray(record.steps), energies=np.asarray(record.energies),
-                      fmax=np.asarray(record.fmax), positions=np.asarray(record.positions),
-                      cells=np.asarray(record.cells))
+            raise ValueError(f"trajectory {name} of structure {structure_id} has shape {got}, expected {shape}")
+    return dict(structure_id=structure_id, method=record.method, n_frames=n_frames,
+                steps=np.asarray(record.steps), energies=np.asarray(record.energies),
+                fmax=np.asarray(record.fmax), positions=np.asarray(record.positions),
+                cells=np.asarray(record.cells))
 
 
 def add_energies(session: Session, structure_ids: Sequence[int], records: Sequence[EnergyRecord]) -> None:
@@ -167,8 +172,7 @@ def add_energies(session: Session, structure_ids: Sequence[int], records: Sequen
     missing = sorted(set(structure_ids) - set(rows))
     if missing:
         raise KeyError(f"no structure with id {missing}")
-    session.add_all(_energy_row(rows[i], r) for i, r in zip(structure_ids, records))
-    session.flush()
+    session.execute(insert(Energy), [_energy_row(i, rows[i].n_atoms, r) for i, r in zip(structure_ids, records)])
 
 
 def add_trajectory(session: Session, structure_id: int, record: TrajectoryRecord) -> None:
@@ -180,8 +184,7 @@ def add_trajectory(session: Session, structure_id: int, record: TrajectoryRecord
                                                         Trajectory.method == record.method))
     if exists is not None:
         raise ValueError(f"structure {structure_id} already has a {record.method!r} trajectory")
-    session.add(_trajectory_row(structure, record))
-    session.flush()
+    session.execute(insert(Trajectory), [_trajectory_row(structure_id, structure.n_atoms, record)])
 
 
 # --- campaigns and models ------------------------------------------------------------------------------------------
