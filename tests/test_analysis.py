@@ -52,6 +52,7 @@ def test_li_s_hull_matches_hand_computed_geometry_and_pymatgen():
     diagram = PhaseDiagram(entries)
     for p, entry in zip(points, entries):
         assert p.e_above_hull == pytest.approx(diagram.get_e_above_hull(entry), abs=1e-9)
+        assert p.formation_energy_per_atom == pytest.approx(diagram.get_form_energy_per_atom(entry), abs=1e-9)
     assert ({formulas[p.index] for p in points if p.is_stable}
             == {e.composition.reduced_formula for e in diagram.stable_entries})
 
@@ -133,3 +134,35 @@ def test_side_by_side_hulls_of_two_methods_and_a_ternary(tmp_path):
     width_one = matplotlib.image.imread(one[0]).shape[1]
     width_two = matplotlib.image.imread(two[0]).shape[1]
     assert width_two == 2 * width_one  # two panels of the same size side by side
+
+
+def test_dedupe_compares_only_the_lowest_top_k_per_composition_and_reads_only_those():
+    """dedupe.top_k bounds the StructureMatcher work; the structures above it are ranked as unique, with a note."""
+    from atomscreen.campaign import DedupeSpec
+    from atomscreen.compute.finalize import analyse_method
+    from atomscreen.store import AnalysisRow
+
+    diamond = bulk("C", "diamond")
+    copies = []
+    for k in range(4):  # the same crystal four times, rotated, within the energy window
+        a = diamond.copy()
+        a.rotate(10 * k, "z", rotate_cell=True)
+        a.info["structure_id"] = 10 + k
+        copies.append(a)
+    energies = [-7.000, -7.004, -7.001, -7.003]  # ids 11, 13, 12, 10 in energy order
+    rows = [AnalysisRow(10 + k, "C2", "rss", None, True, True, {"rm_pseudo": e}) for k, e in enumerate(energies)]
+    asked = []
+
+    def load(ids):
+        asked.append(list(ids))
+        return [copies[i - 10] for i in ids]
+
+    everything, notes = analyse_method("rm_pseudo", rows, [False] * 4, load, DedupeSpec(top_k=None))
+    assert everything.duplicates == {10: 11, 12: 11, 13: 11}
+    assert not any("not compared" in n for n in notes)
+    bounded, notes = analyse_method("rm_pseudo", rows, [False] * 4, load, DedupeSpec(top_k=2))
+    assert asked[-1] == [11, 13]  # only the two lowest were read and compared
+    assert bounded.duplicates == {13: 11}
+    assert [(sid, rank) for sid, scope, rank, _ in bounded.rankings if scope == "composition"] == [(10, 3), (11, 1),
+                                                                                                  (12, 2)]
+    assert any("2 crystals above the lowest 2 of their composition were not compared" in n for n in notes)

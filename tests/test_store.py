@@ -83,6 +83,36 @@ def test_energies_and_trajectories_round_trip(engine):
     assert [a.info["energies"]["rm_pseudo"] for a in loaded] == [-5.0 * len(a) for a in atoms]
 
 
+def test_analysis_rows_agree_with_the_full_structures(engine):
+    """The array-free read the analysis uses gives the formula, origin, parent, periodicity, selection and energies
+    per atom that the full read gives (JSON `selected` read in SQL on both databases)."""
+    atoms = random_structures(12, seed=5)
+    for i, a in enumerate(atoms):
+        if i % 4 == 1:
+            a.info["selected"] = False
+        elif i % 4 == 2:
+            a.info["selected"] = True
+    energies = [[store.EnergyRecord("rm_pseudo", total=-2.5 * len(a))] + ([store.EnergyRecord("xtb", total=-1.0)]
+                                                                          if i % 3 == 0 else [])
+                for i, a in enumerate(atoms)]
+    with store.transaction(engine) as session:
+        campaign = store.add_campaign(session, "rows", "name: rows\n")
+        parents = store.add_structures(session, atoms[:2], origin="rss", campaign_id=campaign.id,
+                                       energies=energies[:2])
+        store.add_structures(session, atoms[2:], origin="rescore", campaign_id=campaign.id, energies=energies[2:],
+                             parent_ids=[parents[i % 2] for i in range(10)])
+        store.add_structures(session, atoms[:1], origin="rss")  # another campaign's (none): not read
+    with store.transaction(engine) as session:
+        rows = store.analysis_rows(session, campaign.id)
+        full = store.structures(session, campaign_id=campaign.id)
+    assert [r.structure_id for r in rows] == [a.info["structure_id"] for a in full]
+    for r, a in zip(rows, full):
+        assert (r.formula, r.origin, r.parent_id) == (a.info["formula"], a.info["origin"], a.info["parent_id"])
+        assert r.periodic == bool(a.pbc.all())
+        assert r.selected == a.info.get("selected", True)
+        assert r.energies_per_atom == pytest.approx({m: e / len(a) for m, e in a.info["energies"].items()})
+
+
 def test_failed_write_rolls_back_everything(engine):
     atoms = random_structures(5, seed=3)
     energies = [[store.EnergyRecord("rm_pseudo", total=-1.0)] for _ in atoms]
@@ -153,6 +183,22 @@ def test_array_blobs_keep_dtype_shape_and_bits(array):
 def test_non_contiguous_arrays_round_trip():
     array = np.arange(24.0).reshape(4, 6)[:, ::2].T
     assert np.array_equal(decode_array(encode_array(array)), array)
+
+
+def test_small_blobs_are_plain_npy_large_ones_zlib_and_both_read_back():
+    """Small arrays are stored as .npy bytes (np.load reads them), large ones compressed; blobs that earlier versions
+    compressed whatever their size still decode."""
+    import io
+    import zlib
+
+    from atomscreen.store.arrays import COMPRESS_FROM
+
+    small, large = np.eye(3), np.zeros((COMPRESS_FROM // 8, 3))
+    assert np.array_equal(np.load(io.BytesIO(encode_array(small))), small)
+    assert np.array_equal(np.load(io.BytesIO(zlib.decompress(encode_array(large)))), large)
+    buffer = io.BytesIO()
+    np.save(buffer, small)
+    assert np.array_equal(decode_array(zlib.compress(buffer.getvalue())), small)
 
 
 def test_object_arrays_are_refused():

@@ -24,6 +24,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
@@ -731,6 +732,20 @@ class HullSpec(Spec):
                                   "chemical systems are relaxed with every method and enter its hull")
 
 
+class DedupeSpec(Spec):
+    """Duplicates within a composition: StructureMatcher tolerances, an energy window, and how many are compared."""
+
+    top_k: PositiveInt | None = Field(
+        default=1000, description="compare only the lowest K structures per composition and energy method (null: "
+                                  "all); each costs about a millisecond to reduce and half a millisecond per "
+                                  "comparison, and a campaign of 1e5 would spend minutes comparing structures nobody "
+                                  "ranks that far")
+    ltol: PositiveFloat = Field(default=0.2, description="StructureMatcher's fractional length tolerance")
+    stol: PositiveFloat = Field(default=0.3, description="StructureMatcher's site tolerance")
+    angle_tol: PositiveFloat = Field(default=5.0, description="degrees")
+    energy_tol: NonNegativeFloat = Field(default=0.01, description="eV/atom: duplicates lie within this window")
+
+
 class MatchSpec(Spec):
     """Mark unique structures that match a known structure (StructureMatcher on reduced composition)."""
 
@@ -774,6 +789,7 @@ class CampaignSpec(Spec):
     relaxation: RelaxationSpec = Field(default_factory=RelaxationSpec)
     rescore: RescoreSpec | None = None
     hull: HullSpec = Field(default_factory=HullSpec)
+    dedupe: DedupeSpec = Field(default_factory=DedupeSpec)
     match: MatchSpec | None = None
     validity: ValiditySpec | None = None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, Sequence
 
@@ -47,7 +48,12 @@ def composition_fields(numbers: Sequence[int]) -> dict[str, Any]:
     """Hill formula, reduced Hill formula, chemical system and atom count of a list of atomic numbers."""
     if len(numbers) == 0:
         raise ValueError("a structure needs at least one atom")
-    formula = Formula.from_list([chemical_symbols[int(z)] for z in numbers])
+    return dict(_composition_fields(tuple(map(int, numbers))))
+
+
+@functools.lru_cache(maxsize=4096)  # a campaign writes 1e5 structures of a few compositions
+def _composition_fields(numbers: tuple[int, ...]) -> dict[str, Any]:
+    formula = Formula.from_list([chemical_symbols[z] for z in numbers])
     reduced, _ = formula.reduce()
     return {
         "formula": formula.format("hill"),

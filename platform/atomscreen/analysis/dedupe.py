@@ -14,6 +14,7 @@ from typing import Sequence
 
 from ase import Atoms
 from pymatgen.analysis.structure_matcher import StructureMatcher
+from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
 
@@ -45,16 +46,23 @@ def representatives(
             by_formula.setdefault(atoms.get_chemical_formula("hill"), []).append(i)
     for members in by_formula.values():
         members.sort(key=lambda i: (energies_per_atom[i], i))
-        kept: list[int] = []  # representatives so far, in ascending energy
-        converted = {}
+        # each structure reduced once (Niggli cell, then primitive: what fit() would redo for every pair); only
+        # primitive cells of the same size can fit (StructureMatcher without supercells)
+        kept: dict[int, list[tuple[int, Structure]]] = {}  # primitive size -> representatives, ascending energy
         for i in members:
-            converted[i] = AseAtomsAdaptor.get_structure(structures[i])
-            for r in reversed(kept):
+            reduced = reduce_structure(structures[i])
+            same_size = kept.setdefault(len(reduced), [])
+            for r, other in reversed(same_size):
                 if energies_per_atom[i] - energies_per_atom[r] > settings.energy_tol:
                     break
-                if matcher.fit(converted[r], converted[i]):
+                if matcher.fit(other, reduced, skip_structure_reduction=True):
                     out[i] = r
                     break
             else:
-                kept.append(i)
+                same_size.append((i, reduced))
     return out
+
+
+def reduce_structure(atoms: Atoms) -> Structure:
+    """The Niggli-reduced primitive cell of ``atoms`` as a pymatgen Structure (StructureMatcher's own reduction)."""
+    return AseAtomsAdaptor.get_structure(atoms).get_reduced_structure("niggli").get_primitive_structure()

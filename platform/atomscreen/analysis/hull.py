@@ -48,12 +48,15 @@ def pseudo_hulls(
     systems."""
     if len(formulas) != len(energies_per_atom):
         raise ValueError(f"{len(energies_per_atom)} energies for {len(formulas)} formulas")
+    compositions: dict[str, Composition] = {}  # one Composition per distinct formula (campaigns repeat a few)
     entries = []
     for formula, e in zip(formulas, energies_per_atom):
-        composition = Composition(formula)
+        composition = compositions.get(formula) or compositions.setdefault(formula, Composition(formula))
         entries.append(PDEntry(composition, e * composition.num_atoms))
-    systems = [frozenset(str(el) for el in entry.composition.elements) for entry in entries]
-    maximal = sorted({s for s in systems if not any(s < other for other in systems)},
+    element_sets = {formula: frozenset(str(el) for el in c.elements) for formula, c in compositions.items()}
+    systems = [element_sets[formula] for formula in formulas]
+    distinct = set(element_sets.values())
+    maximal = sorted({s for s in distinct if not any(s < other for other in distinct)},
                      key=lambda s: (-len(s), sorted(s)))
     points: dict[int, HullPoint] = {}
     skipped = []
@@ -66,10 +69,20 @@ def pseudo_hulls(
             skipped.append(SkippedSystem(name, missing))
             continue
         diagram = PhaseDiagram([entries[i] for i in members])
+        # both quantities are the energy per atom less a term of the composition alone: the hull energy there
+        # (PhaseDiagram.get_e_above_hull) and the elemental references' mix (get_form_energy_per_atom)
+        hull_at: dict[str, float] = {}
+        refs_at: dict[str, float] = {}
         for i in members:
             if i in points:
                 continue
-            e_hull = max(0.0, float(diagram.get_e_above_hull(entries[i])))
-            formation = float(diagram.get_form_energy_per_atom(entries[i]))
-            points[i] = HullPoint(i, name, formation, e_hull, e_hull <= stable_tol)
+            formula = formulas[i]
+            if formula not in hull_at:
+                composition = compositions[formula]
+                hull_at[formula] = float(diagram.get_hull_energy_per_atom(composition))
+                refs_at[formula] = sum(composition.get_atomic_fraction(el) * diagram.el_refs[el].energy_per_atom
+                                       for el in composition.elements)
+            e = energies_per_atom[i]
+            e_hull = max(0.0, e - hull_at[formula])
+            points[i] = HullPoint(i, name, e - refs_at[formula], e_hull, e_hull <= stable_tol)
     return [points[i] for i in sorted(points)], skipped

@@ -10,17 +10,19 @@ import numpy as np
 from ase import Atoms
 from sqlalchemy.engine import Engine
 
-from atomscreen.campaign import CampaignSpec
+from atomscreen.campaign import CampaignSpec, DedupeSpec
 from atomscreen.compute.dispatch import Cluster, map_chunks
 from atomscreen.compute.plan import read_references
 from atomscreen.errors import AtomscreenError
 from atomscreen.jobs import PSEUDO, Origin
 from atomscreen.store import (
+    AnalysisRow,
     MatchRow,
     MethodAnalysis,
     TrajectoryRecord,
     add_analysis,
     add_trajectory,
+    analysis_rows,
     clear_analysis,
     get_campaign,
     replace_matches,
@@ -35,53 +37,76 @@ from atomscreen.store import (
 )
 
 
-def analyse_method(method: str, atoms: Sequence[Atoms],
-                   is_reference: Sequence[bool]) -> tuple[MethodAnalysis, list[str]]:
-    """Dedupe and rank the candidates of one energy method, and hull them together with the references (pure)."""
-    from atomscreen.analysis import pseudo_hulls, rank, representatives
+def analyse_method(method: str, rows: Sequence[AnalysisRow], is_reference: Sequence[bool],
+                   load: Callable[[list[int]], list[Atoms]],
+                   dedupe: DedupeSpec = DedupeSpec()) -> tuple[MethodAnalysis, list[str]]:
+    """Dedupe the lowest ``dedupe.top_k`` candidates of each composition, rank every candidate, and hull them
+    together with the references. Structures are read (``load``: ids -> Atoms) only for the ones compared."""
+    from atomscreen.analysis import MatchSettings, pseudo_hulls, rank, representatives
 
-    per_atom = [a.info["energies"][method] / len(a) for a in atoms]
-    ids = [a.info["structure_id"] for a in atoms]
-    candidates = [i for i in range(len(atoms)) if not is_reference[i]]
-    reps = representatives([atoms[i] for i in candidates], [per_atom[i] for i in candidates])
-    duplicates = {ids[candidates[k]]: ids[candidates[r]] for k, r in enumerate(reps) if r != k}
-    unique = [candidates[k] for k, r in enumerate(reps) if r == k]
-    within, overall = rank([atoms[i].info["formula"] for i in unique], [per_atom[i] for i in unique])
+    per_atom = [r.energies_per_atom[method] for r in rows]
+    ids = [r.structure_id for r in rows]
+    candidates = [i for i in range(len(rows)) if not is_reference[i]]
+    by_formula: dict[str, list[int]] = {}
+    for i in candidates:
+        if rows[i].periodic:  # molecules are not deduplicated
+            by_formula.setdefault(rows[i].formula, []).append(i)
+    compared: list[int] = []
+    for members in by_formula.values():
+        members.sort(key=lambda i: (per_atom[i], i))
+        compared += members if dedupe.top_k is None else members[:dedupe.top_k]
+    n_left = sum(map(len, by_formula.values())) - len(compared)
+    compared.sort()
+    loaded = {a.info["structure_id"]: a for a in load([ids[i] for i in compared])}
+    settings = MatchSettings(dedupe.ltol, dedupe.stol, dedupe.angle_tol, dedupe.energy_tol)
+    reps = representatives([loaded[ids[i]] for i in compared], [per_atom[i] for i in compared], settings)
+    duplicates = {ids[compared[k]]: ids[compared[r]] for k, r in enumerate(reps) if r != k}
+    unique = [i for i in candidates if ids[i] not in duplicates]
+    within, overall = rank([rows[i].formula for i in unique], [per_atom[i] for i in unique])
     rankings = []
     for j, i in enumerate(unique):
         rankings += [(ids[i], "composition", within[j], per_atom[i]), (ids[i], "overall", overall[j], per_atom[i])]
-    on_hull = unique + [i for i in range(len(atoms)) if is_reference[i]]
-    points, skipped = pseudo_hulls([atoms[i].info["formula"] for i in on_hull], [per_atom[i] for i in on_hull])
+    on_hull = unique + [i for i in range(len(rows)) if is_reference[i]]
+    points, skipped = pseudo_hulls([rows[i].formula for i in on_hull], [per_atom[i] for i in on_hull])
     hull = [(ids[on_hull[p.index]], p.formation_energy_per_atom, p.e_above_hull, p.is_stable) for p in points]
     notes = [f"{method}: {s}" for s in skipped]
-    if len(candidates) > len(unique):
-        notes.append(f"{method}: {len(candidates) - len(unique)} of {len(candidates)} structures are duplicates of "
-                     "lower-energy ones")
+    if duplicates:
+        notes.append(f"{method}: {len(duplicates)} of {len(candidates)} structures are duplicates of lower-energy "
+                     "ones")
+    if n_left:
+        notes.append(f"{method}: {n_left} crystals above the lowest {dedupe.top_k} of their composition were not "
+                     "compared for duplicates (dedupe.top_k)")
     return MethodAnalysis(method, duplicates, rankings, hull), notes
 
 
-def analyse_campaign(engine: Engine, campaign_id: int) -> tuple[list[str], bool]:
+def analyse_campaign(engine: Engine, campaign_id: int,
+                     dedupe: DedupeSpec = DedupeSpec()) -> tuple[list[str], bool]:
     """Replace the campaign's rankings and hulls for every energy method: pseudo energies of generated structures
     (hull references join the hulls), then each re-scoring method. Returns notes and whether any pseudo energy
     exists."""
     notes: list[str] = []
     with transaction(engine) as session:
         clear_analysis(session, campaign_id)
-        everything = structures(session, campaign_id=campaign_id)
-        origin = {a.info["structure_id"]: a.info["origin"] for a in everything}
+        everything = analysis_rows(session, campaign_id)
+        origin = {r.structure_id: r.origin for r in everything}
+
+        def load(ids: list[int]) -> list[Atoms]:  # in slices: SQL parameter lists have limits
+            return [a for k in range(0, len(ids), 5000) for a in structures(session, ids=ids[k:k + 5000])]
+
         # candidates: generated structures their selection rule keeps (rss.select), and the hull references
-        generated = [a for a in everything if a.info["origin"] != Origin.RESCORE and a.info.get("selected", True)]
-        rescored = [a for a in everything if a.info["origin"] == Origin.RESCORE]
-        pseudo = sorted({m for a in generated for m in a.info["energies"]}, key=lambda m: (m != PSEUDO, m))
+        generated = [r for r in everything if r.origin != Origin.RESCORE and r.selected]
+        rescored = [r for r in everything if r.origin == Origin.RESCORE]
+        pseudo = sorted({m for r in generated for m in r.energies_per_atom}, key=lambda m: (m != PSEUDO, m))
         for method in pseudo:
-            members = [a for a in generated if method in a.info["energies"]]
-            analysis, more = analyse_method(method, members, [a.info["origin"] == Origin.REFERENCE for a in members])
+            members = [r for r in generated if method in r.energies_per_atom]
+            analysis, more = analyse_method(method, members, [r.origin == Origin.REFERENCE for r in members], load,
+                                            dedupe)
             add_analysis(session, campaign_id, analysis)
             notes += more
-        for method in sorted({m for a in rescored for m in a.info["energies"]}):
-            members = [a for a in rescored if method in a.info["energies"]]
-            reference = [origin.get(a.info["parent_id"]) == Origin.REFERENCE for a in members]
-            analysis, more = analyse_method(method, members, reference)
+        for method in sorted({m for r in rescored for m in r.energies_per_atom}):
+            members = [r for r in rescored if method in r.energies_per_atom]
+            reference = [origin.get(r.parent_id) == Origin.REFERENCE for r in members]
+            analysis, more = analyse_method(method, members, reference, load, dedupe)
             add_analysis(session, campaign_id, analysis)
             notes += more
     return notes, bool(pseudo)
@@ -159,7 +184,7 @@ def _match_chunk(items, prepared, settings) -> list[tuple[int, int]]:
 def finish(engine: Engine, campaign_id: int, spec: CampaignSpec, cluster: Cluster) -> list[str]:
     """The final analysis: every method's ranks and hulls, novelty, reference matching, then the campaign's status
     (last: 'done' means everything, matching included, is stored)."""
-    notes, any_energy = analyse_campaign(engine, campaign_id)
+    notes, any_energy = analyse_campaign(engine, campaign_id, spec.dedupe)
     if spec.validity is not None:
         notes += mark_novelty(engine, campaign_id, spec)
         if spec.validity.novelty_qm9:

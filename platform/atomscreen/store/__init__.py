@@ -5,6 +5,7 @@ records they take and give in records.py."""
 from atomscreen.chem import composition_fields
 from atomscreen.store.engine import DEFAULT_URL, make_engine, normalize_url, resolve_url, transaction
 from atomscreen.store.read import (
+    analysis_rows,
     campaign_models,
     campaign_names,
     campaign_summaries,
@@ -21,6 +22,7 @@ from atomscreen.store.read import (
     trajectory,
 )
 from atomscreen.store.records import (
+    AnalysisRow,
     CampaignSummary,
     ClaimedTask,
     EnergyRecord,
@@ -59,13 +61,13 @@ from atomscreen.store.write_tasks import (
 )
 
 __all__ = [
-    "DEFAULT_URL", "CampaignSummary", "ClaimedTask", "EnergyRecord", "MatchRow", "MethodAnalysis", "NewTask",
-    "RankedRow", "ReportRows", "StoredModel", "TrajectoryRecord", "add_analysis", "add_campaign", "add_energies",
-    "add_model", "add_structures", "add_tasks", "add_trajectory", "campaign_models", "campaign_names",
-    "campaign_summaries", "children", "claim_tasks", "clear_analysis", "composition_fields", "count_tasks",
-    "export_structures", "get_campaign", "get_or_create_composition", "hull_methods", "hull_rows", "link_model",
-    "make_engine", "model_by_recipe", "normalize_url", "open_payloads", "ranked", "ranked_methods",
+    "AnalysisRow", "CampaignSummary", "ClaimedTask", "DEFAULT_URL", "EnergyRecord", "MatchRow", "MethodAnalysis",
+    "NewTask", "RankedRow", "ReportRows", "StoredModel", "TrajectoryRecord", "add_analysis", "add_campaign",
+    "add_energies", "add_model", "add_structures", "add_tasks", "add_trajectory", "analysis_rows", "campaign_models",
+    "campaign_names", "campaign_summaries", "children", "claim_tasks", "clear_analysis", "composition_fields",
+    "count_tasks", "export_structures", "get_campaign", "get_or_create_composition", "hull_methods", "hull_rows",
+    "link_model", "make_engine", "model_by_recipe", "normalize_url", "open_payloads", "ranked", "ranked_methods",
     "record_task_failure", "replace_matches", "report_rows", "reset_running", "resolve_url", "set_campaign_status",
     "set_novelty", "set_qm9_novelty", "spec_hash", "structure_ids", "structures", "task_states", "to_atoms",
-    "top_candidates", "trajectory", "transaction", "write_structures", "write_task_result",
+    "top_candidates", "trajectory", "transaction", "write_structures", "write_task_result"
 ]

@@ -1,7 +1,11 @@
 """NumPy arrays as compressed blobs that round-trip bit for bit.
 
-A blob is zlib-compressed ``.npy`` bytes: the ``.npy`` header records dtype
-(with byte order) and shape, so nothing about the array lives outside it.
+A blob is ``.npy`` bytes, zlib-compressed when they are ``COMPRESS_FROM`` bytes
+or more: the ``.npy`` header records dtype (with byte order) and shape, so
+nothing about the array lives outside it. Small arrays (a cell, a few atoms'
+positions) are stored as they are: deflate saves them a few bytes and costs
+more than the rest of their write. A raw blob starts with the ``.npy`` magic
+``\\x93NUMPY``, a compressed one with a zlib header, so both read back.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from sqlalchemy import LargeBinary
 from sqlalchemy.types import TypeDecorator
 
 _ZLIB_LEVEL = 6
+COMPRESS_FROM = 1024  # bytes of .npy
+_MAGIC = npy_format.MAGIC_PREFIX
 
 
 def encode_array(array: np.ndarray) -> bytes:
@@ -25,7 +31,8 @@ def encode_array(array: np.ndarray) -> bytes:
         raise TypeError(f"cannot store an object array (dtype {array.dtype}); use a numeric dtype")
     fortran = bool(array.flags.f_contiguous and not array.flags.c_contiguous)  # as np.save writes it
     header = _npy_header(npy_format.dtype_to_descr(array.dtype), array.shape, fortran)
-    return zlib.compress(header + array.tobytes(order="F" if fortran else "C"), _ZLIB_LEVEL)
+    raw = header + array.tobytes(order="F" if fortran else "C")
+    return raw if len(raw) < COMPRESS_FROM else zlib.compress(raw, _ZLIB_LEVEL)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -39,7 +46,8 @@ def _npy_header(descr, shape: tuple[int, ...], fortran: bool) -> bytes:
 
 def decode_array(blob: bytes) -> np.ndarray:
     """Inverse of :func:`encode_array`."""
-    return np.load(io.BytesIO(zlib.decompress(blob)), allow_pickle=False)
+    raw = blob if blob.startswith(_MAGIC) else zlib.decompress(blob)
+    return np.load(io.BytesIO(raw), allow_pickle=False)
 
 
 class NDArray(TypeDecorator):

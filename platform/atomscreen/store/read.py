@@ -17,6 +17,7 @@ from atomscreen.store.models import (
     Campaign,
     CampaignModel,
     Composition,
+    Energy,
     Model,
     MoleculeCheck,
     Ranking,
@@ -25,7 +26,7 @@ from atomscreen.store.models import (
     TaskState,
     Trajectory,
 )
-from atomscreen.store.records import CampaignSummary, StoredModel, TrajectoryRecord
+from atomscreen.store.records import AnalysisRow, CampaignSummary, StoredModel, TrajectoryRecord
 
 # --- campaigns, models, tasks --------------------------------------------------------------------------------------
 
@@ -127,6 +128,20 @@ def structures(session: Session, *, ids: Sequence[int] | None = None, campaign: 
     if limit is not None:
         query = query.limit(limit)
     return [to_atoms(row) for row in session.scalars(query)]
+
+
+def analysis_rows(session: Session, campaign_id: int) -> list[AnalysisRow]:
+    """The campaign's structures as the analysis needs them (no arrays are read: a campaign may hold 1e5), id order."""
+    energies: dict[int, dict[str, float]] = {}
+    for sid, method, per_atom in session.execute(
+            select(Energy.structure_id, Energy.method, Energy.per_atom).join(Structure)
+            .where(Structure.campaign_id == campaign_id)):
+        energies.setdefault(sid, {})[method] = per_atom
+    query = (select(Structure.id, Composition.formula, Structure.origin, Structure.parent_id, Structure.pbc,
+                    Structure.info["selected"].as_boolean())
+             .join(Composition).where(Structure.campaign_id == campaign_id).order_by(Structure.id))
+    return [AnalysisRow(sid, formula, origin, parent, pbc == "TTT", selected is not False, energies.get(sid, {}))
+            for sid, formula, origin, parent, pbc, selected in session.execute(query)]
 
 
 def structure_ids(session: Session, campaign_id: int, origins: Sequence[str], *, unchecked: bool = False) -> list[int]:

@@ -107,6 +107,19 @@ class RankedRow:
 
 
 @dataclass(frozen=True)
+class AnalysisRow:
+    """A structure as the analysis reads it, without its arrays: ids, formula, origin and energies per atom (eV)."""
+
+    structure_id: int
+    formula: str
+    origin: str
+    parent_id: int | None
+    periodic: bool
+    selected: bool  # the generator's selection rule keeps it (rss.select); True where no rule applies
+    energies_per_atom: dict[str, float]
+
+
+@dataclass(frozen=True)
 class MethodAnalysis:
     """Dedupe, ranks and hull of one energy method, ready to store (structure ids throughout)."""
 

@@ -244,15 +244,19 @@ def clear_analysis(session: Session, campaign_id: int) -> None:
 
 
 def add_analysis(session: Session, campaign_id: int, analysis: MethodAnalysis) -> None:
-    """Store one energy method's duplicate marks, rankings and hull entries."""
-    for sid, rep in analysis.duplicates.items():
-        session.execute(update(Structure).where(Structure.id == sid).values(representative_id=rep))
-    session.add_all(Ranking(campaign_id=campaign_id, structure_id=sid, method=analysis.method, scope=scope, rank=rank,
-                            score=score) for sid, scope, rank, score in analysis.rankings)
-    session.add_all(HullEntry(campaign_id=campaign_id, structure_id=sid, method=analysis.method,
-                              formation_energy_per_atom=form, e_above_hull=above, is_stable=stable)
-                    for sid, form, above, stable in analysis.hull)
-    session.flush()
+    """Store one energy method's duplicate marks, rankings and hull entries (bulk statements: 1e5 rows are common)."""
+    if analysis.duplicates:
+        session.execute(update(Structure), [{"id": sid, "representative_id": rep}
+                                            for sid, rep in analysis.duplicates.items()])
+    if analysis.rankings:
+        session.execute(insert(Ranking), [
+            {"campaign_id": campaign_id, "structure_id": sid, "method": analysis.method, "scope": scope, "rank": rank,
+             "score": score} for sid, scope, rank, score in analysis.rankings])
+    if analysis.hull:
+        session.execute(insert(HullEntry), [
+            {"campaign_id": campaign_id, "structure_id": sid, "method": analysis.method,
+             "formation_energy_per_atom": form, "e_above_hull": above, "is_stable": stable}
+            for sid, form, above, stable in analysis.hull])
 
 
 def replace_matches(session: Session, campaign_id: int, source: str, rows: Sequence[MatchRow]) -> None:
