@@ -166,3 +166,36 @@ def test_dedupe_compares_only_the_lowest_top_k_per_composition_and_reads_only_th
     assert [(sid, rank) for sid, scope, rank, _ in bounded.rankings if scope == "composition"] == [(10, 3), (11, 1),
                                                                                                   (12, 2)]
     assert any("2 crystals above the lowest 2 of their composition were not compared" in n for n in notes)
+
+
+def test_compositions_compared_on_dask_workers_and_the_driver_give_the_serial_result():
+    """map_with_driver: one composition here, the others on a real Dask cluster; same duplicates as serially."""
+    from functools import partial
+
+    from distributed import Client, LocalCluster
+
+    from atomscreen.campaign import DedupeSpec
+    from atomscreen.compute.dispatch import map_with_driver
+    from atomscreen.compute.finalize import analyse_method
+    from atomscreen.store import AnalysisRow
+
+    crystals = {}
+    rows = []
+    for k, (formula, base) in enumerate([("C2", bulk("C", "diamond")), ("C4", bulk("C", "diamond").repeat((1, 1, 2))),
+                                         ("Si2", bulk("Si", "diamond", a=5.43))] * 3):
+        a = base.copy()
+        a.rotate(7 * k, "z", rotate_cell=True)
+        a.info["structure_id"] = 100 + k
+        crystals[100 + k] = a
+        rows.append(AnalysisRow(100 + k, formula, "rss", None, True, True, {"rm_pseudo": -7.0 - 0.001 * k}))
+
+    def load(ids):
+        return [crystals[i] for i in ids]
+
+    serial, _ = analyse_method("rm_pseudo", rows, [False] * len(rows), load, DedupeSpec())
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        spread, _ = analyse_method("rm_pseudo", rows, [False] * len(rows), load, DedupeSpec(),
+                                   partial(map_with_driver, client))
+    assert serial.duplicates == spread.duplicates == {100: 106, 103: 106, 101: 107, 104: 107, 102: 108, 105: 108}
+    assert serial.rankings == spread.rankings

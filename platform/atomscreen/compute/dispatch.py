@@ -140,3 +140,16 @@ def map_chunks(client, func: Callable, items: Sequence, shared: Any, *args: Any,
                              key=f"{tag}-{start}-{uuid.uuid4().hex[:6]}")
                for start in range(0, len(items), chunk)]
     return [x for future in futures for x in future.result()]
+
+
+def map_with_driver(client, func: Callable, argument_lists: Sequence[tuple]) -> list:
+    """``[func(*args) for args in argument_lists]``, the last one computed here while the workers take the others
+    (the driver would otherwise wait idle); the same results as the serial loop, in order."""
+    *remote, last = argument_lists or [None]
+    if last is None:
+        return []
+    futures = [client.submit(func, *args, key=f"{func.__name__}-{uuid.uuid4().hex[:8]}", pure=False)
+               for args in remote]
+    mine = func(*last)
+    return [future.result() for future in futures] + [mine]
+

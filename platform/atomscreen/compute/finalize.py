@@ -4,6 +4,7 @@ status. Also single points of a real method along stored trajectories (`platform
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Callable, Sequence
 
 import numpy as np
@@ -11,7 +12,7 @@ from ase import Atoms
 from sqlalchemy.engine import Engine
 
 from atomscreen.campaign import CampaignSpec, DedupeSpec
-from atomscreen.compute.dispatch import Cluster, map_chunks
+from atomscreen.compute.dispatch import Cluster, map_chunks, map_with_driver
 from atomscreen.compute.plan import read_references
 from atomscreen.errors import AtomscreenError
 from atomscreen.jobs import PSEUDO, Origin
@@ -36,31 +37,21 @@ from atomscreen.store import (
     transaction,
 )
 
+Mapper = Callable[[Callable, Sequence[tuple]], list]
+
 
 def analyse_method(method: str, rows: Sequence[AnalysisRow], is_reference: Sequence[bool],
-                   load: Callable[[list[int]], list[Atoms]],
-                   dedupe: DedupeSpec = DedupeSpec()) -> tuple[MethodAnalysis, list[str]]:
+                   load: Callable[[list[int]], list[Atoms]], dedupe: DedupeSpec = DedupeSpec(),
+                   mapper: Mapper | None = None) -> tuple[MethodAnalysis, list[str]]:
     """Dedupe the lowest ``dedupe.top_k`` candidates of each composition, rank every candidate, and hull them
-    together with the references. Structures are read (``load``: ids -> Atoms) only for the ones compared."""
-    from atomscreen.analysis import MatchSettings, pseudo_hulls, rank, representatives
+    together with the references. Structures are read (``load``: ids -> Atoms) only for the ones compared;
+    ``mapper(func, argument_lists)`` runs the compositions' comparisons (serially if None)."""
+    from atomscreen.analysis import pseudo_hulls, rank
 
     per_atom = [r.energies_per_atom[method] for r in rows]
     ids = [r.structure_id for r in rows]
     candidates = [i for i in range(len(rows)) if not is_reference[i]]
-    by_formula: dict[str, list[int]] = {}
-    for i in candidates:
-        if rows[i].periodic:  # molecules are not deduplicated
-            by_formula.setdefault(rows[i].formula, []).append(i)
-    compared: list[int] = []
-    for members in by_formula.values():
-        members.sort(key=lambda i: (per_atom[i], i))
-        compared += members if dedupe.top_k is None else members[:dedupe.top_k]
-    n_left = sum(map(len, by_formula.values())) - len(compared)
-    compared.sort()
-    loaded = {a.info["structure_id"]: a for a in load([ids[i] for i in compared])}
-    settings = MatchSettings(dedupe.ltol, dedupe.stol, dedupe.angle_tol, dedupe.energy_tol)
-    reps = representatives([loaded[ids[i]] for i in compared], [per_atom[i] for i in compared], settings)
-    duplicates = {ids[compared[k]]: ids[compared[r]] for k, r in enumerate(reps) if r != k}
+    duplicates, n_left = _duplicates(rows, candidates, per_atom, load, dedupe, mapper)
     unique = [i for i in candidates if ids[i] not in duplicates]
     within, overall = rank([rows[i].formula for i in unique], [per_atom[i] for i in unique])
     rankings = []
@@ -79,11 +70,41 @@ def analyse_method(method: str, rows: Sequence[AnalysisRow], is_reference: Seque
     return MethodAnalysis(method, duplicates, rankings, hull), notes
 
 
-def analyse_campaign(engine: Engine, campaign_id: int,
-                     dedupe: DedupeSpec = DedupeSpec()) -> tuple[list[str], bool]:
+def _serial(func: Callable, argument_lists: Sequence[tuple]) -> list:
+    return [func(*args) for args in argument_lists]
+
+
+def _duplicates(rows: Sequence[AnalysisRow], candidates: list[int], per_atom: list[float],
+                load: Callable[[list[int]], list[Atoms]], dedupe: DedupeSpec,
+                mapper: Mapper | None) -> tuple[dict[int, int], int]:
+    """structure id -> id of its representative among the lowest ``dedupe.top_k`` crystals of each composition (one
+    ``mapper`` job per composition), and how many crystals were left uncompared."""
+    from atomscreen.analysis import MatchSettings, representatives
+
+    by_formula: dict[str, list[int]] = {}
+    for i in candidates:
+        if rows[i].periodic:  # molecules are not deduplicated
+            by_formula.setdefault(rows[i].formula, []).append(i)
+    groups = [members if dedupe.top_k is None else members[:dedupe.top_k]
+              for members in (sorted(m, key=lambda i: (per_atom[i], i)) for m in by_formula.values())]
+    compared = sorted(i for group in groups for i in group)
+    loaded = {a.info["structure_id"]: a for a in load([rows[i].structure_id for i in compared])}
+    settings = MatchSettings(dedupe.ltol, dedupe.stol, dedupe.angle_tol, dedupe.energy_tol)
+    work = [([loaded[rows[i].structure_id] for i in group], [per_atom[i] for i in group], settings)
+            for group in groups]
+    duplicates = {}
+    for group, reps in zip(groups, (mapper or _serial)(representatives, work)):
+        duplicates.update({rows[group[k]].structure_id: rows[group[r]].structure_id
+                           for k, r in enumerate(reps) if r != k})
+    return duplicates, sum(map(len, by_formula.values())) - len(compared)
+
+
+def analyse_campaign(engine: Engine, campaign_id: int, dedupe: DedupeSpec = DedupeSpec(),
+                     client=None) -> tuple[list[str], bool]:
     """Replace the campaign's rankings and hulls for every energy method: pseudo energies of generated structures
-    (hull references join the hulls), then each re-scoring method. Returns notes and whether any pseudo energy
-    exists."""
+    (hull references join the hulls), then each re-scoring method. With a Dask ``client`` the compositions are
+    compared on its workers and here at once. Returns notes and whether any pseudo energy exists."""
+    mapper = None if client is None else partial(map_with_driver, client)
     notes: list[str] = []
     with transaction(engine) as session:
         clear_analysis(session, campaign_id)
@@ -100,13 +121,13 @@ def analyse_campaign(engine: Engine, campaign_id: int,
         for method in pseudo:
             members = [r for r in generated if method in r.energies_per_atom]
             analysis, more = analyse_method(method, members, [r.origin == Origin.REFERENCE for r in members], load,
-                                            dedupe)
+                                            dedupe, mapper)
             add_analysis(session, campaign_id, analysis)
             notes += more
         for method in sorted({m for r in rescored for m in r.energies_per_atom}):
             members = [r for r in rescored if method in r.energies_per_atom]
             reference = [origin.get(r.parent_id) == Origin.REFERENCE for r in members]
-            analysis, more = analyse_method(method, members, reference, load, dedupe)
+            analysis, more = analyse_method(method, members, reference, load, dedupe, mapper)
             add_analysis(session, campaign_id, analysis)
             notes += more
     return notes, bool(pseudo)
@@ -184,7 +205,7 @@ def _match_chunk(items, prepared, settings) -> list[tuple[int, int]]:
 def finish(engine: Engine, campaign_id: int, spec: CampaignSpec, cluster: Cluster) -> list[str]:
     """The final analysis: every method's ranks and hulls, novelty, reference matching, then the campaign's status
     (last: 'done' means everything, matching included, is stored)."""
-    notes, any_energy = analyse_campaign(engine, campaign_id, spec.dedupe)
+    notes, any_energy = analyse_campaign(engine, campaign_id, spec.dedupe, cluster.client)
     if spec.validity is not None:
         notes += mark_novelty(engine, campaign_id, spec)
         if spec.validity.novelty_qm9:

@@ -260,7 +260,7 @@ def _run_stage(ctx: Context, stage: Stage, cluster: Cluster, reporter: Reporter)
     """Plan the stage's tasks (once, or again if incremental), claim the ones not done and run them."""
     if stage.needs_ranking:
         with ctx.timings.add("analysis_s"):
-            analyse_campaign(ctx.engine, ctx.campaign_id, ctx.spec.dedupe)
+            analyse_campaign(ctx.engine, ctx.campaign_id, ctx.spec.dedupe, cluster.client)
     with ctx.timings.add("plan_s"):
         record_tasks(ctx, stage)
     with transaction(ctx.engine) as session:

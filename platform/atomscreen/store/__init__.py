@@ -28,6 +28,7 @@ from atomscreen.store.records import (
     EnergyRecord,
     MatchRow,
     MethodAnalysis,
+    NewStructure,
     NewTask,
     RankedRow,
     ReportRows,
@@ -62,12 +63,13 @@ from atomscreen.store.write_tasks import (
 
 __all__ = [
     "AnalysisRow", "CampaignSummary", "ClaimedTask", "DEFAULT_URL", "EnergyRecord", "MatchRow", "MethodAnalysis",
-    "NewTask", "RankedRow", "ReportRows", "StoredModel", "TrajectoryRecord", "add_analysis", "add_campaign",
-    "add_energies", "add_model", "add_structures", "add_tasks", "add_trajectory", "analysis_rows", "campaign_models",
-    "campaign_names", "campaign_summaries", "children", "claim_tasks", "clear_analysis", "composition_fields",
-    "count_tasks", "export_structures", "get_campaign", "get_or_create_composition", "hull_methods", "hull_rows",
-    "link_model", "make_engine", "model_by_recipe", "normalize_url", "open_payloads", "ranked", "ranked_methods",
-    "record_task_failure", "replace_matches", "report_rows", "reset_running", "resolve_url", "set_campaign_status",
-    "set_novelty", "set_qm9_novelty", "spec_hash", "structure_ids", "structures", "task_states", "to_atoms",
-    "top_candidates", "trajectory", "transaction", "write_structures", "write_task_result"
+    "NewStructure", "NewTask", "RankedRow", "ReportRows", "StoredModel", "TrajectoryRecord", "add_analysis",
+    "add_campaign", "add_energies", "add_model", "add_structures", "add_tasks", "add_trajectory", "analysis_rows",
+    "campaign_models", "campaign_names", "campaign_summaries", "children", "claim_tasks", "clear_analysis",
+    "composition_fields", "count_tasks", "export_structures", "get_campaign", "get_or_create_composition",
+    "hull_methods", "hull_rows", "link_model", "make_engine", "model_by_recipe", "normalize_url", "open_payloads",
+    "ranked", "ranked_methods", "record_task_failure", "replace_matches", "report_rows", "reset_running",
+    "resolve_url", "set_campaign_status", "set_novelty", "set_qm9_novelty", "spec_hash", "structure_ids",
+    "structures", "task_states", "to_atoms", "top_candidates", "trajectory", "transaction", "write_structures",
+    "write_task_result"
 ]

@@ -77,7 +77,10 @@ def _sqlite_connect(dbapi_connection, _record) -> None:
 
 
 def _sqlite_begin(connection) -> None:
-    connection.exec_driver_sql("BEGIN")
+    # IMMEDIATE: the write lock is taken at the start, where SQLite waits for it (busy_timeout). A deferred
+    # transaction that reads first and then writes gets SQLITE_BUSY at once when another connection holds the lock:
+    # SQLite cannot wait there without risking a deadlock.
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def make_engine(url: str, **kwargs) -> Engine:

@@ -107,6 +107,17 @@ class RankedRow:
 
 
 @dataclass(frozen=True)
+class NewStructure:
+    """A structure to store, without building ASE Atoms: arrays (Å), periodicity along the cell vectors, info."""
+
+    numbers: np.ndarray
+    positions: np.ndarray
+    cell: np.ndarray
+    pbc: np.ndarray
+    info: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class AnalysisRow:
     """A structure as the analysis reads it, without its arrays: ids, formula, origin and energies per atom (eV)."""
 

@@ -33,7 +33,14 @@ from atomscreen.store.models import (
     StructureMatch,
     Trajectory,
 )
-from atomscreen.store.records import EnergyRecord, MatchRow, MethodAnalysis, StoredModel, TrajectoryRecord
+from atomscreen.store.records import (
+    EnergyRecord,
+    MatchRow,
+    MethodAnalysis,
+    NewStructure,
+    StoredModel,
+    TrajectoryRecord,
+)
 
 
 def now() -> datetime:
@@ -75,28 +82,46 @@ def _jsonable(value: Any) -> Any:
     return None
 
 
-def _info(atoms: Atoms) -> dict[str, Any]:
-    info = {k: _jsonable(v) for k, v in atoms.info.items()}
-    return {k: v for k, v in info.items() if v is not None}
+def _info(info: dict[str, Any]) -> dict[str, Any]:
+    out = {k: _jsonable(v) for k, v in info.items()}
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _new(item: Atoms | NewStructure) -> NewStructure:
+    if isinstance(item, NewStructure):
+        return item
+    return NewStructure(item.numbers, item.positions, item.cell.array, item.pbc, item.info)
 
 
 def _nth(seq: Sequence | None, i: int) -> Any:
     return None if seq is None else seq[i]
 
 
-def _structure_row(atoms: Atoms, composition_id: int, origin: str, **columns: Any) -> dict[str, Any]:
-    pbc = np.asarray(atoms.pbc, dtype=bool)
-    return dict(composition_id=composition_id, origin=origin, n_atoms=len(atoms),
-                pbc="".join("T" if p else "F" for p in pbc), numbers=np.asarray(atoms.numbers),
-                positions=np.asarray(atoms.positions), cell=np.asarray(atoms.cell.array),
-                volume_per_atom=float(atoms.get_volume() / len(atoms)) if pbc.all() else None,
-                sampler=atoms.info.get("sampler") if origin in ("diffusion", "diffusion_relax") else None,
-                info=_info(atoms), created_at=now(), **columns)
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _check_lengths(n: int, **named: Sequence | None) -> None:
+    for name, seq in named.items():
+        if seq is not None and len(seq) != n:
+            raise ValueError(f"{name} has {len(seq)} entries for {n} structures")
+
+
+def _structure_row(item: NewStructure, composition_id: int, origin: str, **columns: Any) -> dict[str, Any]:
+    pbc = np.asarray(item.pbc, dtype=bool)
+    n_atoms = len(item.numbers)
+    cell = np.asarray(item.cell)
+    return dict(composition_id=composition_id, origin=origin, n_atoms=n_atoms,
+                pbc="".join("T" if p else "F" for p in pbc), numbers=np.asarray(item.numbers),
+                positions=np.asarray(item.positions), cell=cell,
+                volume_per_atom=float(abs(np.linalg.det(cell)) / n_atoms) if pbc.all() else None,
+                sampler=item.info.get("sampler") if origin in ("diffusion", "diffusion_relax") else None,
+                info=_info(item.info), created_at=now(), **columns)
 
 
 def add_structures(
     session: Session,
-    atoms_list: Sequence[Atoms],
+    atoms_list: Sequence[Atoms | NewStructure],
     *,
     origin: str,
     campaign_id: int | None = None,
@@ -112,26 +137,29 @@ def add_structures(
     ``task_indices`` are the structures' positions within task ``task_id``; the pair is unique. Rows go in as one
     multi-row INSERT per table (a task's thousands of structures in milliseconds, not one ORM object each)."""
     n = len(atoms_list)
-    named = dict(parent_ids=parent_ids, task_indices=task_indices, spacegroups=spacegroups, energies=energies,
-                 trajectories=trajectories)
-    for name, seq in named.items():
-        if seq is not None and len(seq) != n:
-            raise ValueError(f"{name} has {len(seq)} entries for {n} structures")
+    _check_lengths(n, parent_ids=parent_ids, task_indices=task_indices, spacegroups=spacegroups, energies=energies,
+                   trajectories=trajectories)
     if not n:
         return []
     compositions: dict[str, int] = {}
     rows = []
-    for i, atoms in enumerate(atoms_list):
-        formula = composition_fields(atoms.numbers)["formula"]
+    for i, item in enumerate(map(_new, atoms_list)):
+        formula = composition_fields(item.numbers)["formula"]
         if formula not in compositions:
-            compositions[formula] = get_or_create_composition(session, atoms.numbers).id
-        index, group = _nth(task_indices, i), _nth(spacegroups, i)
-        rows.append(_structure_row(atoms, compositions[formula], origin, campaign_id=campaign_id, task_id=task_id,
+            compositions[formula] = get_or_create_composition(session, item.numbers).id
+        rows.append(_structure_row(item, compositions[formula], origin, campaign_id=campaign_id, task_id=task_id,
                                    model_id=model_id, parent_id=_nth(parent_ids, i),
-                                   task_index=None if index is None else int(index),
-                                   spacegroup=None if group is None else int(group)))
+                                   task_index=_int_or_none(_nth(task_indices, i)),
+                                   spacegroup=_int_or_none(_nth(spacegroups, i))))
     ids = list(session.scalars(insert(Structure).returning(Structure.id, sort_by_parameter_order=True), rows))
-    n_atoms = [row["n_atoms"] for row in rows]
+    _add_energies_and_trajectories(session, ids, [row["n_atoms"] for row in rows], energies, trajectories)
+    return ids
+
+
+def _add_energies_and_trajectories(session: Session, ids: list[int], n_atoms: list[int],
+                                   energies: Sequence[Sequence[EnergyRecord]] | None,
+                                   trajectories: Sequence[Sequence[TrajectoryRecord]] | None) -> None:
+    n = len(ids)
     energy_rows = [_energy_row(ids[i], n_atoms[i], record) for i in range(n) for record in (_nth(energies, i) or ())]
     trajectory_rows = [_trajectory_row(ids[i], n_atoms[i], record)
                        for i in range(n) for record in (_nth(trajectories, i) or ())]
@@ -139,7 +167,6 @@ def add_structures(
         session.execute(insert(Energy), energy_rows)
     if trajectory_rows:
         session.execute(insert(Trajectory), trajectory_rows)
-    return ids
 
 
 def _energy_row(structure_id: int, n_atoms: int, record: EnergyRecord) -> dict[str, Any]:

@@ -10,12 +10,12 @@ import logging
 import math
 from typing import TYPE_CHECKING, Iterable, Sequence
 
-from ase import Atoms
+import numpy as np
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from atomscreen.store.models import CalculationFailure, CampaignState, MoleculeCheck, Task, TaskState
-from atomscreen.store.records import ClaimedTask, EnergyRecord, NewTask, TrajectoryRecord
+from atomscreen.store.records import ClaimedTask, EnergyRecord, NewStructure, NewTask, TrajectoryRecord
 from atomscreen.store.write import add_structures, now, set_campaign_status
 
 if TYPE_CHECKING:
@@ -108,11 +108,13 @@ def _write(session: Session, campaign_id: int, origin: str, outs: Sequence[Struc
     return ids
 
 
-def _atoms(s: StructureOut) -> Atoms:
-    atoms = Atoms(numbers=s.numbers, positions=s.positions, cell=s.cell, pbc=s.pbc)
-    atoms.info.update(s.info)
-    atoms.info.update(relax_status=str(s.status), start_volume_per_atom=s.start_volume_per_atom)
-    return atoms
+def _atoms(s: StructureOut) -> NewStructure:
+    """The structure to store, with the dtypes ASE Atoms would give it (int numbers, float64 coordinates)."""
+    info = dict(s.info)
+    info.update(relax_status=str(s.status), start_volume_per_atom=s.start_volume_per_atom)
+    cell = np.zeros((3, 3)) if s.cell is None else np.asarray(s.cell, dtype=float).reshape(3, 3)
+    return NewStructure(np.asarray(s.numbers, dtype=int), np.asarray(s.positions, dtype=float).reshape(-1, 3), cell,
+                        np.broadcast_to(np.asarray(s.pbc, dtype=bool), (3,)), info)
 
 
 def _energies(s: StructureOut, method: str, model_id: int | None) -> list[EnergyRecord]:
