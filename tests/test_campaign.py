@@ -23,7 +23,7 @@ EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
 
 
 def expected_fields(path: Path) -> list[str]:
-    return re.match(r"# expect: (.*)", path.read_text()).group(1).split()
+    return re.match(r"# expect: (.*)", path.read_bytes().decode("utf-8", "replace")).group(1).split()
 
 
 def test_there_are_at_least_a_dozen_malformed_campaigns():
@@ -32,7 +32,7 @@ def test_there_are_at_least_a_dozen_malformed_campaigns():
 
 @pytest.mark.parametrize("path", BAD, ids=[p.stem for p in BAD])
 def test_malformed_campaign_is_refused_naming_the_field(path, capsys):
-    assert main(["validate", str(path)]) == 1
+    assert main(["validate", str(path)]) == 2
     message = capsys.readouterr().err
     for field in expected_fields(path):
         assert re.search(rf"^\s*{re.escape(field)}( = .*)?: ", message, flags=re.M), message
@@ -44,7 +44,7 @@ def test_validate_cli_creates_no_database(tmp_path):
         [sys.executable, "-m", "atomscreen", "validate", *map(str, BAD)],
         cwd=tmp_path, env=env, capture_output=True, text=True,
     )
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.count("problem(s)") == len(BAD)
     assert list(tmp_path.iterdir()) == []
 

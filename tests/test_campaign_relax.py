@@ -136,7 +136,7 @@ def test_platform_relax_relaxes_chosen_stored_molecules_once(relaxed_campaign, c
         assert child.info["t0"] == int(alone.times[0, 0]) and child.info["reverse_steps"] == int(alone.steps[0])
     for structure, model, message in [("99999", "den", "not in campaign"), (str(ids[0]), "default", "of kind"),
                                       (str(ids[0]), "nope", "neither a model")]:
-        assert main(["relax", "relax", "--structures", structure, "--model", model, "--db", db]) == 1
+        assert main(["relax", "relax", "--structures", structure, "--model", model, "--db", db]) == 2
         assert message in capsys.readouterr().err
 
 

@@ -48,7 +48,7 @@ def test_python_dash_m_is_the_same_command(tmp_path):
 def test_commands_on_a_missing_database_fail_without_creating_it(tmp_path):
     for args in (["db", "current"], ["status"]):
         result = run(*args, "--db", str(tmp_path / "missing.db"), cwd=tmp_path)
-        assert result.returncode == 1 and "no database at" in result.stderr and "platform db upgrade" in result.stderr
+        assert result.returncode == 2 and "no database at" in result.stderr and "platform db upgrade" in result.stderr
     assert not (tmp_path / "missing.db").exists()
 
 
@@ -62,7 +62,7 @@ def test_status_lists_tasks_by_state_and_failures(engine, capsys):
     assert main(["status", "--db", url]) == 0
     shown = capsys.readouterr().out
     assert "lis" in shown and "rss-2" in shown and "cannot be met" in shown
-    assert main(["status", "nope", "--db", url]) == 1
+    assert main(["status", "nope", "--db", url]) == 2
     assert "no campaign named 'nope'" in capsys.readouterr().err
 
 
@@ -72,7 +72,7 @@ def test_status_on_an_old_schema_asks_for_upgrade(tmp_path, capsys):
     engine = store.make_engine(str(tmp_path / "old.db"))
     migrate.upgrade(engine)
     migrate.downgrade(engine, "base")
-    assert main(["status", "--db", str(tmp_path / "old.db")]) == 1
+    assert main(["status", "--db", str(tmp_path / "old.db")]) == 2
     assert "run platform db upgrade" in capsys.readouterr().err
 
 
@@ -113,7 +113,7 @@ def test_train_command_stores_the_model_and_writes_the_checkpoint(tmp_path):
 def test_train_command_rejects_unknown_hyperparameters(tmp_path, capsys):
     config = tmp_path / "train.yaml"
     config.write_text("name: x\ndataset: {format: qm9, limit: 5}\nhyperparameters: {cutof: 4.0}\n")
-    assert main(["train", str(config), "--db", str(tmp_path / "m.db")]) == 1
+    assert main(["train", str(config), "--db", str(tmp_path / "m.db")]) == 2
     assert "hyperparameters" in capsys.readouterr().err
     assert not (tmp_path / "m.db").exists()
 

@@ -122,7 +122,7 @@ def test_a_composition_the_denoiser_cannot_make_is_refused_before_any_write(deno
                                                                           words):
     folder, _ = denoiser
     path = _campaign(tmp_path, folder / "tiny.pt", compositions=["CH4O", formula])
-    assert main(["validate", str(path)]) == 1
+    assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err
     assert words in err and "1 problem(s)" in err
     db = tmp_path / "none.db"
@@ -135,13 +135,13 @@ def test_a_composition_the_denoiser_cannot_make_is_refused_before_any_write(deno
 def test_a_checkpoint_of_the_wrong_kind_is_named(denoiser, tmp_path, capsys):
     rm = REPO / "models" / "qm7b_like.pt"
     path = _campaign(tmp_path, rm)
-    assert main(["validate", str(path)]) == 1
+    assert main(["validate", str(path)]) == 2
     assert f"{rm} is a checkpoint of kind 'rm_potential', not 'denoiser'" in capsys.readouterr().err
     folder, _ = denoiser
     spec = yaml.safe_load(_campaign(tmp_path, folder / "tiny.pt").read_text())
     spec["model"] = {"checkpoint": str(folder / "tiny.pt")}  # an RM model slot holding a denoiser
     spec["generators"]["rss"] = {"samples_per_composition": 2, "volume_per_atom": 10.0}
     path.write_text(yaml.safe_dump(spec))
-    assert main(["validate", str(path)]) == 1
+    assert main(["validate", str(path)]) == 2
     assert "tiny.pt is a checkpoint of kind 'denoiser', not 'rm_potential'" in capsys.readouterr().err
     assert torch.load(rm, weights_only=True)["kind"] == "rm_potential"

@@ -91,5 +91,5 @@ def test_the_report_shows_the_judges_figures(ran, capsys):
 def test_bad_hybrid_settings_are_refused_before_anything_is_written(tmp_path, capsys, change, message):
     path = _campaign(tmp_path, **change)
     db = tmp_path / "never.db"
-    assert main(["submit", str(path), "--db", f"sqlite:///{db}", "--quiet"]) == 1  # a named error
+    assert main(["submit", str(path), "--db", f"sqlite:///{db}", "--quiet"]) == 2  # a named error
     assert message in capsys.readouterr().err and not db.exists()

@@ -55,7 +55,7 @@ def test_two_named_models_each_with_its_own_rss_block(tmp_path, capsys):
     capsys.readouterr()
     assert main(["results", "pair", "--method", "rm_pseudo:b", "--top", "3", "--db", db]) == 0
     assert "rm_pseudo:b" in capsys.readouterr().out
-    assert main(["results", "pair", "--db", db]) == 1  # no default model: the error lists what is ranked
+    assert main(["results", "pair", "--db", db]) == 2  # no default model: the error lists what is ranked
     assert "ranked here: rm_pseudo:a, rm_pseudo:b" in capsys.readouterr().err
     # a second submit resumes with the linked models: nothing is trained or stored again
     assert main(["submit", str(path), "--db", db, "--quiet", "--dashboard-address", ":0"]) == 0

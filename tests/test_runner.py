@@ -90,7 +90,7 @@ def test_submit_runs_a_campaign_and_results_hull_export_show_it(tmp_path, checkp
     # a different spec under the same name is refused with the way out
     (tmp_path / "edited").mkdir()
     changed = write_campaign(tmp_path / "edited", checkpoint_file, seed=4)
-    assert main(["submit", str(changed), "--db", db, "--quiet"]) == 1
+    assert main(["submit", str(changed), "--db", db, "--quiet"]) == 2
     message = capsys.readouterr().err
     assert "different spec" in message and "platform resume carbon" in message and "new `name:`" in message
 

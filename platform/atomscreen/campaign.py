@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import itertools
 import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass
@@ -57,11 +58,13 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        shown = "" if self.value is _MISSING else f" = {self.value!r}"
+        shown = "" if self.value is _MISSING else f" = {_SHORT.repr(self.value)}"
         return f"{self.field or '<file>'}{shown}: {self.message}"
 
 
 _MISSING = object()
+_SHORT = reprlib.Repr()  # values in messages are cut short: a problem's value may be a huge or deep structure
+_SHORT.maxlevel, _SHORT.maxdict, _SHORT.maxlist, _SHORT.maxstring, _SHORT.maxother = 3, 6, 6, 80, 80
 
 
 class CampaignError(AtomscreenError, ValueError):
@@ -103,19 +106,24 @@ def _formula_within_limit(text: str, info: ValidationInfo) -> str:
     return text
 
 
+# bounds that keep a typo from hanging the planner or the machine (each error states the range)
+Seed = Annotated[int, Field(ge=0, lt=2**63, description="0 <= seed < 2^63")]
+Samples = Annotated[int, Field(gt=0, le=10_000_000, description="at most 1e7 per composition and block")]
+
+
 class Spec(BaseModel):
     """Base of every campaign block: unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ClusterSpec(Spec):
     """Where tasks run: an existing Dask scheduler, or a LocalCluster of this size."""
 
     scheduler: str | None = Field(default=None, description="address of an existing scheduler, e.g. tcp://host:8786")
-    n_workers: PositiveInt | None = Field(default=None, description="local workers (default: one per core)")
-    threads_per_worker: PositiveInt = 1
-    gpus: int = Field(default=0, ge=0, description="GPUs to use on the local cluster (one worker each)")
+    n_workers: PositiveInt | None = Field(default=None, le=1024, description="local workers (default: one per core)")
+    threads_per_worker: PositiveInt = Field(default=1, le=256)
+    gpus: int = Field(default=0, ge=0, le=64, description="GPUs to use on the local cluster (one worker each)")
 
     @field_validator("scheduler")
     @classmethod
@@ -152,7 +160,7 @@ class GridSpec(Spec):
 class CompositionsSpec(Spec):
     """Explicit formulas and/or a grid over elements; no composition may exceed ``max_atoms``."""
 
-    max_atoms: PositiveInt = 64
+    max_atoms: PositiveInt = Field(default=64, le=1000, description="atoms per structure, at most 1000")
     formulas: list[Annotated[str, AfterValidator(_formula_within_limit)]] = Field(default_factory=list)
     grid: GridSpec | None = None
     from_training: NonNegativeInt = Field(
@@ -282,7 +290,7 @@ class TrainSpec(Spec):
 
     dataset: DatasetSpec
     hyperparameters: Annotated[dict[str, Any], AfterValidator(_hyperparameters)] = Field(default_factory=dict)
-    seed: int = 0
+    seed: Seed = 0
 
 
 class SplitSpec(Spec):
@@ -302,7 +310,7 @@ class TrainFileSpec(Spec):
     dataset: DatasetSpec
     split: SplitSpec | None = Field(default=None, description="denoisers: train / validation sizes (test: the rest)")
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
-    seed: int = 0
+    seed: Seed = 0
     output: str | None = Field(default=None, description="checkpoint file to write (relative to this file's folder)")
 
     @model_validator(mode="after")
@@ -375,8 +383,8 @@ class RSSSpec(Spec):
 
     name: Annotated[str, AfterValidator(_block_name)] = Field(default="rss", description="names this block's tasks")
     model: str = Field(default="default", description="the model (a name under models:, or default for model:)")
-    seed: int | None = Field(default=None, description="seed of the random starts (default: the campaign's seed)")
-    samples_per_composition: PositiveInt
+    seed: Seed | None = Field(default=None, description="seed of the random starts (default: the campaign's seed)")
+    samples_per_composition: Samples
     volume_per_atom: PositiveFloat | None = Field(
         default=None, description="Å^3/atom; default: fitted on the training set")
     volume_factor: tuple[PositiveFloat, PositiveFloat] = (0.8, 1.2)
@@ -492,14 +500,14 @@ class DiffusionSpec(Spec):
         default="morered-jt", description="ddpm: T fixed steps; morered-jt / morered-as: the time predicted at every "
                                           "step, each molecule stops when it reaches 0 (or at max_steps)")
     time_model: str | None = Field(default=None, description="morered-as: the denoiser whose time head sets the step")
-    samples_per_composition: PositiveInt
+    samples_per_composition: Samples
     max_steps: PositiveInt = Field(default=2000, description="adaptive samplers' cap (MoreRed App. B.5: 2000)")
     stop_at: NonNegativeInt = Field(
         default=0, description="adaptive samplers: a molecule stops when its rounded predicted step is <= this "
                                "(0: MoreRed's criterion; a looser stop saves steps, design spec pitfall 3)")
     batch_size: PositiveInt = Field(default=64, description="molecules per task, sampled together")
     trajectory_every: NonNegativeInt = Field(default=100, description="reverse steps between stored frames (0: none)")
-    seed: int | None = Field(default=None, description="default: the campaign's seed")
+    seed: Seed | None = Field(default=None, description="default: the campaign's seed")
     guidance: GuidanceSpec | None = Field(default=None, description="energy guidance of the last reverse steps")
     accept: AcceptSpec | None = Field(default=None, description="accept/reject with bounded restarts")
     post_relax: PostRelaxSpec | None = Field(default=None, description="post-relaxation of accepted molecules")
@@ -616,7 +624,7 @@ class RelaxationSpec(Spec):
     cell: bool = True
     constant_volume: bool = Field(
         default=False, description="relax the cell shape at fixed volume (energy versus volume scans)")
-    pressure_gpa: float = Field(default=0.0, ge=0.0)
+    pressure_gpa: float = Field(default=0.0, ge=0.0, le=1000.0)
     trajectory_every: int = Field(
         default=10, ge=0, description="record every k-th step and the last one; 0 records nothing")
     check_every: PositiveInt = Field(
@@ -779,7 +787,7 @@ class CampaignSpec(Spec):
 
     name: str
     database: str | None = None
-    seed: int = 0
+    seed: Seed = 0
     cluster: ClusterSpec = Field(default_factory=ClusterSpec)
     compositions: CompositionsSpec
     model: ModelSpec | None = Field(default=None, description="the model named 'default'")
@@ -972,8 +980,8 @@ def _field_path(loc: tuple) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif (part.startswith(("function-", "tagged-union", "union", "<"))
-              or part in ("str", "float", "dict[str,float]")):
+        elif (part.startswith(("function-", "tagged-union", "union", "<", "constrained-", "dict[", "list["))
+              or part in ("str", "float", "int", "bool")):
             continue  # pydantic's internal branch labels, not user fields
         else:
             out += f".{part}" if out else part
@@ -1018,9 +1026,12 @@ def parse_campaign(data: Any, *, source: str = "<campaign>", base_dir: Path | st
 
 def _read(path: Path) -> Any:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise CampaignError(str(path), [Problem("", _MISSING, f"cannot read the file: {exc.strerror}")]) from None
+    except UnicodeDecodeError as exc:
+        raise CampaignError(str(path), [Problem("", _MISSING, f"not UTF-8 text: byte 0x{exc.object[exc.start]:02x} "
+                                                           f"at offset {exc.start}")]) from None
     return load_yaml(text, str(path))
 
 
@@ -1051,12 +1062,70 @@ def load_training(path: str | Path) -> tuple[str, TrainSpec]:
     return spec.name, train
 
 
+MAX_FILE_BYTES = 1 << 20  # a campaign file is a page of settings
+MAX_NODES = 100_000  # YAML nodes after aliases are expanded (a 650-byte "billion laughs" expands to 387 M)
+MAX_DEPTH = 64  # nesting of lists and mappings
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate keys (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node)
+            except TypeError:  # an unhashable key: SafeLoader names it
+                break
+            if first is not key_node:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {first.start_mark.line + 1}); PyYAML would keep "
+                    "only the last one", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(node, memo: dict[int, int], depth: int = 0) -> int:
+    """Nodes of ``node`` with every alias expanded; refuses deep nesting, recursion and expansions over MAX_NODES."""
+    if id(node) in memo:
+        if memo[id(node)] < 0:
+            raise yaml.YAMLError(f"a recursive alias (line {node.start_mark.line + 1})")
+        return memo[id(node)]
+    if depth > MAX_DEPTH:
+        raise yaml.YAMLError(f"nested deeper than {MAX_DEPTH} levels (line {node.start_mark.line + 1})")
+    memo[id(node)] = -1
+    children = node.value if isinstance(node, yaml.SequenceNode) else (
+        [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else [])
+    size = 1 + sum(_expanded_size(child, memo, depth + 1) for child in children)
+    if size > MAX_NODES:
+        raise yaml.YAMLError(f"expands to more than {MAX_NODES:,} values (aliases of aliases?); campaign files are "
+                             "small")
+    memo[id(node)] = size
+    return size
+
+
 def load_yaml(text: str, source: str) -> Any:
-    """``yaml.safe_load`` with errors turned into a :class:`CampaignError` that names the line."""
+    """Safe YAML with bounds (file size, nesting, alias expansion, no duplicate keys); errors become a
+    :class:`CampaignError` that names the line."""
+    if len(text) > MAX_FILE_BYTES:
+        raise CampaignError(source, [Problem("", _MISSING, f"the file has {len(text):,} characters; campaign files "
+                                                           f"are at most {MAX_FILE_BYTES:,}")])
+    loader = _BoundedLoader(text)
     try:
-        return yaml.safe_load(text)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node, {})
+        return loader.construct_document(node)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         reason = getattr(exc, "problem", None) or str(exc)
         raise CampaignError(source, [Problem("", _MISSING, f"not valid YAML: {where}{reason}")]) from None
+    except RecursionError:
+        raise CampaignError(source, [Problem("", _MISSING, f"not valid YAML: nested deeper than {MAX_DEPTH} "
+                                                           "levels")]) from None
+    finally:
+        loader.dispose()

@@ -1,8 +1,9 @@
-"""Campaign commands: validate, submit, resume, status (with the progress display of a run)."""
+"""Campaign commands: validate, submit, resume, status (with the progress display of a run), delete."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from rich.table import Table
@@ -12,6 +13,7 @@ from atomscreen.cli.common import (
     CLIError,
     add_cluster_options,
     add_db_option,
+    campaign_engine,
     err,
     open_engine,
     out,
@@ -44,6 +46,13 @@ def add_commands(commands) -> None:
     add_db_option(resume)
     add_cluster_options(resume)
     resume.set_defaults(func=cmd_resume)
+
+    remove = commands.add_parser("delete", help="remove a campaign and all its rows (tasks, structures, energies, "
+                                                "trajectories, ranks, hulls) in one transaction")
+    remove.add_argument("name")
+    remove.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    add_db_option(remove)
+    remove.set_defaults(func=cmd_delete)
 
 
 def _describe(path: str, spec) -> str:
@@ -90,7 +99,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 err.print(f"    {problem}", markup=False)
             continue
         out.print(f"[green]✓[/green] {_describe(path, spec)}")
-    return 1 if bad else 0
+    return 2 if bad else 0  # as cli.main's USAGE_ERROR
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -198,3 +207,24 @@ def cmd_resume(args: argparse.Namespace) -> int:
         outcome = resume(args.name, engine, scheduler=args.scheduler, reporter=reporter,
                          dashboard_address=args.dashboard_address)
     return _report(outcome)
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    from atomscreen.store import delete_campaign, get_campaign
+
+    engine = campaign_engine(args)
+    with transaction(engine) as session:
+        campaign = get_campaign(session, args.name)
+        if not args.yes:
+            if not sys.stdin.isatty():
+                raise CLIError(f"deleting campaign {args.name!r} needs confirmation: run it in a terminal or add "
+                               "--yes")
+            answer = input(f"delete campaign {args.name!r} and every row of it from {redact(str(engine.url))}? "
+                           "[y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                out.print("nothing deleted")
+                return 0
+        removed = delete_campaign(session, campaign.id)
+    out.print(f"deleted campaign {args.name!r}: {removed['tasks']} tasks, {removed['structures']} structures")
+    return 0
+

@@ -30,7 +30,9 @@ def add_db_option(parser: argparse.ArgumentParser, extra: str = "") -> None:
 def add_cluster_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scheduler", help="address of a running Dask scheduler, e.g. tcp://host:8786 (default: a "
                                             "LocalCluster)")
-    parser.add_argument("--dashboard-address", default=":8787", help="LocalCluster dashboard address (default :8787)")
+    parser.add_argument("--dashboard-address", default=":8787",
+                        help="LocalCluster dashboard address (default :8787, on 127.0.0.1 only; give a host, e.g. "
+                             "0.0.0.0:8787, to listen elsewhere)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from typing import Sequence
 
 import atomscreen
@@ -36,12 +38,26 @@ def _quiet_dask(verbose: bool) -> None:
         logging.getLogger(name).setLevel(level.upper())
 
 
+USAGE_ERROR = 2  # bad input or a named error before or instead of running; 1 is a campaign that ran and failed
+
+
+INTERRUPTED = 130
+
+
+def _terminate(signum, frame) -> None:
+    """SIGTERM (timeout, systemd, a batch scheduler) stops a run as Ctrl-C does: cleanly, resumable."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     _quiet_dask(args.verbose)
-    from sqlalchemy.exc import OperationalError, ProgrammingError
+    from alembic.util.exc import CommandError
+    from sqlalchemy.exc import DatabaseError
 
     from atomscreen.campaign import CampaignError
 
@@ -51,9 +67,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         err.print(str(exc), markup=False)
     except AtomscreenError as exc:
         err.print(f"error: {exc}", markup=False)
-    except (OperationalError, ProgrammingError) as exc:
-        err.print(f"database error: {exc.orig or exc}", markup=False)
-    return 1
+    except DatabaseError as exc:  # connection refused, locked, not a database, a bad LIMIT, ...
+        err.print(f"database error: {str(exc.orig or exc).strip()}", markup=False)
+    except CommandError as exc:  # alembic: e.g. an unknown revision
+        err.print(f"error: {exc}", markup=False)
+    except OSError as exc:  # a path that cannot be read or written
+        err.print(f"error: {exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}", markup=False)
+    except KeyboardInterrupt as exc:
+        err.print(f"interrupted ({exc or 'Ctrl-C'}): tasks in flight are pending again; `platform status` shows the "
+                  "campaign and `platform resume NAME` continues it", markup=False)
+        return INTERRUPTED
+    return USAGE_ERROR
 
 
 if __name__ == "__main__":

@@ -11,32 +11,30 @@ from atomscreen.campaign import CampaignError, CampaignSpec, Problem, TrainFileS
 from atomscreen.chem import parse_formula
 
 
-def _contents(path: str | Path) -> Any:
-    """What torch.load reads from a checkpoint file (weights only)."""
-    import torch
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
-
-
 def check_models(spec: CampaignSpec, source: str) -> None:
     """Every checkpoint is of its model's kind, the compositions use only the elements and sizes of every denoiser
     that generates, relaxes or polishes, and a polish fits in its schedule; a CampaignError naming the file,
     composition or field otherwise (before anything is stored)."""
     from atomscreen.diffusion.checkpoint import DenoiserCheckpoint
+    from atomscreen.potentials.train import CheckpointError, read_checkpoint, rm_checkpoint_problem
 
     problems: list[Problem] = []
     denoisers, periodic = {}, {}
     for name, block in spec.model_specs().items():
         if block.checkpoint is None:
             continue
-        data = _contents(block.checkpoint)  # read once: its kind, and a denoiser's elements and sizes
+        field = f"models.{name}.checkpoint"
+        try:
+            data = read_checkpoint(block.checkpoint)  # read once: its kind, and a denoiser's elements and sizes
+        except CheckpointError as exc:
+            problems.append(Problem(field, block.checkpoint, str(exc)))
+            continue
         kind = data.get("kind") if isinstance(data, dict) else None
         if kind != block.kind:
-            problems.append(Problem(f"models.{name}.checkpoint", block.checkpoint,
+            problems.append(Problem(field, block.checkpoint,
                                     f"{block.checkpoint} is a checkpoint of kind {kind!r}, not {block.kind!r}"))
+        elif kind == "rm_potential" and (problem := rm_checkpoint_problem(data, block.checkpoint)):
+            problems.append(Problem(field, block.checkpoint, problem))
         elif kind == "denoiser":
             denoisers[name] = DenoiserCheckpoint.from_contents(data, block.checkpoint)
         else:

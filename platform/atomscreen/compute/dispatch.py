@@ -4,7 +4,10 @@ their models to the workers, collecting results as they complete, and chunked ma
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -81,9 +84,29 @@ def check_gpus(spec: ClusterSpec) -> None:
 def _local_cluster(spec: ClusterSpec, dashboard_address: str):
     """A LocalCluster, or with ``gpus`` one worker per GPU: dask-cuda's LocalCUDACluster where installed (each worker
     sees its own device), else a LocalCluster whose worker k takes cuda:k (compute.workers.device)."""
-    from distributed import LocalCluster
 
     options = _local_options(spec, dashboard_address)
+    with _workers_ignore_sigint():
+        return _start_local(spec, options)
+
+
+@contextmanager
+def _workers_ignore_sigint():
+    """Worker processes started inside inherit SIGINT ignored (Python keeps an ignored SIGINT ignored), so Ctrl-C
+    reaches the driver alone, which stops them, instead of printing a traceback from every worker."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _start_local(spec: ClusterSpec, options: dict[str, Any]):
+    from distributed import LocalCluster
+
     if spec.gpus:
         try:
             from dask_cuda import LocalCUDACluster
@@ -94,9 +117,18 @@ def _local_cluster(spec: ClusterSpec, dashboard_address: str):
     return LocalCluster(**options)
 
 
+LOOPBACK = "127.0.0.1"  # a local cluster's scheduler, workers and dashboard listen here only
+
+
+def loopback_address(address: str) -> str:
+    """``:PORT`` (no host) bound to the loopback interface; an address that names its host is kept as given."""
+    return f"{LOOPBACK}{address}" if address.startswith(":") else address
+
+
 def _local_options(spec: ClusterSpec, dashboard_address: str) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"threads_per_worker": spec.threads_per_worker, "processes": True,
-                              "dashboard_address": dashboard_address, "silence_logs": logging.ERROR}
+                              "host": LOOPBACK, "dashboard_address": loopback_address(dashboard_address),
+                              "silence_logs": logging.ERROR}
     if spec.gpus:
         kwargs.update(n_workers=spec.gpus, resources={"GPU": 1})
     elif spec.n_workers:

@@ -18,17 +18,19 @@ from typing import Callable
 
 import yaml
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 
 from atomscreen.campaign import CampaignSpec, load_campaign, parse_campaign, with_training_compositions
 from atomscreen.compute import plan
 from atomscreen.compute.dispatch import Cluster, check_gpus, run_jobs
 from atomscreen.compute.finalize import analyse_campaign, finish
+from atomscreen.compute.lifecycle import mark_interrupted, record_campaign
 from atomscreen.compute.models import ProvidedModel, provide_models
 from atomscreen.compute.progress import Outcome, Reporter, RunnerError, Timings
 from atomscreen.errors import error_text
 from atomscreen.jobs import PSEUDO, Origin, TaskKind, from_json
 from atomscreen.store import (
-    add_campaign,
+    DatabaseUnavailable,
     add_tasks,
     campaign_names,
     campaign_summaries,
@@ -39,9 +41,8 @@ from atomscreen.store import (
     migrate,
     open_payloads,
     record_task_failure,
-    reset_running,
+    retry,
     set_campaign_status,
-    spec_hash,
     structure_ids,
     structures,
     top_candidates,
@@ -143,11 +144,6 @@ STAGES: tuple[Stage, ...] = (
 )
 
 
-def same_spec(stored: str, submitted: str) -> bool:
-    """Equal as YAML documents: comments and layout may change, content may not."""
-    return stored == submitted or yaml.safe_load(stored) == yaml.safe_load(submitted)
-
-
 def submit(path: str | Path, engine: Engine, *, scheduler: str | None = None, reporter: Reporter = Reporter(),
            dashboard_address: str = ":8787", client=None) -> Outcome:
     """Validate and record ``path`` (or resume it if already recorded with the same content), then run it."""
@@ -161,17 +157,7 @@ def submit(path: str | Path, engine: Engine, *, scheduler: str | None = None, re
     text = path.read_text()
     migrate.upgrade(engine)
     with transaction(engine) as session:
-        row = get_campaign(session, spec.name)
-        if row is None:
-            row = add_campaign(session, spec.name, text, source=str(path.resolve()))
-        elif not same_spec(row.spec, text):
-            raise RunnerError(
-                f"a campaign named {spec.name!r} already exists in this database with a different spec (stored sha256 "
-                f"{row.spec_hash[:12]}, submitted {spec_hash(text)[:12]}): continue it with `platform resume "
-                f"{spec.name}`, or give this file a new `name:` to start a separate campaign")
-        else:
-            reporter.message(f"campaign {spec.name!r} already recorded with this spec: resuming it")
-        campaign_id = row.id
+        campaign_id = record_campaign(session, spec.name, text, path, reporter)
     cluster = Cluster(spec.cluster, scheduler, dashboard_address, client)
     return _prepare_and_run(engine, campaign_id, spec, cluster, reporter)
 
@@ -240,8 +226,7 @@ def run(engine: Engine, campaign_id: int, spec: CampaignSpec, models: dict[str, 
         with timings.add("analysis_s"):
             notes = finish(engine, campaign_id, spec, cluster)
     except BaseException:
-        with transaction(engine) as session:
-            reset_running(session, campaign_id, f"interrupted: continue with `platform resume {name}`")
+        mark_interrupted(engine, campaign_id, name, reporter)
         raise
     finally:
         cluster.close()
@@ -302,10 +287,18 @@ def record_tasks(ctx: Context, stage: Stage) -> int:
 
 
 def _write(ctx: Context, task, job, result, reporter: Reporter) -> None:
+    """Store a task's result in one transaction; a locked or restarting database is waited for (the result stays in
+    memory meanwhile) and never fails the task."""
     model_id = ctx.models[job.model].id if job.model is not None else None
-    try:
+
+    def write() -> int:
         with ctx.timings.add("write_s"), transaction(ctx.engine) as session:
-            n = write_task_result(session, task.id, result, method=job.energy_method, model_id=model_id)
+            return write_task_result(session, task.id, result, method=job.energy_method, model_id=model_id)
+
+    try:
+        n = retry(write, f"storing the result of task {task.key}", log=reporter.message)
+    except (DatabaseUnavailable, OperationalError):  # the database's fault (down, disk full), not the task's
+        raise
     except Exception as exc:  # a result that cannot be stored fails its task, not the run
         _fail(ctx, task, exc, reporter)
         return
@@ -320,6 +313,9 @@ def _fail(ctx: Context, task, exc: BaseException, reporter: Reporter) -> None:
     text = error_text(exc)
     if isinstance(exc, KilledWorker):
         text = f"KilledWorker: the workers running this task died too often ({exc})"
-    with transaction(ctx.engine) as session:
-        record_task_failure(session, task.id, text)
+
+    def record() -> None:
+        with transaction(ctx.engine) as session:
+            record_task_failure(session, task.id, text)
+    retry(record, f"recording the failure of task {task.key}", log=reporter.message)
     reporter.task_finished(task.key, False, 0)

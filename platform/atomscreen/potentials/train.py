@@ -24,6 +24,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from atomscreen.atoms.batch import from_ase
 from atomscreen.atoms.neighbors import neighbor_list
 from atomscreen.atoms.random import fit_element_volumes
+from atomscreen.errors import AtomscreenError
 from atomscreen.potentials.forces import compute
 from atomscreen.potentials.responses import NoisedSample, ResponseConfig, noise_many
 from atomscreen.potentials.rm import RMConfig, RMPotential, count_parameters
@@ -102,10 +103,54 @@ class Checkpoint:
 
     @classmethod
     def load(cls, path) -> Checkpoint:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-        if data.get("kind") != "rm_potential":
-            raise ValueError(f"{path} is not an RM potential checkpoint (kind {data.get('kind')!r})")
-        return cls(**{k: data[k] for k in ("model", "responses", "training", "training_data", "metrics", "state_dict")})
+        """The checkpoint at ``path``, checked (kind, keys, weights that fit its config, finite) or CheckpointError."""
+        data = read_checkpoint(path)
+        problem = rm_checkpoint_problem(data, path)
+        if problem:
+            raise CheckpointError(problem)
+        return cls(**{k: data[k] for k in CHECKPOINT_KEYS})
+
+
+CHECKPOINT_KEYS = ("model", "responses", "training", "training_data", "metrics", "state_dict")
+
+
+class CheckpointError(AtomscreenError, ValueError):
+    """A file that is not a usable checkpoint, and why."""
+
+
+def read_checkpoint(path) -> Any:
+    """What ``torch.load`` reads from ``path`` with weights only (pickled code is never run), or CheckpointError."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file") from None
+    except Exception as exc:  # text, an empty or truncated file, a pickle of code that weights_only refuses
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        raise CheckpointError(f"{path} is not a checkpoint atomscreen can read ({type(exc).__name__}"
+                              f"{': ' + first if first else ''}); files holding code are refused, never run") from None
+
+
+def rm_checkpoint_problem(data: Any, path) -> str | None:
+    """Why ``data`` (a loaded file) is not a usable RM potential checkpoint, or None."""
+    if not isinstance(data, dict):
+        return f"{path} holds a {type(data).__name__}, not an atomscreen checkpoint"
+    if data.get("kind") != "rm_potential":
+        return f"{path} is not an RM potential checkpoint (kind {data.get('kind')!r})"
+    missing = [k for k in CHECKPOINT_KEYS if k not in data]
+    if missing:
+        return f"{path} lacks {', '.join(missing)}: not a complete RM potential checkpoint"
+    weights = data["state_dict"]
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        return f"{path}: state_dict is not a mapping of tensors"
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        return f"{path} holds non-finite weights ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})"
+    try:
+        load_model(data["model"], weights)
+    except Exception as exc:  # a config that builds a model of other shapes, or no model at all
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        return f"{path}: its weights do not fit its stored model config ({first})"
+    return None
 
 
 def load_model(

@@ -3,7 +3,16 @@ code that speaks SQL: every write in write.py and write_tasks.py, every read in 
 records they take and give in records.py."""
 
 from atomscreen.chem import composition_fields
-from atomscreen.store.engine import DEFAULT_URL, make_engine, normalize_url, resolve_url, transaction
+from atomscreen.store.engine import (
+    DEFAULT_URL,
+    DatabaseUnavailable,
+    is_transient,
+    make_engine,
+    normalize_url,
+    resolve_url,
+    retry,
+    transaction,
+)
 from atomscreen.store.read import (
     analysis_rows,
     campaign_models,
@@ -44,6 +53,7 @@ from atomscreen.store.write import (
     add_structures,
     add_trajectory,
     clear_analysis,
+    delete_campaign,
     get_or_create_composition,
     link_model,
     replace_matches,
@@ -62,14 +72,15 @@ from atomscreen.store.write_tasks import (
 )
 
 __all__ = [
-    "AnalysisRow", "CampaignSummary", "ClaimedTask", "DEFAULT_URL", "EnergyRecord", "MatchRow", "MethodAnalysis",
-    "NewStructure", "NewTask", "RankedRow", "ReportRows", "StoredModel", "TrajectoryRecord", "add_analysis",
-    "add_campaign", "add_energies", "add_model", "add_structures", "add_tasks", "add_trajectory", "analysis_rows",
-    "campaign_models", "campaign_names", "campaign_summaries", "children", "claim_tasks", "clear_analysis",
-    "composition_fields", "count_tasks", "export_structures", "get_campaign", "get_or_create_composition",
-    "hull_methods", "hull_rows", "link_model", "make_engine", "model_by_recipe", "normalize_url", "open_payloads",
-    "ranked", "ranked_methods", "record_task_failure", "replace_matches", "report_rows", "reset_running",
-    "resolve_url", "set_campaign_status", "set_novelty", "set_qm9_novelty", "spec_hash", "structure_ids",
-    "structures", "task_states", "to_atoms", "top_candidates", "trajectory", "transaction", "write_structures",
+    "AnalysisRow", "CampaignSummary", "ClaimedTask", "DEFAULT_URL", "DatabaseUnavailable", "EnergyRecord",
+    "MatchRow", "MethodAnalysis", "NewStructure", "NewTask", "RankedRow", "ReportRows", "StoredModel",
+    "TrajectoryRecord", "add_analysis", "add_campaign", "add_energies", "add_model", "add_structures", "add_tasks",
+    "add_trajectory", "analysis_rows", "campaign_models", "campaign_names", "campaign_summaries", "children",
+    "claim_tasks", "clear_analysis", "composition_fields", "count_tasks", "delete_campaign", "export_structures",
+    "get_campaign", "get_or_create_composition", "hull_methods", "hull_rows", "is_transient", "link_model",
+    "make_engine", "model_by_recipe", "normalize_url", "open_payloads", "ranked", "ranked_methods",
+    "record_task_failure", "replace_matches", "report_rows", "reset_running", "resolve_url", "retry",
+    "set_campaign_status", "set_novelty", "set_qm9_novelty", "spec_hash", "structure_ids", "structures",
+    "task_states", "to_atoms", "top_candidates", "trajectory", "transaction", "write_structures",
     "write_task_result"
 ]

@@ -9,9 +9,11 @@ mode with foreign keys on; a bare file path is taken as a SQLite file and a
 from __future__ import annotations
 
 import os
+import re
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -20,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from atomscreen.errors import AtomscreenError
 
+T = TypeVar("T")
 DEFAULT_URL = "sqlite:///atomscreen.db"
 ENV_VAR = "ATOMSCREEN_DB"
 
@@ -84,8 +87,10 @@ def _sqlite_begin(connection) -> None:
 
 
 def make_engine(url: str, **kwargs) -> Engine:
-    """An engine for ``url``; SQLite gets WAL mode, foreign keys and a busy timeout."""
+    """An engine for ``url``; SQLite gets WAL mode, foreign keys and a busy timeout; pooled connections are checked
+    before use (a PostgreSQL restart drops them)."""
     url = normalize_url(url)
+    kwargs.setdefault("pool_pre_ping", True)
     engine = create_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_connect)
@@ -103,3 +108,45 @@ def transaction(engine: Engine) -> Iterator[Session]:
     """One session and one transaction: committed on success, rolled back on any error."""
     with session_factory(engine).begin() as session:
         yield session
+
+
+class DatabaseUnavailable(AtomscreenError):
+    """The database stayed locked or unreachable for the whole retry budget."""
+
+
+# errors a wait can cure: another writer's lock, a restart, a dropped connection (not: disk full, a bad query)
+_TRANSIENT = re.compile(r"database is locked|database table is locked|could not connect|connection refused|"
+                        r"connection failed|terminating connection|server closed the connection|"
+                        r"the database system is (starting up|shutting down|in recovery mode)|"
+                        r"connection (is )?closed|consuming input failed|no connection to the server", re.I)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A database error that waiting and trying again may cure."""
+    from sqlalchemy.exc import DBAPIError
+
+    if not isinstance(exc, DBAPIError):
+        return False
+    return bool(exc.connection_invalidated or _TRANSIENT.search(str(exc.orig or exc)))
+
+
+def retry(call: Callable[[], T], what: str, *, budget_s: float = 120.0, first_wait_s: float = 0.5,
+          log: Callable[[str], None] = lambda message: None) -> T:
+    """``call()``, again after waits of 0.5, 1, 2, ... 8 s while it fails with a transient database error, for at
+    most ``budget_s``; then :class:`DatabaseUnavailable`, naming ``what`` was being done and the last error. ``call``
+    must be one whole transaction (a failed attempt leaves nothing behind)."""
+    start, wait = time.monotonic(), first_wait_s
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            waited, reason = time.monotonic() - start, str(getattr(exc, "orig", None) or exc).strip()
+            if waited + wait > budget_s:
+                raise DatabaseUnavailable(f"{what}: the database was unavailable for {waited:.0f} s ({reason}); "
+                                          "nothing was half-written: fix the database and resume") from None
+            log(f"{what}: database unavailable ({reason[:80]}); trying again in {wait:g} s")
+            time.sleep(wait)
+            wait = min(2 * wait, 8.0)
+

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 from ase import Atoms
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from atomscreen.chem import composition_fields
@@ -31,6 +31,7 @@ from atomscreen.store.models import (
     Ranking,
     Structure,
     StructureMatch,
+    Task,
     Trajectory,
 )
 from atomscreen.store.records import (
@@ -215,6 +216,16 @@ def add_trajectory(session: Session, structure_id: int, record: TrajectoryRecord
 
 
 # --- campaigns and models ------------------------------------------------------------------------------------------
+
+def delete_campaign(session: Session, campaign_id: int) -> dict[str, int]:
+    """Remove a campaign and every row that belongs to it (tasks, structures with their energies and trajectories,
+    ranks, hulls, checks, matches, model links; the models themselves stay); returns what was removed."""
+    counted = {"structures": session.scalar(select(func.count(Structure.id))
+                                            .where(Structure.campaign_id == campaign_id)) or 0,
+               "tasks": session.scalar(select(func.count(Task.id)).where(Task.campaign_id == campaign_id)) or 0}
+    session.execute(delete(Campaign).where(Campaign.id == campaign_id))  # the foreign keys cascade
+    return counted
+
 
 def add_campaign(session: Session, name: str, spec_text: str, source: str | None = None) -> Campaign:
     """Record a new campaign (``source``: the YAML file it came from); a second campaign with the same name is

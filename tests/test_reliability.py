@@ -1,0 +1,107 @@
+"""Contention, outages and exposure: SQLite writers wait for another writer's lock, transient database errors are
+retried within a budget (others are not), and a local cluster listens on the loopback interface only."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+
+import psutil
+import pytest
+from sqlalchemy import event, func, select, update
+
+from atomscreen.campaign import ClusterSpec
+from atomscreen.compute.dispatch import Cluster
+from atomscreen.store import DatabaseUnavailable, add_campaign, make_engine, migrate, retry, transaction
+from atomscreen.store.models import Campaign
+
+
+def hold_lock(path, seconds: float, locked: threading.Event) -> threading.Thread:
+    """Another process's writer, as `sqlite3 DB 'BEGIN EXCLUSIVE; ...'` would be: holds the write lock ``seconds``."""
+    def run() -> None:
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("BEGIN EXCLUSIVE")
+        locked.set()
+        threading.Event().wait(seconds)
+        conn.execute("COMMIT")
+        conn.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert locked.wait(10)
+    return thread
+
+
+def read_then_write(engine) -> None:
+    """The driver's pattern (read the task row, then update it): deferred, it would fail at once on a held lock."""
+    with transaction(engine) as session:
+        campaign = session.scalar(select(Campaign).where(Campaign.name == "lock"))
+        session.execute(update(Campaign).where(Campaign.id == campaign.id).values(status="running"))
+
+
+def lock_db(tmp_path, busy_timeout_ms: int | None = None):
+    path = tmp_path / "lock.db"
+    engine = make_engine(f"sqlite:///{path}")
+    if busy_timeout_ms is not None:
+        event.listen(engine, "connect", lambda conn, _: conn.execute(f"PRAGMA busy_timeout={busy_timeout_ms}"))
+    migrate.upgrade(engine)
+    with transaction(engine) as session:
+        add_campaign(session, "lock", "name: lock\n")
+    return path, engine
+
+
+def test_sqlite_read_then_write_waits_for_another_writer_instead_of_failing(tmp_path):
+    path, engine = lock_db(tmp_path)
+    thread = hold_lock(path, 2.0, threading.Event())
+    read_then_write(engine)  # BEGIN IMMEDIATE waits in busy_timeout (30 s) for the lock, then writes
+    thread.join()
+    with transaction(engine) as session:
+        assert session.scalar(select(Campaign.status)) == "running"
+
+
+def test_a_lock_held_past_the_busy_timeout_is_retried_with_backoff_then_named(tmp_path):
+    path, engine = lock_db(tmp_path, busy_timeout_ms=50)
+    waits = []
+    thread = hold_lock(path, 1.5, threading.Event())
+    retry(lambda: read_then_write(engine), "marking the campaign", log=waits.append)
+    thread.join()
+    assert waits and all("marking the campaign: database unavailable (database is locked)" in w for w in waits)
+
+    thread = hold_lock(path, 3.0, threading.Event())
+    with pytest.raises(DatabaseUnavailable, match=r"marking the campaign: the database was unavailable .*\(database is "
+                                                  r"locked\).*resume"):
+        retry(lambda: read_then_write(engine), "marking the campaign", budget_s=1.0)
+    thread.join()
+
+
+def test_errors_that_waiting_cannot_cure_are_raised_at_once(tmp_path):
+    from sqlalchemy.exc import IntegrityError
+
+    _, engine = lock_db(tmp_path)
+    calls = []
+
+    def duplicate() -> None:
+        calls.append(1)
+        with transaction(engine) as session:
+            session.add(Campaign(name="lock", spec="", spec_hash="x"))
+
+    with pytest.raises(IntegrityError):
+        retry(duplicate, "adding a campaign")
+    assert calls == [1]
+    with transaction(engine) as session:
+        assert session.scalar(select(func.count(Campaign.id))) == 1
+
+
+def test_local_cluster_scheduler_workers_and_dashboard_listen_on_loopback_only():
+    cluster = Cluster(ClusterSpec(n_workers=1), dashboard_address=":0")
+    try:
+        client = cluster.get()
+        assert client.scheduler_info()["workers"]
+        pids = {psutil.Process().pid} | {p.pid for p in psutil.Process().children(recursive=True)}
+        listening = [c.laddr for c in psutil.net_connections(kind="inet")
+                     if c.status == psutil.CONN_LISTEN and c.pid in pids]
+        assert listening, "found no listening socket of the cluster"
+        assert {a.ip for a in listening} == {"127.0.0.1"}, listening
+        assert cluster.dashboard.startswith("http://127.0.0.1:")
+    finally:
+        cluster.close()
