@@ -226,3 +226,74 @@ def test_dask_info_lines_are_printed_only_with_verbose(tmp_path, checkpoint_file
     assert "Dask dashboard: http" in quiet.stderr and "generation tasks" in quiet.stderr
     assert "INFO" not in quiet.stderr + quiet.stdout
     assert "INFO distributed" in verbose.stderr
+
+
+@pytest.mark.slow
+def test_losing_every_worker_at_once_reruns_their_tasks_with_the_model_sent_again(tmp_path, checkpoint_file):
+    """Drill W04: both workers SIGKILLed together; the model (a task's result, not scattered data) is computed again
+    on the new workers and the campaign ends as an uninterrupted run does."""
+    from distributed import Client, LocalCluster
+
+    path = write_campaign(tmp_path, checkpoint_file, name="allgone", compositions=["C6", "C8"],
+                          **{"generators.rss.samples_per_composition": 8, "generators.rss.batch_size": 2,
+                             "relaxation.max_steps": 400})
+    engine = make_engine(str(tmp_path / "w.db"))
+    with (LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+          Client(cluster) as client):
+        outcome = {}
+        thread = threading.Thread(target=lambda: outcome.update(result=runner.submit(path, engine, client=client)))
+        thread.start()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any(
+                str(k).startswith("rss-") for keys in client.processing().values() for k in keys):
+            time.sleep(0.02)
+        time.sleep(0.3)
+        pids = client.run(os.getpid)
+        assert len(pids) == 2
+        for pid in pids.values():
+            os.kill(pid, signal.SIGKILL)
+        thread.join(timeout=300)
+        assert not thread.is_alive()
+    assert outcome["result"].status == "done", outcome["result"]
+    n = counts(engine, "allgone")
+    assert n["task"] == 8 and n["structure"] == 16 == n["distinct_slots"] == n["energy"]
+    reference = make_engine(str(tmp_path / "reference.db"))
+    assert runner.submit(path, reference, dashboard_address=":0").status == "done"
+    assert snapshot(engine, "allgone") == snapshot(reference, "allgone")
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_driver_cleanly_and_the_campaign_resumes_to_the_uninterrupted_result(tmp_path,
+                                                                                                checkpoint_file):
+    """Drills T02/T03: SIGTERM (what timeout and batch schedulers send) ends the run with one line, tasks in flight
+    pending again, the campaign not left `running`; resume completes it as an uninterrupted run."""
+    path = write_campaign(tmp_path, checkpoint_file, name="term",
+                          **{"generators.rss.samples_per_composition": 12, "generators.rss.batch_size": 3,
+                             "relaxation.max_steps": 300})
+    db = tmp_path / "term.db"
+    env = {k: v for k, v in os.environ.items() if k != "ATOMSCREEN_DB"}
+    driver = subprocess.Popen(["platform", "submit", str(path), "--db", str(db), "--quiet", "--dashboard-address",
+                               ":0"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    done = 0
+    while time.monotonic() < deadline and driver.poll() is None and done < 1:
+        try:
+            with sqlite3.connect(db) as conn:
+                done = conn.execute("SELECT count(*) FROM task WHERE status = 'done'").fetchone()[0]
+        except sqlite3.OperationalError:
+            done = 0
+        time.sleep(0.05)
+    assert driver.poll() is None, "the driver ended before it could be stopped"
+    driver.send_signal(signal.SIGTERM)
+    stdout, stderr = driver.communicate(timeout=120)
+    assert driver.returncode == 130, stdout + stderr
+    assert "Traceback" not in stderr and "interrupted (SIGTERM)" in stderr and "platform resume" in stderr
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT status FROM campaign").fetchone()[0] == "pending"
+        assert conn.execute("SELECT count(*) FROM task WHERE status = 'running'").fetchone()[0] == 0
+    resumed = subprocess.run(["platform", "resume", "term", "--db", str(db), "--quiet", "--dashboard-address", ":0"],
+                             env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    reference = make_engine(str(tmp_path / "reference.db"))
+    assert runner.submit(path, reference, dashboard_address=":0").status == "done"
+    assert snapshot(make_engine(str(db)), "term") == snapshot(reference, "term")

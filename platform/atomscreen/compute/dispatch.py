@@ -136,6 +136,10 @@ def _local_options(spec: ClusterSpec, dashboard_address: str) -> dict[str, Any]:
     return kwargs
 
 
+def _model(ref: ModelRef) -> ModelRef:
+    return ref
+
+
 def run_jobs(cluster: Cluster, jobs: Sequence[tuple[Any, str, Job]], models: dict[str, ModelRef],
              on_result: Callable[[Any, Any], None], on_error: Callable[[Any, BaseException], None],
              tag: str = "") -> None:
@@ -146,7 +150,10 @@ def run_jobs(cluster: Cluster, jobs: Sequence[tuple[Any, str, Job]], models: dic
     client = cluster.get()
     gpu = {"GPU": 1} if cluster.has_gpu_workers() else None
     used = sorted({name for _, _, job in jobs for name in worker_models(job)})
-    shared = {name: client.scatter(models[name], broadcast=True, hash=False) for name in used}
+    # each model as a task's result, not scattered data: if every worker holding it dies, the scheduler computes it
+    # again on a new worker instead of cancelling the tasks that need it
+    shared = {name: client.submit(_model, models[name], key=f"model-{name}{tag}-{uuid.uuid4().hex[:8]}", pure=False)
+              for name in used}
     futures = {}
     for handle, key, job in jobs:
         dask_key = f"{key.replace('/', '-')}{tag}-{uuid.uuid4().hex[:8]}"

@@ -26,9 +26,24 @@ def same_spec(stored: str, submitted: str) -> bool:
     return stored == submitted or yaml.safe_load(stored) == yaml.safe_load(submitted)
 
 
+def without_password(text: str) -> str:
+    """The campaign text with the password of its ``database:`` URL replaced by *** (never stored in the record)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        url = (yaml.safe_load(text) or {}).get("database")
+        if not isinstance(url, str) or make_url(url).password is None:
+            return text
+        return text.replace(url, make_url(url).render_as_string(hide_password=True))
+    except Exception:  # not a URL SQLAlchemy parses: validation has refused it already
+        return text
+
+
 def record_campaign(session, name: str, text: str, path: Path, reporter: Reporter) -> int:
     """The campaign's id: recorded now, or already with this spec (resumed), or replaced when its first run stopped
-    before any result (a bad checkpoint, data set or scheduler, then a corrected file)."""
+    before any result (a bad checkpoint, data set or scheduler, then a corrected file). The text is stored without
+    the database password."""
+    text = without_password(text)
     row = get_campaign(session, name)
     if row is not None and not same_spec(row.spec, text):
         summary = campaign_summaries(session, name)[0]
