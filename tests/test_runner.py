@@ -297,3 +297,52 @@ def test_sigterm_stops_the_driver_cleanly_and_the_campaign_resumes_to_the_uninte
     reference = make_engine(str(tmp_path / "reference.db"))
     assert runner.submit(path, reference, dashboard_address=":0").status == "done"
     assert snapshot(make_engine(str(db)), "term") == snapshot(reference, "term")
+
+
+@pytest.mark.slow
+def test_a_sqlite_write_lock_held_past_the_busy_timeout_is_waited_out(tmp_path, checkpoint_file):
+    """Drill L02: another process holds the file's write lock for 35 s (longer than the 30 s busy timeout) while
+    results arrive; the driver waits (busy timeout, then retries with backoff) and the campaign completes."""
+    path = write_campaign(tmp_path, checkpoint_file, name="locked")
+    db = tmp_path / "locked.db"
+    engine = make_engine(str(db))
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.update(
+        result=runner.submit(path, engine, dashboard_address=":0")))
+    thread.start()
+    deadline = time.monotonic() + 120
+    done = 0
+    while time.monotonic() < deadline and thread.is_alive() and done < 1:
+        try:
+            with sqlite3.connect(db) as conn:
+                done = conn.execute("SELECT count(*) FROM task WHERE status = 'done'").fetchone()[0]
+        except sqlite3.OperationalError:
+            done = 0
+        time.sleep(0.05)
+    holder = sqlite3.connect(db, isolation_level=None, timeout=60)
+    holder.execute("BEGIN EXCLUSIVE")
+    time.sleep(35)
+    holder.execute("COMMIT")
+    holder.close()
+    thread.join(timeout=300)
+    assert outcome["result"].status == "done"
+    n = counts(engine, "locked")
+    assert n["task"] == 4 and n["structure"] == 12 == n["distinct_slots"] == n["energy"]
+
+
+@pytest.mark.slow
+def test_two_campaigns_submitted_at_once_to_one_sqlite_file_both_complete(tmp_path, checkpoint_file):
+    """Drill CC1: two drivers write one SQLite file at the same time; neither aborts, nothing is mixed up."""
+    db = tmp_path / "shared.db"
+    env = {k: v for k, v in os.environ.items() if k != "ATOMSCREEN_DB"}
+    subprocess.run(["platform", "db", "upgrade", "--db", str(db)], env=env, check=True, capture_output=True)
+    paths = [write_campaign(tmp_path, checkpoint_file, name="first"),
+             write_campaign(tmp_path, checkpoint_file, name="second", seed=7, compositions=["C3", "C5"])]
+    drivers = [subprocess.Popen(["platform", "submit", str(p), "--db", str(db), "--quiet", "--dashboard-address", ":0"],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for p in paths]
+    outputs = [d.communicate(timeout=400)[0] for d in drivers]
+    assert [d.returncode for d in drivers] == [0, 0], outputs
+    engine = make_engine(str(db))
+    for name in ("first", "second"):
+        n = counts(engine, name)
+        assert n["task"] == 4 and n["structure"] == 12 == n["distinct_slots"] == n["energy"], (name, n)
