@@ -10,8 +10,8 @@ import pytest
 
 from atomscreen.cli import build_parser
 
-COMMANDS = ["validate", "status", "submit", "resume", "db", "train", "match", "trajectory-energies", "relax", "results",
-            "hull", "export", "report"]
+COMMANDS = ["validate", "status", "submit", "resume", "delete", "db", "train", "match", "trajectory-energies", "relax",
+            "results", "hull", "export", "report"]
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

@@ -23,6 +23,22 @@ class CLIError(AtomscreenError):
     """An error to print as one clear line, with exit code 1."""
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number of at least 0."""
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of at least 0, got {text}")
+    return value
+
+
 def add_db_option(parser: argparse.ArgumentParser, extra: str = "") -> None:
     parser.add_argument("--db", help=DB_HELP + extra)
 

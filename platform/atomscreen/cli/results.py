@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 from pathlib import Path
 
 from rich.table import Table
 
-from atomscreen.cli.common import CLIError, add_db_option, campaign_engine, out
+from atomscreen.cli.common import CLIError, add_db_option, campaign_engine, non_negative_float, out, positive_int
 from atomscreen.store.engine import transaction
 
 FIELDS = ["rank", "structure_id", "formula", "energy_per_atom", "volume_per_atom", "spacegroup", "e_above_hull",
@@ -18,7 +19,7 @@ FIELDS = ["rank", "structure_id", "formula", "energy_per_atom", "volume_per_atom
 def add_commands(commands) -> None:
     results = commands.add_parser("results", help="unique structures of a campaign in rank order")
     results.add_argument("name")
-    results.add_argument("--top", type=int, help="only the first K")
+    results.add_argument("--top", type=positive_int, help="only the first K")
     results.add_argument("--composition", help="rank within this composition, e.g. C8")
     results.add_argument("--format", choices=["table", "csv", "json"], default="table")
     results.add_argument("--method", default="rm_pseudo", help="rank by this energy method (rm_pseudo, chgnet, "
@@ -29,8 +30,8 @@ def add_commands(commands) -> None:
     hull = commands.add_parser("hull", help="the pseudo convex hull of a campaign (table, and a figure with --plot)")
     hull.add_argument("name")
     hull.add_argument("--plot", metavar="FILE.png", help="write the hull figure (energy versus volume for one element)")
-    hull.add_argument("--within", type=float, default=0.05, help="list structures up to this far above the hull "
-                                                                 "(eV/atom, default 0.05)")
+    hull.add_argument("--within", type=non_negative_float, default=0.05,
+                      help="list structures up to this far above the hull (eV/atom, default 0.05)")
     hull.add_argument("--method", default="all", help="which hull: rm_pseudo, a re-scoring method, or all (default)")
     add_db_option(hull)
     hull.set_defaults(func=cmd_hull)
@@ -41,6 +42,7 @@ def add_commands(commands) -> None:
     export.add_argument("--stable-only", action="store_true", help="only structures on the hull")
     export.add_argument("--all", action="store_true", help="include duplicates (default: unique structures only)")
     export.add_argument("--output", help="file (extxyz, ase-db) or folder (cif); default from the campaign name")
+    export.add_argument("--force", action="store_true", help="replace an existing output file")
     add_db_option(export)
     export.set_defaults(func=cmd_export)
 
@@ -162,10 +164,17 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise CLIError(f"nothing to export from {args.name!r}{why}")
     suffix = {"extxyz": ".extxyz", "cif": "", "ase-db": ".db"}[args.format]
     target = Path(args.output or f"{args.name}{'-stable' if args.stable_only else ''}{suffix or '-cif'}")
+    if target.is_file() and args.format != "cif":
+        if not args.force:
+            raise CLIError(f"{target} exists; give another --output or add --force to replace it")
+        target.unlink()
     if args.format == "extxyz":
         write(target, frames, format="extxyz")
     elif args.format == "ase-db":
-        _write_ase_db(target, frames)
+        try:
+            _write_ase_db(target, frames)
+        except sqlite3.Error as exc:
+            raise CLIError(f"cannot write {target}: {exc}") from None
     else:
         target.mkdir(parents=True, exist_ok=True)
         for atoms in frames:

@@ -6,7 +6,16 @@ import argparse
 from pathlib import Path
 
 from atomscreen.campaign import load_campaign
-from atomscreen.cli.common import CLIError, add_db_option, campaign_engine, err, open_engine, out, redact
+from atomscreen.cli.common import (
+    CLIError,
+    add_db_option,
+    campaign_engine,
+    err,
+    open_engine,
+    out,
+    positive_int,
+    redact,
+)
 from atomscreen.store.engine import resolve_url, transaction
 
 
@@ -31,12 +40,14 @@ def add_commands(commands) -> None:
     add_db_option(train)
     train.add_argument("--output", help="also write the checkpoint to this file")
     train.add_argument("--device", help="torch device, e.g. cpu or cuda (default: the file's, else cpu)")
-    train.add_argument("--batch-size", type=int, help="structures per step (default: the file's; larger fills a GPU)")
+    train.add_argument("--batch-size", type=positive_int,
+                       help="structures per step (default: the file's; larger fills a GPU)")
     train.add_argument("--max-seconds", type=float, help="stop after the epoch that passes this wall time")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("--sample-every", type=int, default=0,
                        help="denoisers: every N steps, score DDPM samples and redraw OUTPUT.png (0: never)")
-    train.add_argument("--sample-molecules", type=int, default=32, help="denoisers: molecules per sample score")
+    train.add_argument("--sample-molecules", type=positive_int,
+                       default=32, help="denoisers: molecules per sample score")
     train.set_defaults(func=cmd_train)
     _add_match(commands)
     _add_trajectory_energies(commands)
@@ -55,10 +66,10 @@ def _add_relax(commands) -> None:
                                                       "denoiser checkpoint file")
     relax.add_argument("--time-model", help="morered_itp / morered_as: a separate time predictor (default: the "
                                             "denoiser's own time head)")
-    relax.add_argument("--max-steps", type=int, default=1000, help="reverse-step cap (MoreRed: 1000)")
+    relax.add_argument("--max-steps", type=positive_int, default=1000, help="reverse-step cap (MoreRed: 1000)")
     relax.add_argument("--stop-at", type=int, default=0, help="converged when the rounded predicted step is <= this")
-    relax.add_argument("--trajectory-every", type=int, default=10, help="reverse steps between stored frames")
-    relax.add_argument("--batch-size", type=int, default=64, help="molecules relaxed together")
+    relax.add_argument("--trajectory-every", type=positive_int, default=10, help="reverse steps between stored frames")
+    relax.add_argument("--batch-size", type=positive_int, default=64, help="molecules relaxed together")
     relax.add_argument("--seed", type=int, help="default: the campaign's seed")
     add_db_option(relax)
     relax.set_defaults(func=cmd_relax)
@@ -95,7 +106,8 @@ def _add_match(commands) -> None:
     match.add_argument("--angle-tol", type=float, default=10.0)
     match.add_argument("--energy-column", default="energy_per_atom", help="the references' energy per atom column "
                                                                           "(default energy_per_atom)")
-    match.add_argument("--top-k", type=int, help="only the best K unique structures per composition and method "
+    match.add_argument("--top-k", type=positive_int,
+                       help="only the best K unique structures per composition and method "
                                                  "(default: all)")
     match.add_argument("--workers", type=int, default=1, help="compare on a local Dask cluster of this many processes "
                                                               "(default 1: here)")
@@ -110,7 +122,8 @@ def _add_trajectory_energies(commands) -> None:
     traj.add_argument("--method", required=True, help="xtb, chgnet or 'module.path:function'")
     traj.add_argument("--structure", type=int, nargs="*",
                       help="structure ids (default: the best --top per composition)")
-    traj.add_argument("--top", type=int, default=3, help="without --structure: the best K unique structures per "
+    traj.add_argument("--top", type=positive_int,
+                      default=3, help="without --structure: the best K unique structures per "
                                                          "composition (default 3)")
     traj.add_argument("--source", default="rm_pseudo", help="whose trajectories and ranking (default rm_pseudo)")
     traj.add_argument("--timeout", type=float, default=None, help="seconds per frame; each frame then runs in a child "

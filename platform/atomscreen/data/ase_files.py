@@ -8,7 +8,7 @@ from pathlib import Path
 from ase import Atoms
 from ase.io import read
 
-from atomscreen.data.errors import DataError, OnError, check_on_error, handle
+from atomscreen.data.errors import DataError, OnError, check_on_error, handle, reason
 
 COLLECTIONS = ("g2", "s22", "dcdft")
 
@@ -50,7 +50,7 @@ def read_xyz(path: str | Path, *, limit: int | None = None, on_error: OnError = 
             if len(atoms) != n:
                 raise ValueError(f"frame declares {n} atoms but holds {len(atoms)}")
         except Exception as exc:  # ASE raises many types for bad frames
-            handle(DataError(source, row, f"frame starting at line {line}: {exc}"), on_error)
+            handle(DataError(source, row, f"frame starting at line {line}: {reason(exc)}"), on_error)
             continue
         out.append(_tag(atoms, source, row))
     return out
@@ -69,7 +69,8 @@ def read_file(
     try:
         frames = read(path, index=":" if limit is None else f":{limit}", format=format)
     except Exception as exc:
-        raise DataError(str(path), None, f"ASE cannot read it{f' as {format}' if format else ''}: {exc}") from exc
+        as_format = f" as {format}" if format else ""
+        raise DataError(str(path), None, f"ASE cannot read it{as_format}: {reason(exc)}") from exc
     keep_info = format != "cif" and path.suffix != ".cif"
     return [_tag(atoms, str(path), i + 1, keep_info=keep_info) for i, atoms in enumerate(frames)]
 

@@ -13,7 +13,7 @@ import numpy as np
 from ase import Atoms
 from ase.io import read
 
-from atomscreen.data.errors import DataError, OnError, check_on_error, handle
+from atomscreen.data.errors import DataError, OnError, check_on_error, handle, reason
 
 
 def _value(text: str) -> Any:
@@ -60,7 +60,7 @@ def read_cdvae_csv(path: str | Path, *, limit: int | None = None, on_error: OnEr
                     raise ValueError(f"expected {len(reader.fieldnames)} columns")
                 atoms = _structure(record["cif"])
             except Exception as exc:
-                handle(DataError(source, row, f"line {reader.line_num}: {exc}"), on_error)
+                handle(DataError(source, row, f"line {reader.line_num}: {reason(exc)}"), on_error)
                 continue
             info = {("csv_index" if k == "" else k): _value(v) for k, v in record.items() if k != "cif"}
             atoms.info = {k: v for k, v in info.items() if v is not None}

@@ -20,6 +20,13 @@ class DataError(AtomscreenError, ValueError):
         super().__init__(f"{where}: {reason}")
 
 
+def reason(exc: BaseException) -> str:
+    """An exception as a reason: its message, or its type when the message is empty (ASE's parsers often raise
+    bare errors)."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else f"{type(exc).__name__} (no message; not in this format?)"
+
+
 def check_on_error(on_error: str) -> None:
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")

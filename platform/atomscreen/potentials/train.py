@@ -125,9 +125,13 @@ def read_checkpoint(path) -> Any:
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such file") from None
     except Exception as exc:  # text, an empty or truncated file, a pickle of code that weights_only refuses
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
-        raise CheckpointError(f"{path} is not a checkpoint atomscreen can read ({type(exc).__name__}"
-                              f"{': ' + first if first else ''}); files holding code are refused, never run") from None
+        import pickle
+
+        # not torch's own advice for UnpicklingError (load with weights_only=False: that would run the file's code)
+        why = ("not a weights-only torch file" if isinstance(exc, pickle.UnpicklingError)
+               else (str(exc).strip().splitlines() or [""])[0][:160] or type(exc).__name__)
+        raise CheckpointError(f"{path} is not a checkpoint atomscreen can read ({why}); files holding code are "
+                              "refused, never run") from None
 
 
 def rm_checkpoint_problem(data: Any, path) -> str | None:

@@ -44,6 +44,9 @@ def normalize_url(url: str) -> str:
         raise DatabaseURLError(f"cannot parse database URL {url!r}: {exc}") from None
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        raise DatabaseURLError(f"{url!r} is an in-memory SQLite database: everything stored in it vanishes when the "
+                               "command ends; give a file, e.g. sqlite:///atomscreen.db")
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):
         raise DatabaseURLError(
             f"unsupported database backend {parsed.get_backend_name()!r} in {url!r}; "
@@ -54,6 +57,8 @@ def normalize_url(url: str) -> str:
 
 def resolve_url(cli_url: str | None = None, campaign_url: str | None = None) -> str:
     """The database URL by precedence: --db, $ATOMSCREEN_DB, campaign ``database:``, default."""
+    if cli_url is not None and not cli_url.strip():
+        raise DatabaseURLError("--db is empty; give a URL such as sqlite:///atomscreen.db, or leave the option out")
     for candidate in (cli_url, os.environ.get(ENV_VAR), campaign_url):
         if candidate:
             return normalize_url(candidate)
