@@ -166,6 +166,9 @@ CLI = {
     "empty_db": (["status", "--db", ""], "--db is empty"),
     "not_a_database": (["results", "base", "--db", "{yaml}"], "file is not a database"),
     "unknown_campaign": (["results", "nosuch"], "no campaign named 'nosuch'"),
+    "scheduler_not_an_address": (["resume", "base", "--scheduler", "not-an-address"], "is not a scheduler address"),
+    "scheduler_unreachable": (["resume", "base", "--scheduler", "tcp://127.0.0.1:1"],
+                              "cannot reach the Dask scheduler"),
 }
 
 

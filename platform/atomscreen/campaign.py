@@ -1112,8 +1112,9 @@ def load_yaml(text: str, source: str) -> Any:
     if len(text) > MAX_FILE_BYTES:
         raise CampaignError(source, [Problem("", _MISSING, f"the file has {len(text):,} characters; campaign files "
                                                            f"are at most {MAX_FILE_BYTES:,}")])
-    loader = _BoundedLoader(text)
+    loader = None
     try:
+        loader = _BoundedLoader(text)  # its reader already refuses control characters
         node = loader.get_single_node()
         if node is None:
             return None
@@ -1128,4 +1129,5 @@ def load_yaml(text: str, source: str) -> Any:
         raise CampaignError(source, [Problem("", _MISSING, f"not valid YAML: nested deeper than {MAX_DEPTH} "
                                                            "levels")]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()

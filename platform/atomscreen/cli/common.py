@@ -7,6 +7,7 @@ Imports of heavy modules (torch, Dask, pymatgen) stay inside the commands that n
 from __future__ import annotations
 
 import argparse
+import re
 
 from rich.console import Console
 
@@ -43,9 +44,17 @@ def add_db_option(parser: argparse.ArgumentParser, extra: str = "") -> None:
     parser.add_argument("--db", help=DB_HELP + extra)
 
 
+def scheduler_address(text: str) -> str:
+    """argparse type: a Dask scheduler address, checked as a campaign's cluster.scheduler is."""
+    if not re.fullmatch(r"(tcp|tls|inproc|ucx|ws|wss)://\S+:\d+", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a scheduler address such as tcp://host:8786 (schemes: tcp, "
+                                         "tls, ws, wss, ucx, inproc; the port is required)")
+    return text
+
+
 def add_cluster_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--scheduler", help="address of a running Dask scheduler, e.g. tcp://host:8786 (default: a "
-                                            "LocalCluster)")
+    parser.add_argument("--scheduler", type=scheduler_address,
+                        help="address of a running Dask scheduler, e.g. tcp://host:8786 (default: a LocalCluster)")
     parser.add_argument("--dashboard-address", default=":8787",
                         help="LocalCluster dashboard address (default :8787, on 127.0.0.1 only; give a host, e.g. "
                              "0.0.0.0:8787, to listen elsewhere)")

@@ -63,6 +63,24 @@ class Cluster:
                 self._local.close()
 
 
+def check_scheduler(address: str | None) -> None:
+    """A scheduler address that accepts TCP connections; said at once (a Dask client would try for 30 s), before
+    anything is recorded."""
+    if not address or not address.startswith(("tcp://", "tls://", "ws://", "wss://")):
+        return
+    import socket
+
+    from atomscreen.compute.progress import RunnerError
+
+    host, _, port = address.split("://", 1)[1].rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise RunnerError(f"cannot reach the Dask scheduler at {address} ({reason}); start it, or leave out "
+                          "cluster.scheduler / --scheduler to run a local cluster") from None
+
+
 def check_gpus(spec: ClusterSpec) -> None:
     """``cluster.gpus: N`` needs N CUDA devices here (a local cluster); said before anything is recorded."""
     if not spec.gpus or spec.scheduler:

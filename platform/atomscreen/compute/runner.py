@@ -22,7 +22,7 @@ from sqlalchemy.exc import OperationalError
 
 from atomscreen.campaign import CampaignSpec, load_campaign, parse_campaign, with_training_compositions
 from atomscreen.compute import plan
-from atomscreen.compute.dispatch import Cluster, check_gpus, run_jobs
+from atomscreen.compute.dispatch import Cluster, check_gpus, check_scheduler, run_jobs
 from atomscreen.compute.finalize import analyse_campaign, finish
 from atomscreen.compute.lifecycle import mark_interrupted, record_campaign
 from atomscreen.compute.models import ProvidedModel, provide_models
@@ -153,6 +153,8 @@ def submit(path: str | Path, engine: Engine, *, scheduler: str | None = None, re
     spec = load_campaign(path)
     if scheduler is None and client is None:
         check_gpus(spec.cluster)  # cluster.gpus without CUDA: said before anything is recorded
+    if client is None:
+        check_scheduler(scheduler or spec.cluster.scheduler)
     check_models(spec, str(path))  # checkpoints of the right kind, compositions a denoiser can make: before any write
     text = path.read_text()
     migrate.upgrade(engine)
@@ -176,6 +178,8 @@ def resume(name: str, engine: Engine, *, scheduler: str | None = None, reporter:
     spec = parse_campaign(yaml.safe_load(text), source=f"campaign {name!r} as stored", base_dir=base_dir)
     if scheduler is None and client is None:
         check_gpus(spec.cluster)
+    if client is None:
+        check_scheduler(scheduler or spec.cluster.scheduler)
     cluster = Cluster(spec.cluster, scheduler, dashboard_address, client)
     return _prepare_and_run(engine, campaign_id, spec, cluster, reporter)
 
