@@ -137,3 +137,44 @@ def test_the_database_password_is_not_stored_in_the_campaign_record():
     assert "s3cret" not in stored and "alice:***@db.example" in stored
     assert same_spec(stored, without_password(text))
     assert without_password("name: x\nseed: 1\n") == "name: x\nseed: 1\n"
+
+
+def _self_signed(folder):
+    """A certificate authority and one certificate it signed (openssl), PEM files: (ca, cert, key)."""
+    import subprocess
+
+    ca_key, ca, key, csr, cert = (folder / n for n in ("ca.key", "ca.pem", "tls.key", "tls.csr", "tls.pem"))
+    run = lambda *args: subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)  # noqa: E731
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca, "-days", "1", "-subj",
+        "/CN=atomscreen-test-ca")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1")
+    run("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert, "-days", "1")
+    return ca, cert, key
+
+
+def test_a_tls_scheduler_is_reached_with_the_campaigns_credentials_and_refused_without(tmp_path):
+    """A TLS-only scheduler and worker on loopback (distributed's Security); cluster.tls gives the client its
+    certificates; without them the error says what to set."""
+    from distributed import LocalCluster
+    from distributed.security import Security
+
+    from atomscreen.compute.progress import RunnerError
+
+    ca, cert, key = _self_signed(tmp_path)
+    server = Security(tls_ca_file=str(ca), tls_scheduler_cert=str(cert), tls_scheduler_key=str(key),
+                      tls_worker_cert=str(cert), tls_worker_key=str(key), tls_client_cert=str(cert),
+                      tls_client_key=str(key), require_encryption=True)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tls://", security=server,
+                      dashboard_address=None, host="127.0.0.1") as local:
+        address = local.scheduler_address
+        assert address.startswith("tls://127.0.0.1:")
+        spec = ClusterSpec.model_validate({"scheduler": address, "tls": {"ca_file": "ca.pem", "cert": "tls.pem",
+                                                                         "key": "tls.key"}},
+                                          context={"base_dir": tmp_path})
+        cluster = Cluster(spec)
+        try:
+            assert cluster.get().submit(sum, [1, 2, 3]).result() == 6
+        finally:
+            cluster.close()
+        with pytest.raises(RunnerError, match="give cluster.tls"):
+            Cluster(ClusterSpec(scheduler=address)).get()

@@ -117,6 +117,26 @@ class Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+class TLSSpec(Spec):
+    """Client credentials for a tls:// scheduler (PEM files; relative paths from the campaign file's folder)."""
+
+    ca_file: str = Field(description="the certificate authority that signed the scheduler's certificate")
+    cert: str = Field(description="this client's certificate")
+    key: str | None = Field(default=None, description="its private key (omit when inside the cert file)")
+
+    @field_validator("ca_file", "cert", "key")
+    @classmethod
+    def _exists(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return value
+        path = Path(value)
+        if not path.is_absolute():
+            path = Path((info.context or {}).get("base_dir", ".")) / path
+        if not path.is_file():
+            raise ValueError(f"no file at {path}")
+        return str(path)
+
+
 class ClusterSpec(Spec):
     """Where tasks run: an existing Dask scheduler, or a LocalCluster of this size."""
 
@@ -124,6 +144,8 @@ class ClusterSpec(Spec):
     n_workers: PositiveInt | None = Field(default=None, le=1024, description="local workers (default: one per core)")
     threads_per_worker: PositiveInt = Field(default=1, le=256)
     gpus: int = Field(default=0, ge=0, le=64, description="GPUs to use on the local cluster (one worker each)")
+    tls: TLSSpec | None = Field(default=None, description="credentials for a tls:// scheduler (else Dask's own "
+                                                          "distributed.comm.tls configuration)")
 
     @field_validator("scheduler")
     @classmethod

@@ -36,7 +36,7 @@ class Cluster:
 
             address = self.scheduler or self.spec.scheduler
             if address:
-                self.client = Client(address, timeout="30s")
+                self.client = Client(address, timeout="30s", security=_security(address, self.spec))
             else:
                 self._local = _local_cluster(self.spec, self.dashboard_address)
                 self.client = Client(self._local)
@@ -61,6 +61,25 @@ class Cluster:
             self.client.close()
             if self._local is not None:
                 self._local.close()
+
+
+def _security(address: str, spec: ClusterSpec):
+    """TLS credentials for a tls:// address: cluster.tls, else Dask's configuration (distributed.comm.tls.*); None
+    (Dask's default) for other schemes."""
+    if not address.startswith("tls://"):
+        return None
+    from distributed.security import Security
+
+    from atomscreen.compute.progress import RunnerError
+
+    if spec.tls is not None:
+        return Security(tls_ca_file=spec.tls.ca_file, tls_client_cert=spec.tls.cert, tls_client_key=spec.tls.key,
+                        require_encryption=True)
+    security = Security()
+    if not security.tls_ca_file:
+        raise RunnerError(f"{address} is a TLS scheduler: give cluster.tls {{ca_file, cert, key}} in the campaign, or "
+                          "Dask's DASK_DISTRIBUTED__COMM__TLS__CA_FILE, ..._CLIENT__CERT and ..._CLIENT__KEY")
+    return security
 
 
 def check_scheduler(address: str | None) -> None:
