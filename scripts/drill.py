@@ -42,13 +42,15 @@ def campaign(folder: Path, checkpoint: Path) -> Path:
 
 def fingerprint(url: str) -> dict:
     """Hashes of every stored structure and of the rankings, and the row counts that must hold."""
-    from sqlalchemy import func, select
+    from sqlalchemy import func, inspect, select
 
     from atomscreen.store import make_engine, ranked, transaction
     from atomscreen.store.models import Campaign, Energy, Structure, Task
 
     engine = make_engine(url)
     try:
+        if not inspect(engine).has_table("campaign"):  # killed before the first migration committed
+            return {"status": None}
         with transaction(engine) as session:
             campaign = session.scalar(select(Campaign).where(Campaign.name == "drill"))
             if campaign is None:

@@ -228,7 +228,8 @@ def run(engine: Engine, campaign_id: int, spec: CampaignSpec, models: dict[str, 
             _run_stage(ctx, stage, cluster, reporter)
             before += stage.kinds
         with timings.add("analysis_s"):
-            notes = finish(engine, campaign_id, spec, cluster)
+            notes = retry(lambda: finish(engine, campaign_id, spec, cluster), "the final analysis",
+                          log=reporter.message)  # each of its transactions may run again
     except BaseException:
         mark_interrupted(engine, campaign_id, name, reporter)
         raise
@@ -249,12 +250,16 @@ def _run_stage(ctx: Context, stage: Stage, cluster: Cluster, reporter: Reporter)
     """Plan the stage's tasks (once, or again if incremental), claim the ones not done and run them."""
     if stage.needs_ranking:
         with ctx.timings.add("analysis_s"):
-            analyse_campaign(ctx.engine, ctx.campaign_id, ctx.spec.dedupe, cluster.client)
+            retry(lambda: analyse_campaign(ctx.engine, ctx.campaign_id, ctx.spec.dedupe, cluster.client),
+                  "the analysis before planning", log=reporter.message)
     with ctx.timings.add("plan_s"):
-        record_tasks(ctx, stage)
-    with transaction(ctx.engine) as session:
-        claimed = claim_tasks(session, ctx.campaign_id, stage.kinds)
-        n_total = count_tasks(session, ctx.campaign_id, stage.kinds)
+        retry(lambda: record_tasks(ctx, stage), f"planning the {stage.name} tasks", log=reporter.message)
+
+    def claim():
+        with transaction(ctx.engine) as session:
+            return claim_tasks(session, ctx.campaign_id, stage.kinds), count_tasks(session, ctx.campaign_id,
+                                                                                    stage.kinds)
+    claimed, n_total = retry(claim, f"claiming the {stage.name} tasks", log=reporter.message)
     if not claimed:
         return
     message = stage.message(ctx.spec)

@@ -68,6 +68,10 @@ class SchemaError(AtomscreenError, RuntimeError):
 def require_head(engine: Engine) -> None:
     """Raise SchemaError unless the database is at the newest revision."""
     current, head = current_revision(engine), head_revision()
+    if current is None:
+        raise SchemaError("this database holds no atomscreen tables (nothing was recorded in it, e.g. a run stopped "
+                          "before its first write): submit the campaign file, or create the tables with platform db "
+                          "upgrade")
     if current != head:
-        raise SchemaError(f"the database is at revision {current or 'none'} but this atomscreen needs {head}: "
+        raise SchemaError(f"the database is at revision {current} but this atomscreen needs {head}: "
                           "run platform db upgrade")
