@@ -70,8 +70,8 @@ def require_head(engine: Engine) -> None:
     current, head = current_revision(engine), head_revision()
     if current is None:
         raise SchemaError("this database holds no atomscreen tables (nothing was recorded in it, e.g. a run stopped "
-                          "before its first write): submit the campaign file, or create the tables with platform db "
-                          "upgrade")
+                          "before its first write): submit the campaign file, or run platform db upgrade to create "
+                          "the tables")
     if current != head:
         raise SchemaError(f"the database is at revision {current} but this atomscreen needs {head}: "
                           "run platform db upgrade")
