@@ -115,3 +115,29 @@ def test_failed_migration_leaves_no_half_written_schema(sqlite_url, monkeypatch)
         migrate.upgrade(engine)
     assert _schema(engine) == (set(), set())
     assert migrate.current_revision(engine) is None
+
+
+def test_two_drivers_migrating_one_empty_database_at_once_both_succeed(db_url):
+    """Drill PC2: both run the first migration at the same moment; one waits for the other (a PostgreSQL advisory
+    lock, SQLite's BEGIN IMMEDIATE) and then finds the schema at head."""
+    import threading
+
+    engines = [make_engine(db_url), make_engine(db_url)]
+    barrier, errors = threading.Barrier(2), []
+
+    def upgrade(engine):
+        barrier.wait()
+        try:
+            migrate.upgrade(engine)
+        except Exception as exc:  # the assertion below reports it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=upgrade, args=(e,)) for e in engines]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    assert migrate.current_revision(engines[0]) == migrate.head_revision()
+    for e in engines:
+        e.dispose()

@@ -9,7 +9,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 import atomscreen
 from atomscreen.errors import AtomscreenError
@@ -44,9 +44,15 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
+MIGRATION_LOCK = 0x61746F6D  # PostgreSQL advisory lock key ('atom'): one migration at a time per database
+
+
 def _run(engine: Engine, action, revision: str) -> None:
     config = alembic_config()
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":  # two drivers migrating an empty database at once (SQLite's
+            # BEGIN IMMEDIATE already serialises them): the second waits, then finds the schema at head
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         config.attributes["connection"] = connection
         action(config, revision)
 
