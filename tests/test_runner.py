@@ -37,6 +37,19 @@ def snapshot(engine, name: str) -> list[tuple]:
     return [(key, index, positions.tobytes(), cell.tobytes(), energy) for key, index, positions, cell, energy in rows]
 
 
+def wait_for_done_tasks(db, n: int, running, timeout: float) -> int:
+    """Poll the SQLite file until ``n`` tasks are done, ``running()`` is false, or ``timeout`` s passed; the count."""
+    deadline, done = time.monotonic() + timeout, 0
+    while time.monotonic() < deadline and running() and done < n:
+        try:
+            with sqlite3.connect(db) as conn:
+                done = conn.execute("SELECT count(*) FROM task WHERE status = 'done'").fetchone()[0]
+        except sqlite3.OperationalError:  # not created yet
+            done = 0
+        time.sleep(0.05)
+    return done
+
+
 def counts(engine, name: str) -> dict[str, int]:
     with transaction(engine) as session:
         cid = session.scalar(select(Campaign.id).where(Campaign.name == name))
@@ -105,17 +118,7 @@ def test_driver_killed_mid_campaign_is_resumed_to_the_uninterrupted_result(tmp_p
                                "--dashboard-address", ":0"],
                               env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True)
-    done = 0
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and driver.poll() is None:
-        try:
-            with sqlite3.connect(db) as conn:
-                done = conn.execute("SELECT count(*) FROM task WHERE status = 'done'").fetchone()[0]
-        except sqlite3.OperationalError:  # not created yet
-            done = 0
-        if done >= 2:
-            break
-        time.sleep(0.05)
+    wait_for_done_tasks(db, 2, lambda: driver.poll() is None, timeout=300)
     assert driver.poll() is None, f"the driver ended before it could be killed: {driver.stdout.read()}"
     os.killpg(driver.pid, signal.SIGKILL)  # the driver, its LocalCluster and workers, all at once
     driver.wait()
@@ -274,15 +277,7 @@ def test_sigterm_stops_the_driver_cleanly_and_the_campaign_resumes_to_the_uninte
     env = {k: v for k, v in os.environ.items() if k != "ATOMSCREEN_DB"}
     driver = subprocess.Popen(["platform", "submit", str(path), "--db", str(db), "--quiet", "--dashboard-address",
                                ":0"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    done = 0
-    while time.monotonic() < deadline and driver.poll() is None and done < 1:
-        try:
-            with sqlite3.connect(db) as conn:
-                done = conn.execute("SELECT count(*) FROM task WHERE status = 'done'").fetchone()[0]
-        except sqlite3.OperationalError:
-            done = 0
-        time.sleep(0.05)
+    wait_for_done_tasks(db, 1, lambda: driver.poll() is None, timeout=300)
     assert driver.poll() is None, "the driver ended before it could be stopped"
     driver.send_signal(signal.SIGTERM)
     stdout, stderr = driver.communicate(timeout=120)
@@ -310,15 +305,7 @@ def test_a_sqlite_write_lock_held_past_the_busy_timeout_is_waited_out(tmp_path, 
     thread = threading.Thread(target=lambda: outcome.update(
         result=runner.submit(path, engine, dashboard_address=":0")))
     thread.start()
-    deadline = time.monotonic() + 120
-    done = 0
-    while time.monotonic() < deadline and thread.is_alive() and done < 1:
-        try:
-            with sqlite3.connect(db) as conn:
-                done = conn.execute("SELECT count(*) FROM task WHERE status = 'done'").fetchone()[0]
-        except sqlite3.OperationalError:
-            done = 0
-        time.sleep(0.05)
+    wait_for_done_tasks(db, 1, thread.is_alive, timeout=120)
     holder = sqlite3.connect(db, isolation_level=None, timeout=60)
     holder.execute("BEGIN EXCLUSIVE")
     time.sleep(35)

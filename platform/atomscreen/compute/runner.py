@@ -144,6 +144,14 @@ STAGES: tuple[Stage, ...] = (
 )
 
 
+def _check_cluster(spec: CampaignSpec, scheduler: str | None, client) -> None:
+    """cluster.gpus without CUDA, or a scheduler that does not answer: said at once, not after minutes."""
+    if scheduler is None and client is None:
+        check_gpus(spec.cluster)
+    if client is None:
+        check_scheduler(scheduler or spec.cluster.scheduler)
+
+
 def submit(path: str | Path, engine: Engine, *, scheduler: str | None = None, reporter: Reporter = Reporter(),
            dashboard_address: str = ":8787", client=None) -> Outcome:
     """Validate and record ``path`` (or resume it if already recorded with the same content), then run it."""
@@ -151,10 +159,7 @@ def submit(path: str | Path, engine: Engine, *, scheduler: str | None = None, re
 
     path = Path(path)
     spec = load_campaign(path)
-    if scheduler is None and client is None:
-        check_gpus(spec.cluster)  # cluster.gpus without CUDA: said before anything is recorded
-    if client is None:
-        check_scheduler(scheduler or spec.cluster.scheduler)
+    _check_cluster(spec, scheduler, client)  # before anything is recorded
     check_models(spec, str(path))  # checkpoints of the right kind, compositions a denoiser can make: before any write
     text = path.read_text()
     migrate.upgrade(engine)
@@ -176,10 +181,7 @@ def resume(name: str, engine: Engine, *, scheduler: str | None = None, reporter:
         campaign_id, text, source = row.id, row.spec, row.source
     base_dir = Path(source).parent if source else Path(".")
     spec = parse_campaign(yaml.safe_load(text), source=f"campaign {name!r} as stored", base_dir=base_dir)
-    if scheduler is None and client is None:
-        check_gpus(spec.cluster)
-    if client is None:
-        check_scheduler(scheduler or spec.cluster.scheduler)
+    _check_cluster(spec, scheduler, client)
     cluster = Cluster(spec.cluster, scheduler, dashboard_address, client)
     return _prepare_and_run(engine, campaign_id, spec, cluster, reporter)
 
