@@ -67,6 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         err.print(str(exc), markup=False)
     except AtomscreenError as exc:
         err.print(f"error: {exc}", markup=False)
+        return getattr(exc, "exit_code", USAGE_ERROR)
     except DatabaseError as exc:  # connection refused, locked, not a database, a bad LIMIT, ...
         err.print(f"database error: {str(exc.orig or exc).strip()}", markup=False)
     except CommandError as exc:  # alembic: e.g. an unknown revision

@@ -70,4 +70,5 @@ def mark_interrupted(engine: Engine, campaign_id: int, name: str, reporter: Repo
     try:
         retry(reset, "marking the interrupted campaign", budget_s=30.0, log=reporter.message)
     except Exception as exc:  # the run's own error is the one to show; resume resets running tasks anyway
-        reporter.message(f"could not mark campaign {name!r} interrupted ({exc}); `platform resume {name}` will")
+        reason = str(getattr(exc, "orig", None) or exc).strip()
+        reporter.message(f"campaign {name!r} is still shown as running: marking it interrupted failed too ({reason})")

@@ -14,6 +14,14 @@ class RunnerError(AtomscreenError):
     """A campaign that cannot be submitted or resumed as asked; the message says what to do instead."""
 
 
+class CampaignStopped(AtomscreenError):
+    """A run that started and stopped on a database fault (disk full, an outage past the retry budget): nothing is
+    half-written, and `platform resume` continues it once the database is fixed. The CLI exits 1, as for a run that
+    failed."""
+
+    exit_code = 1
+
+
 @dataclass
 class Reporter:
     """Progress hooks for a front end (all optional)."""

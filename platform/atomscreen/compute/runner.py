@@ -18,7 +18,7 @@ from typing import Callable
 
 import yaml
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from atomscreen.campaign import CampaignSpec, load_campaign, parse_campaign, with_training_compositions
 from atomscreen.compute import plan
@@ -26,7 +26,7 @@ from atomscreen.compute.dispatch import Cluster, check_gpus, check_scheduler, ru
 from atomscreen.compute.finalize import analyse_campaign, finish
 from atomscreen.compute.lifecycle import mark_interrupted, record_campaign
 from atomscreen.compute.models import ProvidedModel, provide_models
-from atomscreen.compute.progress import Outcome, Reporter, RunnerError, Timings
+from atomscreen.compute.progress import CampaignStopped, Outcome, Reporter, RunnerError, Timings
 from atomscreen.errors import error_text
 from atomscreen.jobs import PSEUDO, Origin, TaskKind, from_json
 from atomscreen.store import (
@@ -232,8 +232,13 @@ def run(engine: Engine, campaign_id: int, spec: CampaignSpec, models: dict[str, 
         with timings.add("analysis_s"):
             notes = retry(lambda: finish(engine, campaign_id, spec, cluster), "the final analysis",
                           log=reporter.message)  # each of its transactions may run again
-    except BaseException:
+    except BaseException as exc:
         mark_interrupted(engine, campaign_id, name, reporter)
+        if isinstance(exc, (DatabaseUnavailable, DBAPIError)):
+            reason = str(getattr(exc, "orig", None) or exc).strip()
+            raise CampaignStopped(f"campaign {name!r} stopped: {reason}. Every result stored so far is whole; fix the "
+                                  f"database (free disk space, restart the server), then `platform resume {name}`"
+                                  ) from exc
         raise
     finally:
         cluster.close()

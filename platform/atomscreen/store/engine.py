@@ -149,8 +149,8 @@ def retry(call: Callable[[], T], what: str, *, budget_s: float = 120.0, first_wa
                 raise
             waited, reason = time.monotonic() - start, str(getattr(exc, "orig", None) or exc).strip()
             if waited + wait > budget_s:
-                raise DatabaseUnavailable(f"{what}: the database was unavailable for {waited:.0f} s ({reason}); "
-                                          "nothing was half-written: fix the database and resume") from None
+                raise DatabaseUnavailable(f"{what}: the database was unavailable for {waited:.0f} s ({reason})"
+                                          ) from None
             log(f"{what}: database unavailable ({reason[:80]}); trying again in {wait:g} s")
             time.sleep(wait)
             wait = min(2 * wait, 8.0)
