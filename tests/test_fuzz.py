@@ -23,7 +23,8 @@ VALID = {
     "generators": {"rss": {"samples_per_composition": 6, "volume_per_atom": 5.7, "volume_factor": [0.9, 1.1],
                            "min_separation": 1.2, "batch_size": 3}},
     "relaxation": {"fmax": 0.05, "max_steps": 150, "trajectory_every": 20, "pressure_gpa": 0.0},
-    "rescore": {"calculator": "ase.calculators.emt:EMT", "top_k": 2, "timeout_s": 10, "options": {"a": 1}},
+    "rescore": {"calculator": "ase.calculators.emt:EMT", "top_k": 2, "timeout_s": 10,
+                "options": {"asap_cutoff": False}},
 }
 
 LEAVES = st.one_of(

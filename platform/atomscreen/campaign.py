@@ -74,7 +74,9 @@ class CampaignError(AtomscreenError, ValueError):
         self.source = source
         self.problems = problems
         lines = "\n".join(f"  {p}" for p in problems)
-        super().__init__(f"{source}: {len(problems)} problem(s)\n{lines}")
+        # one problem, one line; several: a count, then one line each
+        super().__init__(f"{source}: {problems[0]}" if len(problems) == 1 else
+                         f"{source}: {len(problems)} problem(s)\n{lines}")
 
 
 def _element(symbol: str) -> str:
@@ -706,7 +708,7 @@ class RescoreSpec(Spec):
     method: Annotated[str, AfterValidator(_rescore_method)] | None = Field(
         default=None, description="chgnet, xtb or dft (PySCF; options xc, basis, ...: default B3LYP/6-31G(2df,p))")
     calculator: Annotated[str, AfterValidator(_calculator_path)] | None = Field(
-        default=None, description="any ASE calculator: a factory 'module.path:function' called with no arguments")
+        default=None, description="any ASE calculator: a factory 'module.path:function', called with the options")
     top_k: PositiveInt = Field(default=10, description="unique candidates per composition, lowest pseudo energy first")
     relax: bool = True
     cell: bool = Field(default=True, description="relax the cell of periodic structures too")
@@ -737,6 +739,13 @@ class RescoreSpec(Spec):
             unknown = sorted(set(self.options) - set(allowed))
             if unknown:
                 raise ValueError(f"options {unknown} are not {self.method} options; allowed: {', '.join(allowed)}")
+        if self.calculator is not None:
+            from atomscreen.evaluate.calculators import CalculatorError, check_options
+
+            try:
+                check_options(self.calculator, self.options)
+            except CalculatorError as exc:
+                raise ValueError(str(exc)) from None
         if self.polish is not None and self.polish.compare and not self.relax:
             raise ValueError("polish.compare counts the optimizer steps the polish saves: it needs relax: true (or "
                              "set polish.compare: false)")
@@ -1041,7 +1050,12 @@ def parse_campaign(data: Any, *, source: str = "<campaign>", base_dir: Path | st
     try:
         return root.model_validate(data, context={"base_dir": Path(base_dir)})
     except ValidationError as exc:
-        problems = [_problem(e, root) for e in exc.errors(include_url=False)]
+        errors = exc.errors(include_url=False)
+        problems = [_problem(e, root) for e in errors]
+        # a union (a number or a mapping, ...) reports every branch: where one branch has the value's own type and a
+        # real complaint, the "not a mapping" of the other branches is noise
+        real = {p.field for p, e in zip(problems, errors) if not e["type"].endswith("_type")}
+        problems = [p for p, e in zip(problems, errors) if not (e["type"].endswith("_type") and p.field in real)]
         unique = {str(p): p for p in problems}
         raise CampaignError(source, list(unique.values())) from None
 

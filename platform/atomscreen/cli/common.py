@@ -26,7 +26,10 @@ class CLIError(AtomscreenError):
 
 def positive_int(text: str) -> int:
     """argparse type: an integer of at least 1."""
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
@@ -34,7 +37,10 @@ def positive_int(text: str) -> int:
 
 def non_negative_float(text: str) -> float:
     """argparse type: a finite number of at least 0."""
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a finite number of at least 0, got {text!r}") from None
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number of at least 0, got {text}")
     return value

@@ -176,9 +176,16 @@ def cmd_export(args: argparse.Namespace) -> int:
         except sqlite3.Error as exc:
             raise CLIError(f"cannot write {target}: {exc}") from None
     else:
+        if target.is_file():
+            raise CLIError(f"--output {target} is a file; cif export writes a folder of .cif files: give a folder")
+        files = [target / f"{atoms.info['structure_id']}_{atoms.info['formula']}.cif" for atoms in frames]
+        present = [f for f in files if f.exists()]
+        if present and not args.force:
+            raise CLIError(f"{len(present)} of the files exist in {target} (e.g. {present[0].name}); give another "
+                           "--output or add --force to replace them")
         target.mkdir(parents=True, exist_ok=True)
-        for atoms in frames:
-            write(target / f"{atoms.info['structure_id']}_{atoms.info['formula']}.cif", atoms, format="cif")
+        for path, atoms in zip(files, frames):
+            write(path, atoms, format="cif")
     out.print(f"wrote {len(frames)} structures to {target}")
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from atomscreen.campaign import load_campaign
@@ -175,6 +176,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     spec = load_campaign(args.config, root=TrainFileSpec)
     if spec.kind == "denoiser":
         return _train_denoiser(args, spec)
+    output = _output(args, spec)
     structures = spec.dataset.read()
     overrides = {"batch_size": args.batch_size, "max_seconds": args.max_seconds}
     train_cfg = configs(spec, args.device, **overrides)[2]
@@ -188,7 +190,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         task = bar.add_task("train", total=n_epochs, loss="")
         checkpoint = train_from_spec(spec, structures, device=args.device, progress=lambda epoch, r: bar.update(
             task, completed=epoch, loss=f"val loss {r['val_loss']:.4g}"), **overrides)
-    row = _store(engine, spec.name, checkpoint, _output(args, spec))
+    row = _store(engine, spec.name, checkpoint, output)
     m = checkpoint.metrics
     out.print(f"model {row.id} sha256 {row.sha256}: {m['n_parameters']} parameters, "
               f"validation loss {m['val_loss']:.4g} "
@@ -199,24 +201,45 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _store(engine, name: str, checkpoint, path: Path | None):
-    """Store a trained model (an RM potential or a denoiser) in the model table and write its file; returns the row."""
+    """Write a trained model's file (whole, or not at all) and then store it in the model table; returns the row. A
+    file that cannot be written leaves no row; a row that cannot be stored leaves no file."""
     from atomscreen.store import add_model
 
-    with transaction(engine) as session:
-        row = add_model(session, kind=checkpoint.kind, weights=checkpoint.weights_bytes(),
-                        hyperparameters=checkpoint.hyperparameters(), training_data=checkpoint.training_data,
-                        metrics=checkpoint.metrics, name=name)
     if path:
-        checkpoint.save(path)
+        partial = path.with_name(f".{path.name}.partial")
+        try:
+            checkpoint.save(partial)
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+    try:
+        with transaction(engine) as session:
+            row = add_model(session, kind=checkpoint.kind, weights=checkpoint.weights_bytes(),
+                            hyperparameters=checkpoint.hyperparameters(), training_data=checkpoint.training_data,
+                            metrics=checkpoint.metrics, name=name)
+    except BaseException:
+        if path:
+            path.unlink(missing_ok=True)
+        raise
+    if path:
         out.print(f"checkpoint written to {path}")
     return row
 
 
 def _output(args: argparse.Namespace, spec) -> Path | None:
+    """Where the checkpoint goes, checked before any training: its folder must exist and be writable."""
     output = args.output or spec.output
     if not output:
         return None
-    return Path(output) if args.output or Path(output).is_absolute() else Path(args.config).parent / output
+    path = Path(output) if args.output or Path(output).is_absolute() else Path(args.config).parent / output
+    where = "--output" if args.output else f"{args.config}: output"
+    if path.is_dir():
+        raise CLIError(f"{where} {path} is a folder; give the checkpoint's file name")
+    if not path.parent.is_dir():
+        raise CLIError(f"{where} {path}: the folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise CLIError(f"{where} {path}: the folder {path.parent} is not writable")
+    return path
 
 
 def _train_denoiser(args: argparse.Namespace, spec) -> int:

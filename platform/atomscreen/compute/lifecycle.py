@@ -39,10 +39,10 @@ def without_password(text: str) -> str:
         return text
 
 
-def record_campaign(session, name: str, text: str, path: Path, reporter: Reporter) -> int:
-    """The campaign's id: recorded now, or already with this spec (resumed), or replaced when its first run stopped
-    before any result (a bad checkpoint, data set or scheduler, then a corrected file). The text is stored without
-    the database password."""
+def record_campaign(session, name: str, text: str, path: Path, reporter: Reporter) -> tuple[int, bool]:
+    """The campaign's id, and whether it was recorded now: new, or replacing one whose first run stopped before any
+    result (a bad checkpoint, data set or scheduler, then a corrected file); else already recorded with this spec
+    (resumed). The text is stored without the database password."""
     text = without_password(text)
     row = get_campaign(session, name)
     if row is not None and not same_spec(row.spec, text):
@@ -56,9 +56,16 @@ def record_campaign(session, name: str, text: str, path: Path, reporter: Reporte
         reporter.message(f"campaign {name!r} had no results yet (its first run stopped early): replaced by this file")
         row = None
     if row is None:
-        return add_campaign(session, name, text, source=str(path.resolve())).id
+        return add_campaign(session, name, text, source=str(path.resolve())).id, True
     reporter.message(f"campaign {name!r} already recorded with this spec: resuming it")
-    return row.id
+    return row.id, False
+
+
+def forget_campaign(engine: Engine, campaign_id: int) -> None:
+    """Remove a campaign recorded by this submit whose preparation failed on bad input (its training data, say),
+    before any task: the corrected file is then a fresh submit, and nothing is left behind."""
+    with transaction(engine) as session:
+        delete_campaign(session, campaign_id)
 
 
 def mark_interrupted(engine: Engine, campaign_id: int, name: str, reporter: Reporter) -> None:

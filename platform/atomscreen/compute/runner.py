@@ -24,10 +24,10 @@ from atomscreen.campaign import CampaignSpec, load_campaign, parse_campaign, wit
 from atomscreen.compute import plan
 from atomscreen.compute.dispatch import Cluster, check_gpus, check_scheduler, run_jobs
 from atomscreen.compute.finalize import analyse_campaign, finish
-from atomscreen.compute.lifecycle import mark_interrupted, record_campaign
+from atomscreen.compute.lifecycle import forget_campaign, mark_interrupted, record_campaign
 from atomscreen.compute.models import ProvidedModel, provide_models
 from atomscreen.compute.progress import CampaignStopped, Outcome, Reporter, RunnerError, Timings
-from atomscreen.errors import error_text
+from atomscreen.errors import AtomscreenError, error_text
 from atomscreen.jobs import PSEUDO, Origin, TaskKind, from_json
 from atomscreen.store import (
     DatabaseUnavailable,
@@ -164,9 +164,9 @@ def submit(path: str | Path, engine: Engine, *, scheduler: str | None = None, re
     text = path.read_text()
     migrate.upgrade(engine)
     with transaction(engine) as session:
-        campaign_id = record_campaign(session, spec.name, text, path, reporter)
+        campaign_id, created = record_campaign(session, spec.name, text, path, reporter)
     cluster = Cluster(spec.cluster, scheduler, dashboard_address, client)
-    return _prepare_and_run(engine, campaign_id, spec, cluster, reporter)
+    return _prepare_and_run(engine, campaign_id, spec, cluster, reporter, created=created)
 
 
 def resume(name: str, engine: Engine, *, scheduler: str | None = None, reporter: Reporter = Reporter(),
@@ -187,18 +187,26 @@ def resume(name: str, engine: Engine, *, scheduler: str | None = None, reporter:
 
 
 def _prepare_and_run(engine: Engine, campaign_id: int, spec: CampaignSpec, cluster: Cluster,
-                     reporter: Reporter) -> Outcome:
+                     reporter: Reporter, created: bool = False) -> Outcome:
+    """Provide the models (load, or train) and the compositions, then run. Bad input found here (a training set, a
+    checkpoint) removes a campaign ``created`` by this submit; a resumed one is marked failed."""
     timings = Timings()
-    with timings.add("models_s"):
-        models = provide_models(engine, campaign_id, spec, reporter)
-    if spec.compositions.from_training:
-        try:
-            histogram = _composition_histogram(spec, models)
-            spec = with_training_compositions(spec, histogram)
-        except ValueError as exc:
+    try:
+        with timings.add("models_s"):
+            models = provide_models(engine, campaign_id, spec, reporter)
+        if spec.compositions.from_training:
+            try:
+                spec = with_training_compositions(spec, _composition_histogram(spec, models))
+            except ValueError as exc:
+                raise RunnerError(str(exc)) from None
+    except (AtomscreenError, ValueError) as exc:
+        if created:
+            forget_campaign(engine, campaign_id)
+        else:
             with transaction(engine) as session:
                 set_campaign_status(session, campaign_id, "failed", str(exc))
-            raise RunnerError(str(exc)) from None
+        raise
+    if spec.compositions.from_training:
         reporter.message(f"compositions: {', '.join(spec.compositions.expand())}")
     return run(engine, campaign_id, spec, models, cluster, reporter, timings)
 

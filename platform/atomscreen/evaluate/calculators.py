@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 from typing import Any, Sequence
 
 from ase import Atoms
@@ -44,6 +45,34 @@ def _factory(path: str):
         return getattr(module, attr)
     except AttributeError:
         raise CalculatorError(f"calculator {path!r}: module {module_name!r} has no attribute {attr!r}") from None
+
+
+def check_options(path: str, options: dict[str, Any]) -> None:
+    """Refuse, before any task runs, options that the factory ``path`` cannot take: keywords outside its signature,
+    or, for an ASE calculator class taking ``**kwargs``, outside its ``default_parameters`` (ASE keeps unknown keywords
+    without a word). A factory taking ``**kwargs`` that is not such a class is trusted."""
+    factory = _factory(path)
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # a builtin without a signature
+        return
+    named = [p.name for p in signature.parameters.values()
+             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"]
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values())
+    if takes_any and inspect.isclass(factory):
+        from ase.calculators.calculator import BaseCalculator
+
+        if not issubclass(factory, BaseCalculator):
+            return
+        allowed = sorted({*named, *getattr(factory, "default_parameters", {}), "label", "directory", "atoms",
+                          "restart", "ignore_bad_restart_file"})
+    elif takes_any:
+        return
+    else:
+        allowed = named
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise CalculatorError(f"calculator {path!r} takes no option(s) {unknown}; it takes: {', '.join(allowed)}")
 
 
 def make_calculator(method: str, device: str = "cpu", options: dict[str, Any] | None = None):
